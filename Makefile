@@ -1,0 +1,48 @@
+# edgebridge: `make run` runs the embedded default (simulated arm + camera), `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_PIN := torch==2.13.0
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: run test bench weights clean sysdeps
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+# The demo needs the runtime and the simulator only: no torch, no llama.cpp build.
+$(VENV)/.run-installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[sim]'
+	touch $@
+
+# The test suite needs everything. torch is pinned first so the `torch>=2.4` range is already satisfied
+# by the CPU build (a bare range would pull a multi-GB CUDA build).
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e '.[dev]'
+	touch $@ $(VENV)/.run-installed
+
+# pyrealsense2 needs libusb at import time (Debian: libusb-1.0-0).
+sysdeps:
+	@ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1)) ; } || \
+	  echo "warning: libusb-1.0-0 missing; RealSense tests will be skipped (apt-get install libusb-1.0-0)"
+
+run: $(VENV)/.run-installed
+	$(VENV)/bin/edge-run
+
+test: sysdeps $(VENV)/.dev-installed
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q tests
+
+bench: $(VENV)/.dev-installed
+	$(PY) benchmarks/run_all.py
+
+weights: $(VENV)/.dev-installed
+	$(PY) -m edgebridge.train.make_weights
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

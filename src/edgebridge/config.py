@@ -101,11 +101,9 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             raise ConfigError(f"{key}: required key is missing")
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError) as e:  # ConfigError is a ValueError: add the table's prefix
         msg = str(e)
-        raise ConfigError(msg if msg.startswith(prefix) and prefix else f"{prefix}{msg}") from e
+        raise ConfigError(msg if not prefix or msg.startswith(prefix) else f"{prefix}{msg}") from e
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:

@@ -1,0 +1,174 @@
+"""Lift a planner's 2-D anchors to 3-D waypoints in the robot base frame.
+
+For each anchor ``(u, v)`` of a :class:`~edgebridge.contracts.Plan`:
+
+1. the pixel must lie inside the image, else :class:`PlanError`;
+2. its depth is the **median of the valid depth** in a ``window x window`` patch centred on the pixel
+   (clipped at the image border). Valid means finite, > 0 and inside ``[depth_min, depth_max]``; a
+   patch needs at least ``min_valid`` such samples. The median ignores the odd flying pixel at an
+   object edge, where a single-pixel read would jump to the background;
+3. the pixel is deprojected with the intrinsics (pinhole + the distortion model in
+   :class:`~edgebridge.contracts.Intrinsics`, same conventions as librealsense) to the camera optical
+   frame, then mapped to the base frame with ``T_base_cam``;
+4. the base-frame point must lie inside the workspace (when one is given), else :class:`PlanError`.
+
+Depth policy (decided here, documented in ``docs/planner.md``): the **measured depth always wins**.
+An anchor's own ``depth`` (a planner's estimate) is used only when the window holds no valid
+measurement *and* the caller passes ``planner_depth_fallback=True``; it must then also lie in
+``[depth_min, depth_max]``. By default a depth hole is an error naming the anchor index and pixel: a
+point at 0 m (or at a guess) is never produced silently, and the runtime holds the arm instead.
+
+Every waypoint gets ``plan.orientation``; the gripper value comes from its anchor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..contracts import Intrinsics, Plan, RGBD, Waypoints, check_transform
+from ..errors import PlanError
+
+log = logging.getLogger(__name__)
+
+_UNDISTORT_ITERATIONS = 20
+
+
+class Workspace(Protocol):
+    """Anything with ``contains(points (N, 3)) -> (N,) bool`` (e.g. ``edgebridge.kernels.WorkspaceBox``)."""
+
+    def contains(self, points: np.ndarray) -> np.ndarray: ...
+
+
+def window_depth(depth: np.ndarray, u: int, v: int, *, window: int = 5, depth_min: float = 0.05,
+                 depth_max: float = 3.0, min_valid: int = 1) -> float | None:
+    """Median of the valid depth in the ``window x window`` patch centred on ``(u, v)``.
+
+    Returns ``None`` when fewer than ``min_valid`` valid samples are found (a depth hole).
+    """
+    h, w = depth.shape
+    r = window // 2
+    patch = depth[max(0, v - r):min(h, v + r + 1), max(0, u - r):min(w, u + r + 1)]
+    vals = patch[np.isfinite(patch)]
+    vals = vals[(vals > 0) & (vals >= depth_min) & (vals <= depth_max)]
+    if vals.size < max(1, min_valid):
+        return None
+    return float(np.median(vals))
+
+
+def _radial(r2: np.ndarray, k1: float, k2: float, k3: float) -> np.ndarray:
+    return 1 + k1 * r2 + k2 * r2 * r2 + k3 * r2 * r2 * r2
+
+
+def undistort_normalized(x: np.ndarray, y: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """Map normalised image coordinates ``((u-cx)/fx, (v-cy)/fy)`` to undistorted ray coordinates.
+
+    Follows librealsense's ``rs2_deproject_pixel_to_point`` (coefficients k1 k2 p1 p2 k3), which both
+    models invert by fixed-point iteration of the forward model in :func:`distort_normalized`:
+    ``brown_conrady`` (tangential term on the undistorted point) and ``inverse_brown_conrady``
+    (tangential term on the radially distorted point, librealsense's "modified" form).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if intr.model == "none" or not np.any(intr.coeffs):
+        return x, y
+    k1, k2, p1, p2, k3 = (float(c) for c in intr.coeffs)
+    modified = intr.model == "inverse_brown_conrady"
+    xu, yu = x.copy(), y.copy()
+    for _ in range(_UNDISTORT_ITERATIONS):
+        r2 = xu * xu + yu * yu
+        radial = _radial(r2, k1, k2, k3)
+        xt, yt = (xu * radial, yu * radial) if modified else (xu, yu)
+        dx = 2 * p1 * xt * yt + p2 * (r2 + 2 * xt * xt)
+        dy = 2 * p2 * xt * yt + p1 * (r2 + 2 * yt * yt)
+        xu = (x - dx) / radial
+        yu = (y - dy) / radial
+    return xu, yu
+
+
+def distort_normalized(x: np.ndarray, y: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """Forward distortion of undistorted normalised coordinates (librealsense's projection)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if intr.model == "none":
+        return x, y
+    k1, k2, p1, p2, k3 = (float(c) for c in intr.coeffs)
+    r2 = x * x + y * y
+    radial = _radial(r2, k1, k2, k3)
+    xt, yt = (x * radial, y * radial) if intr.model == "inverse_brown_conrady" else (x, y)
+    return (x * radial + 2 * p1 * xt * yt + p2 * (r2 + 2 * xt * xt),
+            y * radial + 2 * p2 * xt * yt + p1 * (r2 + 2 * yt * yt))
+
+
+def deproject_pixel(intr: Intrinsics, u: float, v: float, depth: float) -> np.ndarray:
+    """Pixel ``(u, v)`` (column, row) at ``depth`` metres -> (3,) point in the camera optical frame."""
+    x = (float(u) - intr.cx) / intr.fx
+    y = (float(v) - intr.cy) / intr.fy
+    xu, yu = undistort_normalized(np.float64(x), np.float64(y), intr)
+    return np.array([float(xu) * depth, float(yu) * depth, float(depth)])
+
+
+def lift_plan(plan: Plan, rgbd: RGBD, T_base_cam: np.ndarray, workspace: Workspace | Any | None = None, *,
+              window: int = 5, depth_min: float = 0.05, depth_max: float = 3.0, min_valid: int = 1,
+              planner_depth_fallback: bool = False) -> Waypoints:
+    """Lift every anchor of ``plan`` to a base-frame waypoint; any bad anchor raises :class:`PlanError`.
+
+    ``window`` (odd, >= 1) is the side of the depth patch; ``min_valid`` the valid samples it needs.
+    The returned waypoints carry ``rgbd.stamp_ns`` (the frame they were measured in).
+    """
+    if not isinstance(plan, Plan):
+        raise PlanError(f"lift_plan: expected a Plan, got {type(plan).__name__}")
+    if not isinstance(rgbd, RGBD):
+        raise PlanError(f"lift_plan: expected an RGBD frame, got {type(rgbd).__name__}")
+    if not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"lift_plan: window must be an odd int >= 1, got {window!r}")
+    if not 0 < depth_min < depth_max:
+        raise ValueError(f"lift_plan: need 0 < depth_min < depth_max, got {depth_min}, {depth_max}")
+    try:
+        T = check_transform("T_base_cam", T_base_cam)
+    except ValueError as e:
+        raise PlanError(f"lift_plan: invalid camera pose ({e}); check the hand-eye calibration file") from e
+    intr = rgbd.intrinsics
+    cam_pts = np.empty((len(plan.anchors), 3))
+    for i, a in enumerate(plan.anchors):
+        if not (0 <= a.u < intr.width and 0 <= a.v < intr.height):
+            raise PlanError(f"anchor {i} at pixel (u={a.u}, v={a.v}) lies outside the "
+                            f"{intr.width}x{intr.height} image; the plan is rejected")
+        z = window_depth(rgbd.depth, a.u, a.v, window=window, depth_min=depth_min, depth_max=depth_max,
+                         min_valid=min_valid)
+        if z is None:
+            if planner_depth_fallback and a.depth is not None and depth_min <= a.depth <= depth_max:
+                log.warning("anchor %d at (%d, %d): depth hole, using the planner's depth %.3f m", i, a.u, a.v, a.depth)
+                z = float(a.depth)
+            else:
+                raise PlanError(
+                    f"anchor {i} at pixel (u={a.u}, v={a.v}): no valid depth in the {window}x{window} window "
+                    f"(need >= {min_valid} samples in [{depth_min}, {depth_max}] m); a depth hole - "
+                    f"re-plan, move the camera or widen the window")
+        cam_pts[i] = deproject_pixel(intr, a.u, a.v, z)
+    base_pts = cam_pts @ T[:3, :3].T + T[:3, 3]
+    if workspace is not None:
+        try:
+            inside = np.asarray(workspace.contains(base_pts.astype(np.float32)), dtype=bool).reshape(-1)
+        except AttributeError as e:
+            raise TypeError(f"lift_plan: workspace must have contains(points) -> bool array, "
+                            f"got {type(workspace).__name__}") from e
+        if inside.shape != (len(base_pts),):
+            raise TypeError(f"lift_plan: workspace.contains returned shape {inside.shape}, "
+                            f"expected ({len(base_pts)},)")
+        if not inside.all():
+            i = int(np.flatnonzero(~inside)[0])
+            a = plan.anchors[i]
+            p = np.round(base_pts[i], 3).tolist()
+            raise PlanError(f"anchor {i} at pixel (u={a.u}, v={a.v}) lifts to {p} m in the base frame, outside "
+                            f"the workspace ({workspace!r}); {int((~inside).sum())} of {len(base_pts)} anchors "
+                            f"outside - the plan points off the table and is rejected")
+    m = len(plan.anchors)
+    return Waypoints(
+        positions=base_pts,
+        quats=np.tile(plan.orientation, (m, 1)),
+        gripper=np.array([a.gripper for a in plan.anchors]),
+        stamp_ns=rgbd.stamp_ns,
+    )

@@ -1,0 +1,134 @@
+"""Prompt template, grammar and schema assets (versioned together), chat messages and image encoding.
+
+The assets in ``edgebridge/assets/planner/`` are ``prompt.txt``, ``plan.gbnf`` (the generic bounded
+grammar, pixels up to 4 digits), ``plan.schema.json`` and ``meta.json`` holding the format version and
+the sha256 of each file plus one combined hash. Exported GGUF files carry the same version and hash in
+their metadata, so a model and the runtime that prompts it can be checked against each other.
+``python -m edgebridge.runtime.planner.prompt`` regenerates grammar, schema and meta after a change
+(bump :data:`FORMAT_VERSION` when the format changes).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .format import MAX_ANCHORS, build_grammar, plan_schema
+
+FORMAT_VERSION = "1.0.0"
+ASSET_FILES = ("prompt.txt", "plan.gbnf", "plan.schema.json")
+SYSTEM_MESSAGE = "You are a robot task planner. You answer with JSON only."
+GGUF_KEY_VERSION = "edgebridge.planner.format_version"
+GGUF_KEY_HASH = "edgebridge.planner.format_hash"
+
+
+def _asset_dir() -> Path:
+    return Path(str(resources.files("edgebridge") / "assets" / "planner"))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class PromptAssets:
+    """The versioned prompt template, grammar and schema as shipped."""
+
+    template: str
+    grammar: str
+    schema: dict
+    version: str
+    hash: str
+
+    def render(self, instruction: str, width: int, height: int, max_anchors: int = MAX_ANCHORS) -> str:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("planner prompt: instruction must be a non-empty string")
+        return self.template.format(instruction=instruction.strip(), width=width, height=height,
+                                    max_anchors=max_anchors)
+
+
+def compute_meta(asset_dir: Path) -> dict:
+    files = {name: _sha256((asset_dir / name).read_bytes()) for name in ASSET_FILES}
+    combined = _sha256("".join(f"{n}:{files[n]}\n" for n in ASSET_FILES).encode() + FORMAT_VERSION.encode())
+    return {"format_version": FORMAT_VERSION, "files": files, "hash": combined}
+
+
+@lru_cache(maxsize=1)
+def load_assets() -> PromptAssets:
+    """Load the shipped assets; a file edited without regenerating meta.json is an error."""
+    d = _asset_dir()
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        actual = compute_meta(d)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RuntimeError(f"planner assets in {d} are missing or unreadable ({e}); reinstall edgebridge") from e
+    if meta != actual:
+        raise RuntimeError(f"planner assets in {d} do not match meta.json (version {meta.get('format_version')}); "
+                           f"run 'python -m edgebridge.runtime.planner.prompt' and bump FORMAT_VERSION")
+    return PromptAssets(template=(d / "prompt.txt").read_text(), grammar=(d / "plan.gbnf").read_text(),
+                        schema=json.loads((d / "plan.schema.json").read_text()),
+                        version=meta["format_version"], hash=meta["hash"])
+
+
+def write_assets(asset_dir: Path | None = None) -> dict:
+    """Regenerate plan.gbnf, plan.schema.json and meta.json from the format module."""
+    d = asset_dir or _asset_dir()
+    (d / "plan.gbnf").write_text(build_grammar())
+    (d / "plan.schema.json").write_text(json.dumps(plan_schema(), indent=2) + "\n")
+    meta = compute_meta(d)
+    (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    load_assets.cache_clear()
+    return meta
+
+
+# --------------------------------------------------------------------------- image
+
+
+def downscale(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, int]:
+    """Block-average ``rgb`` by the smallest integer factor that makes its long side <= ``max_side``."""
+    h, w = rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return rgb, 1
+    f = -(-max(h, w) // int(max_side))
+    hh, ww = h // f, w // f
+    small = rgb[:hh * f, :ww * f].reshape(hh, f, ww, f, 3).mean(axis=(1, 3))
+    return np.clip(np.rint(small), 0, 255).astype(np.uint8), f
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """Encode an (H, W, 3) uint8 image as PNG with the standard library (no image dependency)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b""))
+
+
+def image_data_uri(rgb: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+
+
+def chat_messages(prompt: str, image_uri: str | None) -> list[dict]:
+    """OpenAI-style chat messages: a system message and the user turn (image first, then the text)."""
+    if image_uri is None:
+        user: object = prompt
+    else:
+        user = [{"type": "image_url", "image_url": {"url": image_uri}}, {"type": "text", "text": prompt}]
+    return [{"role": "system", "content": SYSTEM_MESSAGE}, {"role": "user", "content": user}]
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    print(json.dumps(write_assets(), indent=2))

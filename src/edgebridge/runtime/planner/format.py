@@ -17,8 +17,9 @@ An answer looks like (whitespace optional, at most one space between tokens)::
 
 The grammar is **bounded**: integers have no leading zeros and are limited to the image size, the
 anchor list has 1..``max_anchors`` items, whitespace is at most one space. Every string it accepts is
-JSON that passes :func:`validate_json` against :func:`plan_schema` (only "increasing subtasks" is
-left to :func:`parse_plan`), and every generation stops in a bounded number of tokens.
+JSON that passes :func:`validate_json` against :func:`plan_schema` and :func:`parse_plan` (the
+grammar has one branch per anchor count, so subtask indices are increasing and below the anchor
+count), and every generation stops in a bounded number of tokens.
 """
 
 from __future__ import annotations
@@ -71,18 +72,23 @@ def build_grammar(width: int | None = None, height: int | None = None, max_ancho
     v_hi = GENERIC_PIXEL_MAX if height is None else int(height) - 1
     if u_hi < 1 or v_hi < 1:
         raise ValueError(f"build_grammar: image must be at least 2x2, got {width}x{height}")
-    more = max_anchors - 1
-    rep = f"{{0,{more}}}" if more else "{0,0}"
-    lines = [
-        'root ::= "{" ws "\\"anchors\\"" ws ":" ws "[" ws anchor ' + f"(ws \",\" ws anchor){rep}" + ' ws "]" '
-        'ws "," ws "\\"yaw\\"" ws ":" ws yaw subtasks? ws "}"',
+    head = '"{" ws "\\"anchors\\"" ws ":" ws "["'
+    tail = 'ws "]" ws "," ws "\\"yaw\\"" ws ":" ws yaw'
+    lines = ["root ::= " + head + " ws ( " + " | ".join(f"plan-{k}" for k in range(1, max_anchors + 1)) + ' ) ws "}"']
+    # one alternative per anchor count k, so the subtask indices can be bounded by k and increasing
+    for k in range(1, max_anchors + 1):
+        rep = f' (ws "," ws anchor){{{k - 1}}}' if k > 1 else ""
+        lines.append(f"plan-{k} ::= anchor{rep} {tail} subtasks-{k}?")
+        lines.append(f'subtasks-{k} ::= ws "," ws "\\"subtasks\\"" ws ":" ws "[" ws st-{k}-0? ws "]"')
+        for i in range(k):
+            alts = [f'"{j}" (ws "," ws st-{k}-{j + 1})?' if j + 1 < k else f'"{j}"' for j in range(i, k)]
+            lines.append(f"st-{k}-{i} ::= " + " | ".join(alts))
+    lines += [
         'anchor ::= "{" ws "\\"point_2d\\"" ws ":" ws "[" ws u ws "," ws v ws "]" ws "," ws '
         '"\\"gripper\\"" ws ":" ws gripper ws "}"',
         'gripper ::= "\\"open\\"" | "\\"close\\""',
-        'subtasks ::= ws "," ws "\\"subtasks\\"" ws ":" ws "[" ws ( idx ' + f"(ws \",\" ws idx){rep}" + ' )? ws "]"',
         f"u ::= {int_range_gbnf(u_hi)}",
         f"v ::= {int_range_gbnf(v_hi)}",
-        f"idx ::= {int_range_gbnf(max(1, max_anchors - 1))}",
         f'yaw ::= "0" | "-"? ({int_range_gbnf(YAW_LIMIT_DEG, zero=False)})',
         'ws ::= " "?',
     ]

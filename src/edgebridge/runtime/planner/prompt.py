@@ -100,8 +100,11 @@ def downscale(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, int]:
         return rgb, 1
     f = -(-max(h, w) // int(max_side))
     hh, ww = h // f, w // f
-    small = rgb[:hh * f, :ww * f].reshape(hh, f, ww, f, 3).mean(axis=(1, 3))
-    return np.clip(np.rint(small), 0, 255).astype(np.uint8), f
+    sums = np.zeros((hh, ww, 3), np.uint32)
+    for i in range(f):  # f*f strided adds: much faster than a reshape-sum over non-contiguous axes
+        for j in range(f):
+            sums += rgb[i:hh * f:f, j:ww * f:f]
+    return ((sums + (f * f) // 2) // (f * f)).astype(np.uint8), f
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -33,6 +33,7 @@ class FeetechBusEmulator:
             self._put(i, "ID", i)
             self._put(i, "Present_Position", start_ticks)
             self._put(i, "Goal_Position", start_ticks)
+        self._exact: dict[int, float] = {}
         self.silent: set[int] = set()
         self.corrupt: set[int] = set()
         self.wrong_id: dict[int, int] = {}
@@ -90,11 +91,15 @@ class FeetechBusEmulator:
         for sid in self.ids:
             if not self.mem[sid][t_addr]:
                 continue
-            pos = int.from_bytes(self.mem[sid][56:58], "little")
+            shown = int.from_bytes(self.mem[sid][56:58], "little")
+            pos = self._exact.get(sid, float(shown))
+            if round(pos) != shown:  # Present_Position was set from outside (arm moved by hand)
+                pos = float(shown)
             goal = int.from_bytes(self.mem[sid][42:44], "little")
             d = goal - pos
-            pos = goal if abs(d) <= step else int(round(pos + step * (1 if d > 0 else -1)))
-            self._put(sid, "Present_Position", pos)
+            pos = float(goal) if abs(d) <= step else pos + step * (1 if d > 0 else -1)
+            self._exact[sid] = pos
+            self._put(sid, "Present_Position", int(round(pos)))
 
     def _run(self) -> None:
         buf = bytearray()

@@ -1,13 +1,51 @@
-"""`edge-export` command line (placeholder until the ONNX / TensorRT / GGUF exporters lands)."""
+"""`edge-export` command line: one subcommand per exporter (argparse subparsers)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import sys
 
 
+def _vlm(args: argparse.Namespace) -> int:
+    from .vlm import ExportError, export_vlm
+
+    if not args.tiny and not args.hf_dir:
+        print("edge-export vlm: give a Hugging Face checkpoint directory or --tiny", file=sys.stderr)
+        return 2
+    try:
+        res = export_vlm(args.out, hf_dir=args.hf_dir, tiny=args.tiny, quants=tuple(args.quant),
+                         convert_script=args.convert_script, check=not args.no_check, chat_handler=args.chat_handler)
+    except ExportError as e:
+        print(f"edge-export vlm: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"f16": str(res.f16), "mmproj": None if res.mmproj is None else str(res.mmproj),
+                      "quantized": {q: str(p) for q, p in res.quantized.items()},
+                      "checks": res.checks}, indent=2, default=float))
+    return 0
+
+
+def _add_vlm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vlm", help="Hugging Face VLM -> GGUF (f16) -> quantised GGUF + a planning check")
+    p.add_argument("hf_dir", nargs="?", help="Hugging Face checkpoint directory (with config.json)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--tiny", action="store_true", help="build the tiny random test model instead (no download)")
+    p.add_argument("--quant", nargs="+", default=["Q8_0", "Q5_K_M", "Q4_K_M"], help="quantisation types")
+    p.add_argument("--convert-script", help="path to llama.cpp's convert_hf_to_gguf.py")
+    p.add_argument("--chat-handler", default="qwen2.5-vl", help="chat handler used by the check")
+    p.add_argument("--no-check", action="store_true", help="skip loading each result and planning once")
+    p.set_defaults(func=_vlm)
+
+
 def main(argv: list[str] | None = None) -> int:
-    print("edge-export: not yet available in this build (the ONNX / TensorRT / GGUF exporters is not implemented yet).", file=sys.stderr)
-    return 2
+    parser = argparse.ArgumentParser(prog="edge-export", description="Export models for the edge runtime.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_vlm(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -14,22 +14,7 @@ from . import _ref
 _EMPTY_RGB = np.zeros((0, 0, 3), np.uint8)
 _NO_T = np.eye(4)
 _NO_BOX = np.zeros(15)
-_RAY_CACHE: dict = {}
-_RAY_CACHE_MAX = 4
-
-
-def _rays(intr: np.ndarray, h: int, w: int, stride: int) -> np.ndarray:
-    """Per-pixel undistorted rays for distorted models (cached per intrinsics); empty for pinhole."""
-    if int(intr[9]) == _ref.MODEL_NONE:
-        return np.zeros((0, 0, 2))
-    key = (intr.tobytes(), h, w, stride)
-    tab = _RAY_CACHE.get(key)
-    if tab is None:
-        if len(_RAY_CACHE) >= _RAY_CACHE_MAX:
-            _RAY_CACHE.pop(next(iter(_RAY_CACHE)))
-        tab = np.ascontiguousarray(_ref.ray_table(intr, h, w, stride))
-        _RAY_CACHE[key] = tab
-    return tab
+_rays = _ref.cached_rays
 
 
 @njit(cache=True)

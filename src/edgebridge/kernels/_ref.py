@@ -44,6 +44,25 @@ def ray_table(intr: np.ndarray, height: int, width: int, stride: int) -> np.ndar
     return np.stack([x, y], axis=-1)
 
 
+_RAY_CACHE: dict = {}
+_RAY_CACHE_MAX = 4
+
+
+def cached_rays(intr: np.ndarray, h: int, w: int, stride: int) -> np.ndarray:
+    """``ray_table`` for distorted models, cached per (intrinsics, size, stride); (0, 0, 2) for pinhole,
+    where the compiled kernels compute ``(u - cx) / fx`` inline."""
+    if int(intr[9]) == MODEL_NONE:
+        return np.zeros((0, 0, 2))
+    key = (intr.tobytes(), h, w, stride)
+    tab = _RAY_CACHE.get(key)
+    if tab is None:
+        if len(_RAY_CACHE) >= _RAY_CACHE_MAX:
+            _RAY_CACHE.pop(next(iter(_RAY_CACHE)))
+        tab = np.ascontiguousarray(ray_table(intr, h, w, stride))
+        _RAY_CACHE[key] = tab
+    return tab
+
+
 def deproject(depth: np.ndarray, intr: np.ndarray, dmin: float, dmax: float, stride: int,
               rgb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     d = depth[::stride, ::stride].astype(np.float64)

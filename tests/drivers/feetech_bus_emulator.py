@@ -105,8 +105,10 @@ class FeetechBusEmulator:
         buf = bytearray()
         while not self._stop.is_set():
             try:
-                r, _, _ = select.select([self._master], [], [], 0.02)
+                r, _, _ = select.select([self._master], [], [], 0.005)
                 if not r:
+                    with self.lock:
+                        self._advance()
                     continue
                 buf += os.read(self._master, 4096)
             except OSError:

@@ -88,6 +88,7 @@ def test_connect_state_command_hold(emu):
         arm.state()
     with arm:
         # Goal = present before torque on: the arm must not jump.
+        _barrier(arm)
         assert emu.get(3, "Goal_Position") == 2048 + 512
         assert _torque(emu) == [1] * 6
         s = arm.state()
@@ -97,11 +98,12 @@ def test_connect_state_command_hold(emu):
         target = np.array([0.2, -0.3, 0.4, 0.1, -0.5])
         sent = arm.command(ArmCommand(joints=target, gripper=1.0))
         np.testing.assert_allclose(sent.joints, target, atol=TICK)
+        _barrier(arm)
         assert sent.gripper == 1.0 and emu.get(6, "Goal_Position") == 3200
         assert _wait_for(lambda: np.allclose(arm.state().joints, sent.joints, atol=1e-9)
                          and arm.state().gripper == pytest.approx(1.0))
     # Disconnect releases torque and the port.
-    assert _torque(emu) == [0] * 6 and not arm.is_connected and not arm.bus.is_open
+    assert _wait_for(lambda: _torque(emu) == [0] * 6) and not arm.is_connected and not arm.bus.is_open
 
 
 def test_hold_mid_motion_stops_where_the_arm_is():
@@ -153,8 +155,9 @@ def test_torque_disabled_block_restores(emu):
 
 
 def test_keep_torque_on_disconnect(emu):
-    with _arm(emu, disable_torque_on_disconnect=False):
-        pass
+    with _arm(emu, disable_torque_on_disconnect=False) as arm:
+        _barrier(arm)
+    time.sleep(0.05)
     assert _torque(emu) == [1] * 6
 
 
@@ -177,6 +180,7 @@ def test_state_fault_names_port_and_servo(emu):
 
 def test_command_is_one_sync_write(emu):
     with _arm(emu) as arm:
+        _barrier(arm)
         emu.received.clear()
         arm.command(ArmCommand(joints=np.zeros(5), gripper=0.0))
         _barrier(arm)

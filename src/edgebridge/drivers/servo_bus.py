@@ -252,9 +252,23 @@ class ServoBus:
     def _note_fault(self, f: _BusFault, attempt: int) -> _BusFault:
         self.stats.faults[f.kind] = self.stats.faults.get(f.kind, 0) + 1
         log.debug("servo bus %s: attempt %d failed: %s", self.config.port, attempt + 1, f)
-        if self._ser is not None:
-            self._ser.reset_input_buffer()
+        self._drain()
         return f
+
+    def _drain(self) -> None:
+        """After a fault, wait until the line is quiet (late answers of other servos) and drop it all,
+        so the next transaction does not read a stale packet."""
+        if self._ser is None:
+            return
+        quiet = max(self.config.timeout_s / 2, 0.002)
+        deadline = time.monotonic() + 4 * self.config.timeout_s
+        self._ser.timeout = quiet
+        try:
+            while self._ser.read(4096) and time.monotonic() < deadline:
+                pass
+        finally:
+            self._ser.timeout = self.config.timeout_s
+            self._ser.reset_input_buffer()
 
     def _fault_error(self, f: _BusFault | None, register: str, servo_id: int | None = None) -> DeviceFaultError:
         hint = {

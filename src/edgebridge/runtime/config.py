@@ -79,7 +79,7 @@ class LoopConfig:
     ``chunk_timeout_s``: no fresh chunk for this long -> decelerate and hold. ``blend_s``: cross-fade time
     between overlapping chunks. ``max_ee_speed`` (m/s) / ``max_ee_angular_speed`` (rad/s) /
     ``max_gripper_speed`` (1/s): rate limits of the interpolated target. ``max_rejections``: this many
-    consecutive rejected commands stop the loop.
+    rejected commands within one second stop the loop.
     """
 
     rate_hz: float = 100.0

@@ -6,7 +6,7 @@ state, wait for the next absolute deadline (``t_next += period``: no drift; hybr
 ``edgebridge.clock``). The clock is injectable: a fake clock in tests, ``SimClock`` for lock-step sim.
 
 Nothing reaches ``Arm.command`` that the safety layer did not build. A rejected command is replaced by
-a (validated) deceleration command or, failing that, ``Arm.hold()``; too many consecutive rejections,
+a (validated) deceleration command or, failing that, ``Arm.hold()``; too many rejections within a second,
 a driver fault or a stop request end the run with the reason. Stale chunks -> decelerate and hold;
 a fresh chunk resumes from the measured pose.
 """
@@ -85,7 +85,8 @@ class StateBox:
 
 class PeriodStats:
     """Per-cycle timing in preallocated ring buffers: wake lateness (wake - deadline), actual period,
-    cycle compute time; deadline misses (woke more than ``miss_ns`` late, or whole periods skipped)."""
+    cycle compute time. A deadline miss is a tick that ran more than ``miss_ns`` (default half a period)
+    late, or did not run at all because the previous cycle overran it (``skipped``)."""
 
     def __init__(self, period_ns: int, capacity: int = 1 << 17, miss_ns: int | None = None) -> None:
         self.period_ns = int(period_ns)
@@ -204,13 +205,15 @@ class ControlLoop:
         self.cycle = 0
         self.sent = 0
         self.holds = 0
-        self._consecutive_rejections = 0
+        self._recent_rejections: deque[int] = deque()
         self._latest_chunk: ActionChunk | None = None
         self._gripper_cmd = 1.0
         self._stop_reason: str | None = None
         self._fault = False
         self._decel_cycles = 0
         self._holding = False
+        self._chunks_seen = 0
+        self._held_at_chunk = -1  # at start any chunk resumes
         self._thread: threading.Thread | None = None
         self._result: LoopResult | None = None
         self.last_state: ArmState | None = None
@@ -253,6 +256,7 @@ class ControlLoop:
         self.last_state = st
         for chunk in self.inbox.drain():
             self._latest_chunk = chunk
+            self._chunks_seen += 1
             self.watchdog.feed_chunk(now)
             if self.mode is Mode.FOLLOW or self.mode is Mode.DECEL:
                 self.blender.push(chunk, now)
@@ -267,10 +271,9 @@ class ControlLoop:
             if self.mode is Mode.DECEL:
                 self._decelerate(now)
         else:
-            if self.mode is Mode.HELD:
-                self._resume_from(st, now)
+            if self.mode is Mode.HELD and self._chunks_seen > self._held_at_chunk:
+                self._resume_from(st, now)  # only a chunk that arrived after the hold resumes
                 self.mode = Mode.FOLLOW
-                self._consecutive_rejections = 0
             if self.mode is Mode.DECEL:
                 self.mode = Mode.FOLLOW
             if self.mode is Mode.FOLLOW:
@@ -298,16 +301,18 @@ class ControlLoop:
         verdict = self.safety.validate(q_cmd, target.gripper, now, ee_target=pose)
         if verdict.ok:
             self._send(verdict.command)
-            self._consecutive_rejections = 0
         else:
             self._on_rejection(now, f"{verdict.reason}: {verdict.detail}")
 
     def _on_rejection(self, now: int, why: str) -> None:
-        self._consecutive_rejections += 1
-        if self._consecutive_rejections == 1:
+        recent = self._recent_rejections
+        recent.append(now)
+        while recent and now - recent[0] > 1_000_000_000:
+            recent.popleft()
+        if len(recent) == 1:
             log.warning("command rejected (%s); decelerating", why)
-        if self._consecutive_rejections >= self.cfg.max_rejections:
-            self._stop_reason = f"{self._consecutive_rejections} consecutive commands rejected, last: {why}"
+        if len(recent) >= self.cfg.max_rejections:
+            self._stop_reason = f"{len(recent)} commands rejected within 1 s, last: {why}"
             self._controlled_stop(now)
             return
         # Brake with a validated command; if even that is refused, hold where the arm is.
@@ -361,6 +366,7 @@ class ControlLoop:
             self._holding = True
         self.limiter.reset(self.limiter.q)
         self.safety.reset(self.limiter.q)
+        self._held_at_chunk = self._chunks_seen
         if self.mode is not Mode.STOPPED:
             self.mode = Mode.HELD
 
@@ -423,8 +429,9 @@ class ControlLoop:
                 if self.mode is Mode.STOPPED:
                     break
                 t_next += period
-                if now > t_next + period:  # overran by whole periods: skip them, no burst of catch-up cycles
-                    k = (now - t_next) // period
+                late = now - t_next
+                if late > stats.miss_ns:  # overran the next tick by more than half a period: skip the
+                    k = late // period + 1  # ticks already gone (no burst of catch-up cycles)
                     t_next += k * period
                     stats.skipped += int(k)
                     stats.misses += int(k)

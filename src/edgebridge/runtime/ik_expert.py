@@ -91,14 +91,63 @@ def approach_waypoints(lifted: Waypoints, start: ArmState | Pose, start_gripper:
     return wp, np.array(D)
 
 
-def fit_guidance(path: Waypoints, durations: np.ndarray, config: GuidanceConfig | None = None):
-    """The B-spline through ``path`` with ``durations``, slowed uniformly if it breaks the limits."""
+class PiecewiseGuidance:
+    """Splines joined end to start at every stop (a contact, where the gripper acts): each piece has zero
+    velocity at both ends, so the path never overshoots a grasp or release point."""
+
+    def __init__(self, pieces: list) -> None:
+        if not pieces:
+            raise ValueError("PiecewiseGuidance: need at least one spline piece")
+        self.pieces = pieces
+        self.offsets = np.concatenate([[0.0], np.cumsum([p.duration for p in pieces])])
+
+    @property
+    def duration(self) -> float:
+        return float(self.offsets[-1])
+
+    def evaluate_many(self, ts) -> np.ndarray:
+        ts = np.atleast_1d(np.asarray(ts, dtype=np.float64))
+        idx = np.clip(np.searchsorted(self.offsets, ts, side="right") - 1, 0, len(self.pieces) - 1)
+        out = np.empty((ts.size, 8))
+        for k in np.unique(idx):
+            m = idx == k
+            local = ts[m] - self.offsets[k]
+            piece = self.pieces[k]
+            out[m, :3] = np.atleast_2d(piece.position(local))
+            out[m, 3:7] = np.atleast_2d(piece.orientation(local))
+            out[m, 7] = np.atleast_1d(piece.gripper(local))
+        return out
+
+    def sample(self, dt: float, t0: float = 0.0, stamp_ns: int | None = None) -> Guidance:
+        dt = float(dt)
+        if not (np.isfinite(dt) and dt > 0):
+            raise ValueError(f"PiecewiseGuidance.sample: dt must be > 0 s, got {dt!r}")
+        n = max(1, int(np.floor((self.duration - t0) / dt + 1e-9)) + 1)
+        ts = t0 + dt * np.arange(n)
+        rows = self.evaluate_many(ts)
+        kw = {} if stamp_ns is None else {"stamp_ns": int(stamp_ns)}
+        return Guidance(ts, rows[:, :3], rows[:, 3:7], np.clip(rows[:, 7], 0.0, 1.0), **kw)
+
+
+def fit_guidance(path: Waypoints, durations: np.ndarray, config: GuidanceConfig | None = None) -> PiecewiseGuidance:
+    """B-spline pieces through ``path`` with ``durations``, split at every gripper change (a stop),
+    each slowed uniformly if it breaks the speed/acceleration limits."""
     from ..kernels import GuidanceSpline
 
     c = config or GuidanceConfig()
-    spline = GuidanceSpline.fit(path, durations=durations)
-    scaled = spline.time_scaled(c.v_max, c.a_max, c.w_max, c.alpha_max)
-    return scaled if scaled.duration > spline.duration else spline
+    durations = np.asarray(durations, dtype=np.float64)
+    if durations.shape != (len(path) - 1,):
+        raise ValueError(f"fit_guidance: need {len(path) - 1} segment durations, got {durations.shape}")
+    g = path.gripper
+    stops = [0] + [i for i in range(1, len(path) - 1) if g[i] != g[i + 1] or g[i] != g[i - 1]] + [len(path) - 1]
+    stops = sorted(set(stops))
+    pieces = []
+    for a, b in zip(stops[:-1], stops[1:]):
+        wp = Waypoints(path.positions[a:b + 1], path.quats[a:b + 1], path.gripper[a:b + 1], frame=path.frame)
+        spline = GuidanceSpline.fit(wp, durations=durations[a:b])
+        scaled = spline.time_scaled(c.v_max, c.a_max, c.w_max, c.alpha_max)
+        pieces.append(scaled if scaled.duration > spline.duration else spline)
+    return PiecewiseGuidance(pieces)
 
 
 @dataclass(frozen=True)

@@ -171,8 +171,7 @@ def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | obj
                 return result(False, f"plan rejected: {e}")
             steps = resolve_steps(world, instruction)
             start_ns = clock.now_ns()
-            guidance = spline.sample(cfg.expert_dt)
-            guidance = type(guidance)(guidance.t, guidance.positions, guidance.quats, guidance.gripper, stamp_ns=start_ns)
+            guidance = spline.sample(cfg.expert_dt, stamp_ns=start_ns)
             end_s = min(spline.duration + cfg.settle_s, limit)
             q = state.joints
             control_ns = int(round(cfg.control_dt * 1e9))

@@ -31,6 +31,7 @@ from .world import SimWorld
 log = logging.getLogger(__name__)
 
 TOP_DOWN = np.array([1.0, 0.0, 0.0, 0.0])  # gripper z axis pointing down, fingers along base y
+TRAY_SLOTS = np.array([[0.0, 0.0], [-0.06, -0.05], [0.06, 0.05], [0.06, -0.05], [-0.06, 0.05]])
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,20 @@ class OraclePlanner:
             raise PlanError("OraclePlanner: the sim camera must render segmentation (camera.segmentation=True)")
         anchors: list[Anchor] = []
         subtasks: list[int] = []
+        n_into: dict[str, int] = {}
         for step in steps:
             subtasks.append(len(anchors))
             anchors.append(self._anchor(step.obj, 0.0, depth, seg, rgbd))
             for via in self._obstacles_between(step):
                 anchors.append(self._anchor(via, 0.0, depth, seg, rgbd))
-            anchors.append(self._anchor(step.target, 1.0, depth, seg, rgbd))
-        yaw = grasp_yaw(self.world, steps[0].obj)
+            aim = None
+            if self.world.object(step.target).kind == "tray":  # spread the objects over the tray
+                k = n_into[step.target] = n_into.get(step.target, -1) + 1
+                aim = self.world.pose(step.target).position[:2] + TRAY_SLOTS[k % len(TRAY_SLOTS)]
+            anchors.append(self._anchor(step.target, 1.0, depth, seg, rgbd, aim=aim))
+        # one orientation per plan: across the mug if there is one (cubes fit the gripper at any yaw)
+        mugs = [s.obj for s in steps if self.world.object(s.obj).kind == "mug"]
+        yaw = grasp_yaw(self.world, mugs[0] if mugs else steps[0].obj)
         ms = (now_ns() - t0) / 1e6
         return Plan(instruction=instruction, anchors=tuple(anchors), orientation=top_down_quat(yaw),
                     subtasks=tuple(subtasks), source="oracle", privileged=True, stamp_ns=rgbd.stamp_ns,
@@ -129,8 +137,10 @@ class OraclePlanner:
                 out.append(name)
         return out
 
-    def surface_point(self, name: str, depth: np.ndarray, seg: np.ndarray) -> tuple[int, int, np.ndarray]:
-        """The visible pixel of ``name`` whose 3-D point is nearest its vertical axis (then highest)."""
+    def surface_point(self, name: str, depth: np.ndarray, seg: np.ndarray,
+                      aim: np.ndarray | None = None) -> tuple[int, int, np.ndarray]:
+        """The visible pixel of ``name`` whose 3-D point is nearest its vertical axis (or the vertical
+        line through ``aim`` (x, y)), then highest for boxes."""
         obj = self.world.object(name)
         vs, us = np.nonzero((seg == obj.body) & (depth > 0))
         if us.size == 0:
@@ -145,14 +155,17 @@ class OraclePlanner:
         centre = (lo + hi) / 2
         if obj.kind == "mug":  # the body's axis, not the bounding-box centre pulled towards the handle
             centre = self.world.pose(name).position
+        if aim is not None:
+            centre = np.array([aim[0], aim[1], centre[2]])
         radial = np.linalg.norm(pb[:, :2] - centre[:2], axis=1)
         near = radial <= max(self.config.axis_radius_m, radial.min() + 0.003)
         idx = np.flatnonzero(near)
         i = idx[np.argmax(pb[idx, 2])] if obj.kind in ("cube", "block") else idx[np.argmin(radial[idx])]
         return int(us[i]), int(vs[i]), pb[i]
 
-    def _anchor(self, name: str, gripper: float, depth: np.ndarray, seg: np.ndarray, rgbd: RGBD) -> Anchor:
-        u, v, p = self.surface_point(name, depth, seg)
+    def _anchor(self, name: str, gripper: float, depth: np.ndarray, seg: np.ndarray, rgbd: RGBD,
+                aim: np.ndarray | None = None) -> Anchor:
+        u, v, p = self.surface_point(name, depth, seg, aim)
         c = self.config
         if c.offset_m > 0:
             d = self._rng.standard_normal(3)

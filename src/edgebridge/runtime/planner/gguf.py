@@ -43,6 +43,8 @@ class GGUFPlannerConfig:
     """``model_path``: the language model GGUF; ``mmproj_path``: its vision projector GGUF.
     Without ``mmproj_path`` the planner refuses image requests unless ``text_only`` is set, in which
     case it plans from the instruction alone and says so in the log (for tests and text models).
+    ``n_threads``: 0 means all cores but one, which is left to the control loop (llama.cpp's worker
+    threads spin; on an oversubscribed CPU more threads than free cores makes generation many times slower).
     ``n_gpu_layers``: -1 offloads all layers (Jetson with a CUDA build), 0 keeps everything on the CPU.
     ``image_max_side``: the image is block-averaged down to this long side before encoding; anchors are
     scaled back to full resolution."""
@@ -89,8 +91,8 @@ def scale_plan(plan: Plan, factor: int, width: int, height: int) -> Plan:
     """Map anchors from a ``factor``-times downscaled image back to full resolution (pixel centres)."""
     if factor == 1:
         return plan
-    anchors = tuple(Anchor(min(width - 1, int(round((a.u + 0.5) * factor - 0.5))),
-                           min(height - 1, int(round((a.v + 0.5) * factor - 0.5))), a.gripper, a.depth)
+    anchors = tuple(Anchor(min(width - 1, int((a.u + 0.5) * factor)),
+                           min(height - 1, int((a.v + 0.5) * factor)), a.gripper, a.depth)
                     for a in plan.anchors)
     return dataclasses.replace(plan, anchors=anchors)
 
@@ -136,7 +138,7 @@ class GGUFPlanner:
                                 f"{cfg.chat_handler!r} ({e})") from e
         try:
             self._llm = lc.Llama(model_path=str(path), chat_handler=self._handler, n_ctx=cfg.n_ctx,
-                                 n_threads=cfg.n_threads or os.cpu_count(), n_gpu_layers=cfg.n_gpu_layers,
+                                 n_threads=cfg.n_threads or max(1, (os.cpu_count() or 2) - 1), n_gpu_layers=cfg.n_gpu_layers,
                                  seed=cfg.seed, verbose=cfg.verbose)
         except (ValueError, RuntimeError, OSError) as e:
             raise PlanError(f"GGUF planner: llama.cpp could not load {path} ({e}); is it a complete GGUF "

@@ -1,13 +1,98 @@
-"""`edge-sim` command line (placeholder until the simulator lands)."""
+"""`edge-sim`: run episodes in the embedded world, write demonstrations, list tasks.
+
+    edge-sim run --task "put cup in tray" --planner oracle --expert ik --seed 0 --episodes 5 \
+        [--plan-noise-cm 1] [--depth-noise-cm 1] [--json FILE] [--record DIR]
+    edge-sim demos --task put_cup_in_tray --episodes 20 --out demos/ [--seed 0]
+    edge-sim tasks
+
+`run` exits 1 when any episode fails, 2 on bad arguments.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge-sim", description="edgebridge embedded simulated world")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run episodes (camera -> planner -> lift -> spline -> expert -> arm)")
+    r.add_argument("--task", required=True, help="task slug or instruction, e.g. 'put cup in tray'")
+    r.add_argument("--planner", default="oracle", choices=["oracle"])
+    r.add_argument("--expert", default="ik", help="expert name (ik, or one registered by an extension)")
+    r.add_argument("--seed", type=int, default=0, help="first seed")
+    r.add_argument("--episodes", type=int, default=1)
+    r.add_argument("--plan-noise-cm", type=float, default=0.0, help="3-D anchor offset of the oracle plan")
+    r.add_argument("--depth-noise-cm", type=float, default=0.0, help="depth bias (+ stereo noise when > 0)")
+    r.add_argument("--max-seconds", type=float, default=None, help="simulated time limit per episode")
+    r.add_argument("--json", type=Path, default=None, help="write the episode results to this JSON file")
+    r.add_argument("--record", type=Path, default=None, help="write a GIF + step log per episode under DIR")
+    d = sub.add_parser("demos", help="write demonstrations for the action expert")
+    d.add_argument("--task", required=True)
+    d.add_argument("--episodes", type=int, required=True)
+    d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--seed", type=int, default=0)
+    sub.add_parser("tasks", help="list the registered tasks and their phrasings")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("edge-sim: not yet available in this build (the simulator is not implemented yet).", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .tasks import TASKS, get_task
+
+    if args.cmd == "tasks":
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="edge-sim tasks")
+        for col in ("slug", "level", "instruction", "other phrasings"):
+            t.add_column(col)
+        for s in TASKS.values():
+            t.add_row(s.slug, s.level, s.instruction, "; ".join(s.phrasings[1:]))
+        Console().print(t)
+        return 0
+    try:
+        get_task(args.task)
+    except KeyError as e:
+        print(f"edge-sim: {e.args[0]}", file=sys.stderr)
+        return 2
+    if args.episodes < 1:
+        print(f"edge-sim: --episodes must be >= 1, got {args.episodes}", file=sys.stderr)
+        return 2
+    if args.cmd == "demos":
+        from .demos import write_demos
+
+        meta = write_demos(args.task, args.episodes, args.out, seed=args.seed)
+        ok = sum(e["success"] for e in meta["episodes"])
+        print(f"wrote {len(meta['episodes'])} episodes ({ok} successful) to {args.out} in {meta['wall_s']:.1f} s")
+        return 0
+    from .episode import run_episode
+
+    results = []
+    for i in range(args.episodes):
+        seed = args.seed + i
+        rec = args.record / f"{get_task(args.task).slug}_seed{seed}" if args.record else None
+        try:
+            r = run_episode(args.task, seed, args.planner, args.expert, plan_noise_m=args.plan_noise_cm / 100,
+                            depth_noise=args.depth_noise_cm / 100, record_dir=rec, max_seconds=args.max_seconds)
+        except (KeyError, ValueError) as e:
+            print(f"edge-sim: {e}", file=sys.stderr)
+            return 2
+        results.append(r)
+        print(f"{r.task} seed {r.seed}: {'success' if r.success else 'FAILED'} in {r.duration:.1f} s sim "
+              f"({r.wall_s:.1f} s wall): {r.reason}")
+    n_ok = sum(r.success for r in results)
+    print(f"{n_ok}/{len(results)} episodes succeeded")
+    if args.json:
+        args.json.write_text(json.dumps({"episodes": [r.to_dict() for r in results], "success_rate": n_ok / len(results)},
+                                        indent=2))
+    return 0 if n_ok == len(results) else 1
 
 
 if __name__ == "__main__":

@@ -127,6 +127,53 @@ class _Recorder:
             imageio.mimsave(self.out / "camera.gif", self.frames, duration=0.2, loop=0)
 
 
+def execute(world: SimWorld, arm: SimArm, spline, expert, cfg: EpisodeConfig, limit_s: float, *,
+            cloud_fn: Callable[[], object] | None = None, on_step: Callable | None = None,
+            timings: dict | None = None) -> str | None:
+    """Follow ``spline`` (anything with ``duration`` and ``sample(dt, stamp_ns=)``) with ``expert`` until
+    its end plus ``settle_s`` or ``limit_s``: expert every ``expert_dt``, IK + arm command every
+    ``control_dt``, lock-step. Returns None, or the reason the execution failed.
+    ``on_step(t, state, chunk)`` is called after every expert step."""
+    clock = world.clock
+    start_ns = clock.now_ns()
+    guidance = spline.sample(cfg.expert_dt, stamp_ns=start_ns)
+    end_s = min(spline.duration + cfg.settle_s, limit_s)
+    q = arm.state().joints
+    control_ns = int(round(cfg.control_dt * 1e9))
+    per_expert = max(1, int(round(cfg.expert_dt / cfg.control_dt)))
+    tick = 0
+    chunk = None
+    ik_ms: list[float] = []
+    while (clock.now_ns() - start_ns) / 1e9 < end_s:
+        if tick % per_expert == 0:
+            state = arm.state()
+            cloud = cloud_fn() if cloud_fn is not None else None
+            chunk = expert.act(cloud, state, guidance)
+            for name, obj in world.objects.items():
+                if not obj.fixed and not world.on_table(name):
+                    return f"{name} was knocked off the table"
+            if on_step is not None:
+                on_step((clock.now_ns() - start_ns) / 1e9, state, chunk)
+        k = (clock.now_ns() - chunk.start_ns) / 1e9 / chunk.dt
+        i = int(np.clip(np.floor(k), 0, len(chunk) - 1))
+        j = min(i + 1, len(chunk) - 1)
+        s = float(np.clip(k - i, 0.0, 1.0))
+        row = (1 - s) * chunk.poses[i].astype(np.float64) + s * chunk.poses[j].astype(np.float64)
+        target = Pose(row[:3], row[3:7] / np.linalg.norm(row[3:7]))
+        t1 = time.perf_counter()
+        try:
+            q = arm.kin.ik(target, q)
+        except IKError as e:
+            return f"unreachable target: {e}"
+        ik_ms.append((time.perf_counter() - t1) * 1e3)
+        arm.command(ArmCommand(joints=q, gripper=float(np.clip(row[7], 0, 1)), ee_target=target))
+        tick += 1
+        clock.sleep_until(start_ns + tick * control_ns)
+    if timings is not None and ik_ms:
+        timings["ik_median"] = float(np.median(ik_ms))
+    return None
+
+
 def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | object = "ik", *,
                 plan_noise_m: float = 0.0, depth_noise: float | DepthNoiseConfig = 0.0,
                 record_dir: str | Path | None = None, max_seconds: float | None = None,
@@ -170,51 +217,28 @@ def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | obj
             except (PlanError, ValueError) as e:
                 return result(False, f"plan rejected: {e}")
             steps = resolve_steps(world, instruction)
-            start_ns = clock.now_ns()
-            guidance = spline.sample(cfg.expert_dt, stamp_ns=start_ns)
-            end_s = min(spline.duration + cfg.settle_s, limit)
-            q = state.joints
-            control_ns = int(round(cfg.control_dt * 1e9))
-            per_expert = max(1, int(round(cfg.expert_dt / cfg.control_dt)))
-            tick = 0
-            chunk = None
-            ik_ms = []
-            while (clock.now_ns() - start_ns) / 1e9 < end_s:
-                if tick % per_expert == 0:
-                    state = arm.state()
-                    cloud = None
-                    if getattr(exp, "needs_cloud", True):
-                        from ..kernels import depth_to_cloud
 
-                        cloud = depth_to_cloud(camera.read(), camera.T_base_cam, workspace(), 512)
-                    chunk = exp.act(cloud, state, guidance)
-                    for name, obj in world.objects.items():
-                        if not obj.fixed and not world.on_table(name):
-                            return result(False, f"{name} was knocked off the table")
-                    rgb = camera.render()[0] if rec.out is not None and (tick // per_expert) % cfg.record_every == 0 else None
-                    rec.step({"t": clock.now_ns() / 1e9, "joints": state.joints.round(4).tolist(),
-                              "ee": state.ee_pose.position.round(4).tolist(), "gripper": round(state.gripper, 3),
-                              "target": chunk.poses[0].round(4).tolist(),
-                              "objects": {n: world.pose(n).position.round(4).tolist() for n in world.objects}}, rgb)
-                k = (clock.now_ns() - chunk.start_ns) / 1e9 / chunk.dt
-                i = int(np.clip(np.floor(k), 0, len(chunk) - 1))
-                j = min(i + 1, len(chunk) - 1)
-                s = float(np.clip(k - i, 0.0, 1.0))
-                row = (1 - s) * chunk.poses[i].astype(np.float64) + s * chunk.poses[j].astype(np.float64)
-                target = Pose(row[:3], row[3:7] / np.linalg.norm(row[3:7]))
-                t1 = time.perf_counter()
-                try:
-                    q = arm.kin.ik(target, q)
-                except IKError as e:
-                    return result(False, f"unreachable target: {e}")
-                ik_ms.append((time.perf_counter() - t1) * 1e3)
-                arm.command(ArmCommand(joints=q, gripper=float(np.clip(row[7], 0, 1)), ee_target=target))
-                tick += 1
-                clock.sleep_until(start_ns + tick * control_ns)
-            timings["ik_median"] = float(np.median(ik_ms)) if ik_ms else 0.0
+            def on_step(t, state, chunk):
+                rgb = camera.render()[0] if rec.out is not None and on_step.n % cfg.record_every == 0 else None
+                on_step.n += 1
+                rec.step({"t": round(t, 3), "joints": state.joints.round(4).tolist(),
+                          "ee": state.ee_pose.position.round(4).tolist(), "gripper": round(state.gripper, 3),
+                          "target": chunk.poses[0].round(4).tolist(),
+                          "objects": {n: world.pose(n).position.round(4).tolist() for n in world.objects}}, rgb)
+
+            on_step.n = 0
+            cloud_fn = None
+            if getattr(exp, "needs_cloud", True):
+                from ..kernels import depth_to_cloud
+
+                box = workspace()
+                cloud_fn = lambda: depth_to_cloud(camera.read(), camera.T_base_cam, box, 512)  # noqa: E731
+            failure = execute(world, arm, spline, exp, cfg, limit, cloud_fn=cloud_fn, on_step=on_step, timings=timings)
+            if failure is not None:
+                return result(False, failure)
             world.settle(0.3)
             ok, why = check_success(world, steps)
-            if not ok and (clock.now_ns() - start_ns) / 1e9 >= limit:
+            if not ok and clock.now_ns() / 1e9 >= limit:
                 why = f"time limit {limit:.0f} s reached: {why}"
             return result(ok, why)
     except EdgebridgeError as e:

@@ -30,6 +30,7 @@ from .world import SimWorld
 
 log = logging.getLogger(__name__)
 
+_WARNED = False  # the privileged-plan warning is logged once per process
 TOP_DOWN = np.array([1.0, 0.0, 0.0, 0.0])  # gripper z axis pointing down, fingers along base y
 TRAY_SLOTS = np.array([[0.0, 0.0], [-0.06, -0.05], [0.06, 0.05], [0.06, -0.05], [-0.06, 0.05]])
 
@@ -79,7 +80,6 @@ class OraclePlanner:
         self.camera = camera
         self.config = config or OracleConfig()
         self._rng = np.random.default_rng(self.config.seed)
-        self._warned = False
 
     def close(self) -> None:
         pass
@@ -92,10 +92,11 @@ class OraclePlanner:
 
     # ------------------------------------------------------------------ planning
     def plan(self, rgbd: RGBD, instruction: str) -> Plan:
-        if not self._warned:
+        global _WARNED
+        if not _WARNED:
             log.warning("OraclePlanner: plans come from privileged simulator state (true object poses), "
                         "not from the image; use it for demonstrations and baselines only")
-            self._warned = True
+            _WARNED = True
         t0 = now_ns()
         steps = resolve_steps(self.world, instruction)
         _, depth, seg = self.camera.render()

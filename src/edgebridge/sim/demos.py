@@ -1,0 +1,174 @@
+"""Demonstrations for the action expert, in the format of ``docs/demos_format.md``.
+
+Per episode (seed ``seed + i``), with a noise level drawn per episode:
+
+1. the *noisy* view: the camera's depth gets a stereo noise model (bias drawn in
+   ``[-depth_bias_max_m, depth_bias_max_m]``, or clean with probability ``p_clean_depth``), the oracle
+   plan gets a 3-D anchor offset drawn in ``[0, plan_noise_max_m]``; lifted from the noisy frame, it
+   gives the guidance the runtime would have computed -> ``guidance``, ``goal``;
+2. the *clean* plan (true poses, noise-free depth) drives a scripted privileged demonstrator (the
+   plain-IK executor on the clean guidance); its next ``H`` poses at every expert step -> ``action``;
+3. at every expert step (``expert_dt``, 10 Hz) the noisy frame becomes a cropped base-frame cloud of
+   ``n_points`` -> ``cloud``, and the arm state is logged.
+
+Episodes whose noisy plan cannot be lifted (e.g. a depth hole under an anchor) are redrawn with new
+noise up to 3 times, then skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..contracts import RGBD
+from ..errors import PlanError
+from ..runtime.ik_expert import GuidanceConfig, IKExpert, IKExpertConfig, approach_waypoints, fit_guidance
+from ..runtime.lift import lift_plan
+from .camera import DepthNoiseConfig
+from .episode import WORKSPACE_BOUNDS, EpisodeConfig, build_world, execute, workspace
+from .oracle import OracleConfig, OraclePlanner
+from .tasks import check_success, resolve_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    n_points: int = 512
+    horizon: int = 16
+    expert_dt: float = 0.1
+    plan_noise_max_m: float = 0.03
+    depth_bias_max_m: float = 0.01
+    p_clean_depth: float = 0.3
+    max_seconds: float | None = None
+
+
+def _plan_to_guidance(world, camera, arm, frame: RGBD, instruction: str, offset_m: float, seed: int,
+                      gcfg: GuidanceConfig):
+    oracle = OraclePlanner(world, camera, OracleConfig(offset_m=offset_m, seed=seed))
+    plan = oracle.plan(frame, instruction)
+    lifted = lift_plan(plan, frame, camera.T_base_cam, workspace())
+    path, durations = approach_waypoints(lifted, arm.state(), config=gcfg)
+    return lifted, fit_guidance(path, durations, gcfg)
+
+
+def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float, depth_noise: DepthNoiseConfig):
+    """One demonstration: (dict of arrays, info dict), or raises PlanError when the noisy plan fails."""
+    from ..kernels import depth_to_cloud
+
+    spec, world, camera, arm = build_world(task, seed, depth_noise=depth_noise)
+    ecfg = EpisodeConfig(expert_dt=cfg.expert_dt)
+    try:
+        with camera, arm:
+            instruction = spec.instruction
+            steps = resolve_steps(world, instruction)
+            rgb, depth, _ = camera.render()
+            clean = RGBD(rgb, depth, camera.intrinsics, stamp_ns=world.clock.now_ns())
+            noisy = camera.read()
+            _, clean_g = _plan_to_guidance(world, camera, arm, clean, instruction, 0.0, seed, ecfg.guidance)
+            noisy_lift, noisy_g = _plan_to_guidance(world, camera, arm, noisy, instruction, plan_noise_m,
+                                                    seed + 7919, ecfg.guidance)
+            guidance = noisy_g.sample(cfg.expert_dt)
+            contacts = [i for i in range(len(noisy_lift)) if i == 0 and noisy_lift.gripper[0] < 0.5
+                        or i > 0 and noisy_lift.gripper[i] != noisy_lift.gripper[i - 1]]
+            goals_all = np.concatenate([noisy_lift.positions, noisy_lift.quats, noisy_lift.gripper[:, None]], axis=1)
+            box = workspace()
+            rows: dict[str, list] = {k: [] for k in ("t", "cloud", "cloud_n_valid", "ee_pose", "gripper", "joints",
+                                                      "goal", "action")}
+            events = [0]
+
+            def on_step(t, state, chunk):
+                cloud = depth_to_cloud(camera.read(), camera.T_base_cam, box, cfg.n_points)
+                if len(cloud) == 0:
+                    raise PlanError(f"demo {spec.slug} seed {seed}: empty workspace crop at t={t:.1f} s")
+                prev = rows["action"][-1][0, 7] if rows["action"] else 1.0
+                if (prev >= 0.5) != (chunk.poses[0, 7] >= 0.5):
+                    events[0] += 1
+                k = contacts[min(events[0], len(contacts) - 1)] if contacts else 0
+                rows["t"].append(t)
+                rows["cloud"].append(cloud.xyz)
+                rows["cloud_n_valid"].append(cloud.n_valid)
+                rows["ee_pose"].append(np.concatenate([state.ee_pose.position, state.ee_pose.quat]))
+                rows["gripper"].append(state.gripper)
+                rows["joints"].append(state.joints)
+                rows["goal"].append(goals_all[k])
+                rows["action"].append(chunk.poses.astype(np.float64))
+
+            expert = IKExpert(IKExpertConfig(horizon=cfg.horizon, dt=cfg.expert_dt))
+            limit = cfg.max_seconds or spec.max_seconds
+            failure = execute(world, arm, clean_g, expert, ecfg, limit, on_step=on_step)
+            world.settle(0.3)
+            ok, why = (False, failure) if failure else check_success(world, steps)
+    finally:
+        world.close()
+    arrays = {
+        "t": np.asarray(rows["t"], np.float64),
+        "cloud": np.asarray(rows["cloud"], np.float32),
+        "cloud_n_valid": np.asarray(rows["cloud_n_valid"], np.int32),
+        "ee_pose": np.asarray(rows["ee_pose"], np.float64),
+        "gripper": np.asarray(rows["gripper"], np.float64),
+        "joints": np.asarray(rows["joints"], np.float64),
+        "guidance_t": guidance.t,
+        "guidance": np.concatenate([guidance.positions, guidance.quats, guidance.gripper[:, None]], axis=1),
+        "goal": np.asarray(rows["goal"], np.float64),
+        "action": np.asarray(rows["action"], np.float64),
+        "success": np.array(bool(ok)),
+    }
+    info = {"task": spec.slug, "seed": int(seed), "success": bool(ok), "reason": why, "steps": len(rows["t"]),
+            "plan_noise_m": float(plan_noise_m), "depth_noise": asdict(depth_noise),
+            "T_base_cam": camera.T_base_cam.tolist()}
+    return arrays, info
+
+
+def write_demos(task: str, episodes: int, out: str | Path, seed: int = 0, cfg: DemoConfig | None = None) -> dict:
+    """Write ``episodes`` demonstrations of ``task`` into ``out`` (npz per episode + meta.json)."""
+    cfg = cfg or DemoConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    infos = []
+    t0 = time.perf_counter()
+    for i in range(episodes):
+        ep_seed = seed + i
+        for attempt in range(3):
+            plan_noise = float(rng.uniform(0.0, cfg.plan_noise_max_m))
+            depth = DepthNoiseConfig() if rng.random() < cfg.p_clean_depth else DepthNoiseConfig.stereo(
+                float(rng.uniform(-cfg.depth_bias_max_m, cfg.depth_bias_max_m)))
+            try:
+                arrays, info = record_episode(task, ep_seed, cfg, plan_noise_m=plan_noise, depth_noise=depth)
+                break
+            except PlanError as e:
+                log.warning("demo %s seed %d attempt %d: %s; redrawing the noise", task, ep_seed, attempt + 1, e)
+        else:
+            log.warning("demo %s seed %d skipped after 3 failed noise draws", task, ep_seed)
+            continue
+        name = f"episode_{len(infos):06d}.npz"
+        np.savez(out / name, **arrays)
+        info["file"] = name
+        infos.append(info)
+        log.info("demo %s: %s seed %d, %d steps, success=%s", name, task, ep_seed, info["steps"], info["success"])
+    from .camera import SimCameraConfig
+
+    cam = SimCameraConfig()
+    meta = {
+        "format": "edgebridge-demos/1", "software_version": __version__, "tasks": sorted({i["task"] for i in infos}),
+        "seed": seed, "episodes": infos, "n_points": cfg.n_points, "horizon": cfg.horizon,
+        "expert_dt": cfg.expert_dt, "action_dt": cfg.expert_dt, "render_hz": 1.0 / cfg.expert_dt,
+        "camera": {"width": cam.width, "height": cam.height, "vfov_deg": cam.vfov_deg},
+        "workspace_bounds": [list(b) for b in WORKSPACE_BOUNDS], "config": asdict(replace(cfg)),
+        "wall_s": time.perf_counter() - t0,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def load_episode(path: str | Path) -> dict:
+    """Read one episode back (numpy only, no simulator)."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}

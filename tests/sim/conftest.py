@@ -1,0 +1,3 @@
+import pytest
+
+pytest.importorskip("pybullet", reason="the simulator needs the 'sim' extra (pybullet)")

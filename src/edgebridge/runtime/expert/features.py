@@ -1,0 +1,287 @@
+"""Network inputs and outputs of the action expert, in numpy (shared by training and the runtime).
+
+One featurisation, used by ``edgebridge.train`` on recorded demonstrations and by the runtime backends on
+live data, so the two can never drift apart. No torch here.
+
+Frames and encodings (see docs/expert.md):
+
+* A *pose feature* is 10 numbers: position (3), 6-D rotation (the first two columns of the rotation
+  matrix, Zhou et al. 2019) (6), gripper (1).
+* ``cloud`` (B, N, 3): base-frame points minus the current end-effector position (base-frame axes, not
+  rotated), then normalised per axis with the ``cloud`` statistics.
+* ``proprio`` (B, 10): the current end-effector pose feature in the base frame, normalised.
+* ``guidance`` (B, G + 1, 10): the guidance sampled at ``now + (k + 1) * action_dt`` for k < G, and the
+  goal (the guidance pose at the next gripper event after ``now``, else the guidance's last pose), each
+  *relative* to the current pose: position minus current position (base axes), rotation
+  ``R_cur^T R``, absolute gripper; normalised with the ``guidance`` statistics.
+* network output ``action`` (B, H, 10): the next H poses relative to the current pose (same relative
+  encoding), normalised with the ``action`` statistics. :func:`decode_action` turns it back into
+  absolute (H, 8) rows ``x y z qx qy qz qw gripper``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...contracts import quat_to_matrix
+from ...errors import ExpertError
+
+POSE_DIM = 10
+STATS_KEYS = ("cloud", "proprio", "guidance", "action")
+MIN_STD = 1e-2
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Sizes shared by featurisation, the network and the metadata JSON."""
+
+    n_points: int = 512
+    guidance_steps: int = 16
+    horizon: int = 16
+    action_dt: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("n_points", "guidance_steps", "horizon"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"FeatureSpec.{name}: expected a positive int, got {v!r}")
+        if not (np.isfinite(self.action_dt) and self.action_dt > 0):
+            raise ValueError(f"FeatureSpec.action_dt: expected seconds > 0, got {self.action_dt!r}")
+
+    @property
+    def guidance_tokens(self) -> int:
+        return self.guidance_steps + 1
+
+
+# --------------------------------------------------------------------------- rotations
+
+
+def rot6d_from_matrix(r: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) -> (..., 6): first column then second column."""
+    r = np.asarray(r)
+    return np.concatenate([r[..., :, 0], r[..., :, 1]], axis=-1)
+
+
+def matrix_from_rot6d(d6: np.ndarray) -> np.ndarray:
+    """(..., 6) -> (..., 3, 3) proper rotation by Gram-Schmidt (the inverse of :func:`rot6d_from_matrix`)."""
+    d6 = np.asarray(d6, dtype=np.float64)
+    a, b = d6[..., :3], d6[..., 3:6]
+    na = np.linalg.norm(a, axis=-1, keepdims=True)
+    if np.any(na < 1e-8):
+        raise ExpertError("6-D rotation with a zero first column; the network output is degenerate")
+    x = a / na
+    b = b - np.sum(x * b, axis=-1, keepdims=True) * x
+    nb = np.linalg.norm(b, axis=-1, keepdims=True)
+    if np.any(nb < 1e-8):
+        raise ExpertError("6-D rotation with parallel columns; the network output is degenerate")
+    y = b / nb
+    z = np.cross(x, y)
+    return np.stack([x, y, z], axis=-1)
+
+
+def matrix_to_quat_np(r: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotations -> (..., 4) unit quaternions (x, y, z, w), w >= 0 (Shepperd's method)."""
+    r = np.asarray(r, dtype=np.float64)
+    m = r.reshape(-1, 3, 3)
+    q = np.empty((m.shape[0], 4))
+    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    diag = np.stack([m[:, 0, 0], m[:, 1, 1], m[:, 2, 2], tr], axis=1)
+    k = np.argmax(diag, axis=1)
+    for i in range(m.shape[0]):
+        a = m[i]
+        if k[i] == 3:
+            s = 2.0 * np.sqrt(max(1.0 + tr[i], 1e-12))
+            q[i] = [(a[2, 1] - a[1, 2]) / s, (a[0, 2] - a[2, 0]) / s, (a[1, 0] - a[0, 1]) / s, 0.25 * s]
+        elif k[i] == 0:
+            s = 2.0 * np.sqrt(max(1.0 + a[0, 0] - a[1, 1] - a[2, 2], 1e-12))
+            q[i] = [0.25 * s, (a[0, 1] + a[1, 0]) / s, (a[0, 2] + a[2, 0]) / s, (a[2, 1] - a[1, 2]) / s]
+        elif k[i] == 1:
+            s = 2.0 * np.sqrt(max(1.0 + a[1, 1] - a[0, 0] - a[2, 2], 1e-12))
+            q[i] = [(a[0, 1] + a[1, 0]) / s, 0.25 * s, (a[1, 2] + a[2, 1]) / s, (a[0, 2] - a[2, 0]) / s]
+        else:
+            s = 2.0 * np.sqrt(max(1.0 + a[2, 2] - a[0, 0] - a[1, 1], 1e-12))
+            q[i] = [(a[0, 2] + a[2, 0]) / s, (a[1, 2] + a[2, 1]) / s, 0.25 * s, (a[1, 0] - a[0, 1]) / s]
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q = np.where(q[:, 3:4] < 0, -q, q)
+    return q.reshape(r.shape[:-2] + (4,))
+
+
+# --------------------------------------------------------------------------- pose features
+
+
+def pose_features(pos: np.ndarray, quat: np.ndarray, gripper: np.ndarray) -> np.ndarray:
+    """Absolute pose features (..., 10) from positions (..., 3), quaternions (..., 4), gripper (...)."""
+    return np.concatenate([np.asarray(pos, np.float64), rot6d_from_matrix(quat_to_matrix(quat)),
+                           np.asarray(gripper, np.float64)[..., None]], axis=-1)
+
+
+def relative_features(ref_pos: np.ndarray, ref_quat: np.ndarray, pos: np.ndarray, quat: np.ndarray,
+                      gripper: np.ndarray) -> np.ndarray:
+    """Poses (B, K, ...) relative to reference poses (B, ...) -> (B, K, 10).
+
+    Position: ``pos - ref_pos`` (base axes); rotation: 6-D of ``R_ref^T R``; gripper unchanged."""
+    ref_r = quat_to_matrix(ref_quat)  # (B, 3, 3)
+    r = quat_to_matrix(quat)  # (B, K, 3, 3)
+    rel_r = np.einsum("bji,bkjl->bkil", ref_r, r)
+    dp = np.asarray(pos, np.float64) - np.asarray(ref_pos, np.float64)[:, None, :]
+    return np.concatenate([dp, rot6d_from_matrix(rel_r), np.asarray(gripper, np.float64)[..., None]], axis=-1)
+
+
+def absolute_from_relative(ref_pos: np.ndarray, ref_quat: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`relative_features`: (B, K, 10) relative -> (B, K, 8) absolute
+    ``x y z qx qy qz qw gripper`` with the gripper clipped to [0, 1]."""
+    rel = np.asarray(rel, dtype=np.float64)
+    ref_r = quat_to_matrix(ref_quat)  # (B, 3, 3)
+    r = np.einsum("bij,bkjl->bkil", ref_r, matrix_from_rot6d(rel[..., 3:9]))
+    pos = rel[..., :3] + np.asarray(ref_pos, np.float64)[:, None, :]
+    quat = matrix_to_quat_np(r)
+    grip = np.clip(rel[..., 9:10], 0.0, 1.0)
+    return np.concatenate([pos, quat, grip], axis=-1)
+
+
+# --------------------------------------------------------------------------- guidance sampling
+
+
+def sample_guidance(t: np.ndarray, poses: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Sample a guidance trajectory (t (T,), poses (T, 8)) at ``times`` (any shape), clamped to its span.
+
+    Positions and gripper are interpolated linearly, quaternions by normalised linear interpolation
+    (the guidance is dense, so this matches slerp to well under a milliradian)."""
+    t = np.asarray(t, np.float64)
+    poses = np.asarray(poses, np.float64)
+    times = np.clip(np.asarray(times, np.float64), t[0], t[-1])
+    if t.shape[0] == 1:
+        return np.broadcast_to(poses[0], times.shape + (8,)).copy()
+    i = np.clip(np.searchsorted(t, times, side="right") - 1, 0, t.shape[0] - 2)
+    span = t[i + 1] - t[i]
+    w = np.where(span > 0, (times - t[i]) / np.where(span > 0, span, 1.0), 0.0)[..., None]
+    a, b = poses[i], poses[i + 1]
+    qa, qb = a[..., 3:7], b[..., 3:7]
+    qb = np.where(np.sum(qa * qb, axis=-1, keepdims=True) < 0, -qb, qb)
+    q = (1 - w) * qa + w * qb
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    out = (1 - w) * a + w * b
+    out[..., 3:7] = q
+    return out
+
+
+def goal_index(t: np.ndarray, gripper: np.ndarray, now: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Index of the goal sample for each ``now``: the first sample after ``now`` whose gripper differs by
+    more than ``threshold`` from the gripper at ``now`` (the next grasp/release), else the last sample."""
+    t = np.asarray(t, np.float64)
+    gripper = np.asarray(gripper, np.float64)
+    now = np.atleast_1d(np.asarray(now, np.float64))
+    j = np.clip(np.searchsorted(t, now, side="right") - 1, 0, t.shape[0] - 1)
+    out = np.full(now.shape, t.shape[0] - 1, dtype=np.int64)
+    for n in range(now.shape[0]):
+        changed = np.nonzero(np.abs(gripper[j[n]:] - gripper[j[n]]) > threshold)[0]
+        if changed.size:
+            out[n] = j[n] + changed[0]
+    return out
+
+
+def resample_cloud(xyz: np.ndarray, n_valid: int, n_points: int) -> np.ndarray:
+    """Exactly ``n_points`` points from the first ``n_valid``: an even stride when there are more,
+    repetition when fewer."""
+    if n_valid < 1:
+        raise ExpertError("point cloud has no valid points (empty workspace crop?); the expert needs at "
+                          "least one point — check the camera and the crop box")
+    valid = xyz[:n_valid]
+    if n_valid == n_points:
+        return valid
+    idx = (np.arange(n_points) * n_valid) // n_points
+    return valid[idx]
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-channel mean/std for each network tensor (``cloud`` 3, ``proprio`` 10, ``guidance`` 10,
+    ``action`` 10 channels). Stored in the metadata JSON."""
+
+    mean: dict
+    std: dict
+
+    @classmethod
+    def fit(cls, arrays: dict, min_std: float = MIN_STD) -> "Normalizer":
+        mean, std = {}, {}
+        for k in STATS_KEYS:
+            a = np.asarray(arrays[k], np.float64)
+            a = a.reshape(-1, a.shape[-1])
+            mean[k] = a.mean(axis=0)
+            std[k] = np.maximum(a.std(axis=0), min_std)
+        return cls(mean, std)
+
+    @classmethod
+    def identity(cls) -> "Normalizer":
+        dims = {"cloud": 3, "proprio": POSE_DIM, "guidance": POSE_DIM, "action": POSE_DIM}
+        return cls({k: np.zeros(d) for k, d in dims.items()}, {k: np.ones(d) for k, d in dims.items()})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalizer":
+        try:
+            mean = {k: np.asarray(d[k]["mean"], np.float64) for k in STATS_KEYS}
+            std = {k: np.asarray(d[k]["std"], np.float64) for k in STATS_KEYS}
+        except (KeyError, TypeError) as e:
+            raise ExpertError(f"normalisation stats need keys {STATS_KEYS} with 'mean' and 'std' ({e}); "
+                              "re-export the model to rewrite its metadata") from e
+        for k in STATS_KEYS:
+            if mean[k].shape != std[k].shape or np.any(std[k] <= 0) or not np.all(np.isfinite(mean[k])):
+                raise ExpertError(f"normalisation stats for {k!r} are invalid (shapes {mean[k].shape}/"
+                                  f"{std[k].shape}, std must be > 0 and finite)")
+        return cls(mean, std)
+
+    def to_dict(self) -> dict:
+        return {k: {"mean": self.mean[k].tolist(), "std": self.std[k].tolist()} for k in STATS_KEYS}
+
+    def normalize(self, key: str, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, np.float64) - self.mean[key]) / self.std[key]).astype(np.float32)
+
+    def unnormalize(self, key: str, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float64) * self.std[key] + self.mean[key]
+
+
+# --------------------------------------------------------------------------- batched featurisation
+
+
+def raw_features(spec: FeatureSpec, clouds: np.ndarray, ee_pose: np.ndarray, gripper: np.ndarray,
+                 guidance_t: np.ndarray, guidance: np.ndarray, now: np.ndarray) -> dict:
+    """Un-normalised network inputs for B observations that share one guidance trajectory.
+
+    clouds (B, N, 3) base frame; ee_pose (B, 7); gripper (B,); guidance_t (T,); guidance (T, 8);
+    now (B,) seconds on the guidance time base. Returns float64 ``cloud``, ``proprio``, ``guidance``."""
+    ee_pose = np.asarray(ee_pose, np.float64)
+    now = np.asarray(now, np.float64)
+    pos, quat = ee_pose[:, :3], ee_pose[:, 3:7]
+    times = now[:, None] + spec.action_dt * np.arange(1, spec.guidance_steps + 1)[None, :]
+    future = sample_guidance(guidance_t, guidance, times)  # (B, G, 8)
+    goal = np.asarray(guidance, np.float64)[goal_index(guidance_t, np.asarray(guidance)[:, 7], now)]
+    tokens = np.concatenate([future, goal[:, None, :]], axis=1)  # (B, G+1, 8)
+    return {
+        "cloud": np.asarray(clouds, np.float64) - pos[:, None, :],
+        "proprio": pose_features(pos, quat, gripper),
+        "guidance": relative_features(pos, quat, tokens[..., :3], tokens[..., 3:7], tokens[..., 7]),
+    }
+
+
+def action_targets(ee_pose: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Training targets: absolute (B, H, 8) actions -> relative (B, H, 10) features."""
+    ee_pose = np.asarray(ee_pose, np.float64)
+    a = np.asarray(action, np.float64)
+    return relative_features(ee_pose[:, :3], ee_pose[:, 3:7], a[..., :3], a[..., 3:7], a[..., 7])
+
+
+def normalize_inputs(norm: Normalizer, raw: dict) -> dict:
+    """Normalised float32 network inputs from :func:`raw_features`."""
+    return {k: np.ascontiguousarray(norm.normalize(k, raw[k])) for k in ("cloud", "proprio", "guidance")}
+
+
+def decode_action(norm: Normalizer, ee_pose: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Network output (B, H, 10), normalised -> absolute (B, H, 8) poses + gripper."""
+    rel = norm.unnormalize("action", out)
+    ee_pose = np.asarray(ee_pose, np.float64)
+    return absolute_from_relative(ee_pose[:, :3], ee_pose[:, 3:7], rel)

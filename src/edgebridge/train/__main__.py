@@ -1,0 +1,70 @@
+"""``python -m edgebridge.train``: APPF training of the action expert on recorded demonstrations.
+
+Example::
+
+    python -m edgebridge.train --demos demos/put_cup_in_tray --run runs/expert \
+        --stage1-steps 1500 --stage2-steps 2000 --goal-noise 0.1 --seed 0
+
+Rerunning with the same ``--run`` resumes from its last checkpoint. Then export with
+``edge-export expert --run runs/expert --out src/edgebridge/assets/expert``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .appf import TrainConfig
+
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m edgebridge.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--demos", type=Path, nargs="+", required=True, help="demonstration directories")
+    ap.add_argument("--run", type=Path, required=True, help="run directory (created; resumed if it holds ckpt.pt)")
+    ap.add_argument("--stage1-steps", type=int, default=d.stage1.steps, help="action pre-training steps")
+    ap.add_argument("--stage1-batch", type=int, default=d.stage1.batch)
+    ap.add_argument("--stage1-lr", type=float, default=d.stage1.lr)
+    ap.add_argument("--stage2-steps", type=int, default=d.stage2.steps, help="point-cloud fine-tuning steps")
+    ap.add_argument("--stage2-batch", type=int, default=d.stage2.batch)
+    ap.add_argument("--stage2-lr", type=float, default=d.stage2.lr)
+    ap.add_argument("--goal-noise", type=float, default=d.goal_noise,
+                    help="std of Gaussian noise on the guidance/goal tokens (normalised units)")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--tiny", action="store_true", help="a tiny network (for smoke tests)")
+    return ap
+
+
+def config_from_args(args: argparse.Namespace):
+    from .appf import StageConfig, TrainConfig
+    from .model import ExpertConfig
+
+    model = ExpertConfig()
+    if args.tiny:
+        model = ExpertConfig(cloud_channels=(16, 32), cloud_feat=32, obs_feat=32, step_embed=16, down_dims=(16, 32))
+    return replace(TrainConfig(), model=model, goal_noise=args.goal_noise, seed=args.seed,
+                   eval_every=args.eval_every, ckpt_every=args.eval_every, threads=args.threads,
+                   stage1=StageConfig(args.stage1_steps, args.stage1_batch, args.stage1_lr, use_cloud=False),
+                   stage2=StageConfig(args.stage2_steps, args.stage2_batch, args.stage2_lr, use_cloud=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .appf import Trainer
+
+    command = "python -m edgebridge.train " + " ".join(shlex.quote(a) for a in argv)
+    Trainer(args.demos, args.run, config_from_args(args), command=command).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""APPF training of the action expert (Action Pre-training, Point-cloud Fine-tuning; arXiv 2510.03896).
+
+Stage 1 ("action pre-training") trains the observation encoder and the denoiser on trajectories alone:
+the cloud branch is zeroed, so the batch can be large and the steps cheap. Stage 2 ("point-cloud
+fine-tuning") adds the PointNet cloud encoder and fine-tunes everything with clouds. In both stages the
+guidance and goal tokens get Gaussian noise (``goal_noise``, in normalised units) so the expert learns
+to correct an imprecise plan instead of copying it.
+
+A run directory holds ``config.json``, ``norm.json``, ``log.csv`` / ``log.json`` (loss curves),
+``curves.png``, ``ckpt.pt`` (latest, for resuming), ``final.pt`` (EMA weights + everything export needs)
+and ``metrics.json``. Rerunning on the same directory resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..runtime.expert.features import FeatureSpec, Normalizer
+from .data import DemoSet, load_demos
+from .model import ActionExpertNet, DDIMSampler, ExpertConfig, count_parameters, make_net
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    steps: int
+    batch: int
+    lr: float
+    use_cloud: bool
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch < 1 or not self.lr > 0:
+            raise ValueError(f"StageConfig: need steps >= 0, batch >= 1, lr > 0; got {self}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ExpertConfig = field(default_factory=ExpertConfig)
+    stage1: StageConfig = StageConfig(steps=1500, batch=1024, lr=1e-3, use_cloud=False)
+    stage2: StageConfig = StageConfig(steps=2000, batch=256, lr=5e-4, use_cloud=True)
+    goal_noise: float = 0.1
+    seed: int = 0
+    val_fraction: float = 0.1
+    eval_every: int = 250
+    ckpt_every: int = 250
+    ema_decay: float = 0.995
+    warmup: int = 100
+    weight_decay: float = 1e-6
+    threads: int = 2
+    eval_k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.goal_noise < 0:
+            raise ValueError(f"TrainConfig.goal_noise: must be >= 0, got {self.goal_noise}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"TrainConfig.val_fraction: must lie in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"TrainConfig.ema_decay: must lie in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["model"] = ExpertConfig.from_dict(d.get("model", {}))
+        for s in ("stage1", "stage2"):
+            if s in d:
+                d[s] = StageConfig(**d[s])
+        return cls(**d)
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(total - warmup, 1)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+class _Tensors:
+    """Normalised training tensors (torch, float32) of one split."""
+
+    def __init__(self, ds: DemoSet, norm: Normalizer) -> None:
+        self.cloud = torch.from_numpy(norm.normalize("cloud", ds.cloud))
+        self.proprio = torch.from_numpy(norm.normalize("proprio", ds.proprio))
+        self.guidance = torch.from_numpy(norm.normalize("guidance", ds.guidance))
+        self.action = torch.from_numpy(norm.normalize("action", ds.action))
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])
+
+    def batch(self, idx: np.ndarray, use_cloud: bool):
+        i = torch.from_numpy(idx)
+        return (self.cloud[i] if use_cloud else None), self.proprio[i], self.guidance[i], self.action[i]
+
+
+@torch.no_grad()
+def evaluate(net: ActionExpertNet, data: _Tensors, norm: Normalizer, *, use_cloud: bool, k: int,
+             seed: int, max_samples: int = 256) -> dict:
+    """Denoising loss (fixed noise) and DDIM-K sampling error in metres / gripper units."""
+    net.eval()
+    g = torch.Generator().manual_seed(seed)
+    n = min(len(data), max_samples)
+    idx = np.linspace(0, len(data) - 1, n).astype(np.int64)
+    cloud, proprio, guidance, action = data.batch(idx, use_cloud)
+    loss = float(net.loss(cloud, proprio, guidance, action, generator=g))
+    noise = torch.randn(action.shape, generator=g)
+    pred = DDIMSampler(net, k)(cloud, proprio, guidance, noise)  # cloud None: stage-1 condition
+    p = norm.unnormalize("action", pred.numpy())
+    a = norm.unnormalize("action", action.numpy())
+    pos_err = np.linalg.norm(p[..., :3] - a[..., :3], axis=-1)
+    net.train()
+    return {"loss": loss, "pos_err_mm": float(pos_err.mean() * 1e3),
+            "pos_err_first_mm": float(pos_err[:, 0].mean() * 1e3),
+            "gripper_err": float(np.abs(p[..., 9] - a[..., 9]).mean())}
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - plot extra missing
+        log.warning("matplotlib not installed; %s not written (pip install 'edgebridge[plot]')", path)
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    for stage in (1, 2):
+        r = [x for x in rows if x["stage"] == stage]
+        if not r:
+            continue
+        ax[0].plot([x["global_step"] for x in r], [x["loss"] for x in r], label=f"stage {stage} train", lw=0.8)
+        v = [x for x in r if x.get("val_loss") not in (None, "")]
+        if v:
+            ax[0].plot([x["global_step"] for x in v], [float(x["val_loss"]) for x in v], "o-", label=f"stage {stage} val")
+            ax[1].plot([x["global_step"] for x in v], [float(x["val_pos_err_mm"]) for x in v], "o-", label=f"stage {stage}")
+    ax[0].set_yscale("log"); ax[0].set_xlabel("step"); ax[0].set_ylabel("denoising MSE"); ax[0].legend()
+    ax[1].set_xlabel("step"); ax[1].set_ylabel("DDIM position error (mm)"); ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class Trainer:
+    """Runs both APPF stages in ``run_dir``, resuming from ``ckpt.pt`` when present."""
+
+    def __init__(self, demo_dirs: list[Path], run_dir: Path, cfg: TrainConfig, spec: FeatureSpec | None = None,
+                 command: str = "") -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        ds = load_demos(demo_dirs, spec)
+        self.spec = FeatureSpec(**ds.meta["spec"])
+        if (self.spec.n_points, self.spec.guidance_tokens, self.spec.horizon) != \
+                (cfg.model.n_points, cfg.model.guidance_tokens, cfg.model.horizon):
+            raise ValueError(f"demonstrations have N={self.spec.n_points}, G+1={self.spec.guidance_tokens}, "
+                             f"H={self.spec.horizon} but the model config expects N={cfg.model.n_points}, "
+                             f"G+1={cfg.model.guidance_tokens}, H={cfg.model.horizon}")
+        train_ds, val_ds = ds.split(cfg.val_fraction, cfg.seed)
+        self.norm = train_ds.fit_normalizer()
+        self.train_data = _Tensors(train_ds, self.norm)
+        self.val_data = _Tensors(val_ds if len(val_ds) else train_ds, self.norm)
+        self.data_meta = {**ds.meta, "train_samples": len(train_ds), "val_samples": len(val_ds)}
+        self.command = command
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        (self.run_dir / "norm.json").write_text(json.dumps(self.norm.to_dict()))
+        self.net = make_net(cfg.model, cfg.seed)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        log.info("action expert: %d parameters (cloud encoder %d, denoiser %d)", count_parameters(self.net),
+                 count_parameters(self.net.cloud_encoder), count_parameters(self.net.unet))
+        self.rows: list[dict] = []
+        self.stage, self.step = 1, 0
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.elapsed = 0.0
+        self.opt = self._make_opt(cfg.stage1)
+        self._resume()
+
+    def _make_opt(self, st: StageConfig) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.net.parameters(), lr=st.lr, weight_decay=self.cfg.weight_decay)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save(self, name: str = "ckpt.pt") -> None:
+        state = {"stage": self.stage, "step": self.step, "net": self.net.state_dict(),
+                 "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "rows": self.rows,
+                 "rng": self.rng.bit_generator.state, "gen": self.gen.get_state(), "elapsed": self.elapsed,
+                 "config": self.cfg.to_dict()}
+        tmp = self.run_dir / (name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / name)
+
+    def _resume(self) -> None:
+        path = self.run_dir / "ckpt.pt"
+        if not path.exists():
+            return
+        state = torch.load(path, weights_only=False)
+        if state["config"] != self.cfg.to_dict():
+            raise ValueError(f"{path}: was written with a different training config; use a new run directory "
+                             "or delete the checkpoint to start over")
+        self.net.load_state_dict(state["net"])
+        self.ema.load_state_dict(state["ema"])
+        self.stage, self.step, self.rows, self.elapsed = state["stage"], state["step"], state["rows"], state["elapsed"]
+        self.opt = self._make_opt(self.cfg.stage1 if self.stage == 1 else self.cfg.stage2)
+        self.opt.load_state_dict(state["opt"])
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"])
+        log.info("resumed %s at stage %d step %d", path, self.stage, self.step)
+
+    # ------------------------------------------------------------------ loop
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        d = self.cfg.ema_decay
+        for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+            pe.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def _write_logs(self) -> None:
+        keys = ["stage", "step", "global_step", "loss", "lr", "val_loss", "val_pos_err_mm", "val_gripper_err", "time_s"]
+        with open(self.run_dir / "log.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows)
+        (self.run_dir / "log.json").write_text(json.dumps(self.rows))
+        _plot(self.rows, self.run_dir / "curves.png")
+
+    def _run_stage(self, stage: int, st: StageConfig) -> None:
+        offset = 0 if stage == 1 else self.cfg.stage1.steps
+        t_last = time.monotonic()
+        self.net.train()
+        while self.step < st.steps:
+            lr = _lr(self.step, st.steps, st.lr, self.cfg.warmup)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            idx = self.rng.integers(0, len(self.train_data), st.batch)
+            cloud, proprio, guidance, action = self.train_data.batch(idx, st.use_cloud)
+            if self.cfg.goal_noise > 0:
+                guidance = guidance + self.cfg.goal_noise * torch.randn(guidance.shape, generator=self.gen)
+            loss = self.net.loss(cloud, proprio, guidance, action, generator=self.gen)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+            self.opt.step()
+            self._ema_update()
+            self.step += 1
+            now = time.monotonic()
+            self.elapsed += now - t_last
+            t_last = now
+            row = {"stage": stage, "step": self.step, "global_step": offset + self.step, "loss": float(loss),
+                   "lr": lr, "time_s": round(self.elapsed, 2)}
+            if self.step % self.cfg.eval_every == 0 or self.step == st.steps:
+                m = evaluate(self.ema, self.val_data, self.norm, use_cloud=st.use_cloud, k=self.cfg.eval_k,
+                             seed=self.cfg.seed + 1)
+                row.update(val_loss=m["loss"], val_pos_err_mm=m["pos_err_mm"], val_gripper_err=m["gripper_err"])
+                log.info("stage %d step %d/%d loss %.4f val %.4f pos err %.1f mm (%.0f s)", stage, self.step,
+                         st.steps, float(loss), m["loss"], m["pos_err_mm"], self.elapsed)
+            self.rows.append(row)
+            if self.step % self.cfg.ckpt_every == 0 or self.step == st.steps:
+                self._save()
+                self._write_logs()
+            t_last = time.monotonic()
+
+    def run(self) -> dict:
+        if self.stage == 1:
+            self._run_stage(1, self.cfg.stage1)
+            self.stage, self.step = 2, 0
+            self.opt = self._make_opt(self.cfg.stage2)
+            self._save()
+        self._run_stage(2, self.cfg.stage2)
+        self._write_logs()
+        metrics = {f"val_{k}": v for k, v in evaluate(self.ema, self.val_data, self.norm, use_cloud=True,
+                                                      k=self.cfg.eval_k, seed=self.cfg.seed + 1).items()}
+        metrics.update(train_time_s=round(self.elapsed, 1), parameters=count_parameters(self.net),
+                       eval_k=self.cfg.eval_k)
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        torch.save({"model_config": self.cfg.model.to_dict(), "ema": self.ema.state_dict(),
+                    "norm": self.norm.to_dict(), "spec": asdict(self.spec), "metrics": metrics,
+                    "train_config": self.cfg.to_dict(), "data": self.data_meta, "command": self.command},
+                   self.run_dir / "final.pt")
+        log.info("training done: %s", metrics)
+        return metrics
+
+
+def load_final(run_dir: Path) -> tuple[ActionExpertNet, dict]:
+    """The trained (EMA) network and its record from ``run_dir/final.pt``."""
+    path = Path(run_dir) / "final.pt"
+    try:
+        rec = torch.load(path, weights_only=False)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: no finished training run here; run `python -m edgebridge.train "
+                                f"--run {run_dir} ...` first") from e
+    net = ActionExpertNet(ExpertConfig.from_dict(rec["model_config"]))
+    net.load_state_dict(rec["ema"])
+    return net.eval(), rec

@@ -103,6 +103,8 @@ def test_transform_and_crop_match_reference(backend):
     xyz = rng.uniform(-1, 1, (700, 3)).astype(np.float32)
     rgb = rng.integers(0, 256, (700, 3), dtype=np.uint8)
     np.testing.assert_array_equal(transform_points(xyz, _T(), backend=backend), transform_points(xyz, _T(), "numpy"))
+    np.testing.assert_array_equal(crop_box(xyz, BOX, backend=backend)[0], crop_box(xyz, BOX, backend="numpy")[0])
+    assert crop_box(xyz, BOX, backend=backend)[1] is None
     ref = crop_box(xyz, BOX, rgb, backend="numpy")
     got = crop_box(xyz, BOX, rgb, backend=backend)
     assert 0 < ref[0].shape[0] < 700
@@ -165,6 +167,8 @@ def test_voxel_matches_reference(backend):
     ref, kr, rc = downsample(xyz, 5000, "voxel", voxel_size=0.05, rgb=rgb, backend="numpy")
     got, kg, gc = downsample(xyz, 5000, "voxel", voxel_size=0.05, rgb=rgb, backend=backend)
     assert kr == kg == 64  # 4 x 4 x 4 voxels, all occupied
+    np.testing.assert_array_equal(downsample(xyz, 100, "voxel", voxel_size=0.05, backend=backend)[0],
+                                  downsample(xyz, 100, "voxel", voxel_size=0.05, backend="numpy")[0])
     np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(gc, rc)
     keys = np.floor(ref[:kr] / 0.05)

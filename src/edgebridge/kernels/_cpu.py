@@ -12,6 +12,7 @@ from numba import njit
 from . import _ref
 
 _EMPTY_RGB = np.zeros((0, 0, 3), np.uint8)
+_EMPTY_COL = np.zeros((0, 3), np.uint8)
 _NO_T = np.eye(4)
 _NO_BOX = np.zeros(15)
 _rays = _ref.cached_rays
@@ -127,14 +128,32 @@ def _fps_kernel(xyz, n, start):
     return idx
 
 
+@njit(cache=True, inline="always")
+def _voxel_slot(table, mask, shift, kx, ky, kz, a, b, c, K):
+    """Voxel id of key (a, b, c) in the open-addressing table; a new key gets id K."""
+    hsh = np.uint64(a * 73856093 + b * 19349663 + c * 83492791) * np.uint64(0x9E3779B97F4A7C15)
+    s = np.int64(hsh >> shift) & mask  # Fibonacci hashing: the high bits mix all key bits
+    while True:
+        vid = table[s]
+        if vid < 0:
+            table[s] = K
+            kx[K], ky[K], kz[K] = a, b, c
+            return K
+        if kx[vid] == a and ky[vid] == b and kz[vid] == c:
+            return vid
+        s = (s + 1) & mask
+
+
 @njit(cache=True)
 def _voxel_kernel(xyz, voxel, rgb):
     N = xyz.shape[0]
     has_rgb = rgb.shape[0] > 0
-    cap = 1
+    cap, bits = 1, 0
     while cap < 2 * N:
         cap *= 2
+        bits += 1
     mask = cap - 1
+    shift = np.uint64(64 - max(bits, 1))
     table = np.full(cap, -1, np.int64)
     kx = np.empty(N, np.int64)
     ky = np.empty(N, np.int64)
@@ -143,22 +162,16 @@ def _voxel_kernel(xyz, voxel, rgb):
     csum = np.zeros((N if has_rgb else 0, 3), np.int64)
     cnt = np.zeros(N, np.int64)
     K = 0
+    vid = -1  # neighbouring pixels mostly share a voxel: try the previous point's voxel first
     for i in range(N):
         px, py, pz = np.float64(xyz[i, 0]), np.float64(xyz[i, 1]), np.float64(xyz[i, 2])
         a, b, c = np.int64(np.floor(px / voxel)), np.int64(np.floor(py / voxel)), np.int64(np.floor(pz / voxel))
-        hsh = (a * 73856093) ^ (b * 19349663) ^ (c * 83492791)
-        s = hsh & mask
-        while True:
-            vid = table[s]
-            if vid < 0:
-                vid = K
-                table[s] = vid
-                kx[vid], ky[vid], kz[vid] = a, b, c
+        if vid >= 0 and kx[vid] == a and ky[vid] == b and kz[vid] == c:
+            pass
+        else:
+            vid = _voxel_slot(table, mask, shift, kx, ky, kz, a, b, c, K)
+            if vid == K:
                 K += 1
-                break
-            if kx[vid] == a and ky[vid] == b and kz[vid] == c:
-                break
-            s = (s + 1) & mask
         sums[vid, 0] += px
         sums[vid, 1] += py
         sums[vid, 2] += pz
@@ -195,7 +208,7 @@ def transform(xyz, T):
 
 
 def crop(xyz, box, rgb):
-    out, col = _crop_kernel(xyz, box, _EMPTY_RGB[0] if rgb is None else rgb)
+    out, col = _crop_kernel(xyz, box, _EMPTY_COL if rgb is None else rgb)
     return out, None if rgb is None else col
 
 
@@ -204,7 +217,7 @@ def fps(xyz, n, start):
 
 
 def voxel_grid(xyz, voxel, rgb):
-    out, col = _voxel_kernel(xyz, voxel, _EMPTY_RGB[0] if rgb is None else rgb)
+    out, col = _voxel_kernel(xyz, voxel, _EMPTY_COL if rgb is None else rgb)
     return out, None if rgb is None else col
 
 

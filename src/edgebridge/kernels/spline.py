@@ -63,6 +63,18 @@ def _complete_spline_slopes(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     return m
 
 
+_TICK = None
+
+
+def _load_tick():
+    """Import the compiled tick kernel once (keeps Numba out of ``import edgebridge``)."""
+    global _TICK
+    from ._spline_jit import tick
+
+    _TICK = tick
+    return tick
+
+
 class GuidanceSpline:
     """Immutable trajectory; build with :meth:`fit`. Times in seconds from the first waypoint."""
 
@@ -259,12 +271,10 @@ class GuidanceSpline:
     def evaluate_at(self, t: float) -> np.ndarray:
         """The control tick's fast scalar path: (8,) float64 ``x y z qx qy qz qw gripper`` at time ``t``
         (the layout of an ``ActionChunk`` row). Compiled with Numba on first use (cached on disk)."""
-        from ._spline_jit import tick
-
         t = float(t)
-        if t != t or t in (float("inf"), float("-inf")):
+        if t - t != 0.0:  # NaN or +-Inf
             raise ValueError(f"t: expected a finite time, got {t}")
-        return tick(t, self._tab)
+        return (_TICK or _load_tick())(t, self._tab)
 
     def evaluate_many(self, t) -> np.ndarray:
         """(T, 8) rows like :meth:`evaluate_at` for (T,) times, in one compiled call."""

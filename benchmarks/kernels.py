@@ -1,0 +1,172 @@
+"""Kernel benchmark: the depth -> 512-point base-frame cloud path and the B-spline guidance.
+
+Rows: each kernel's median time (after warm-up) and its ratio against the baseline measured in the same
+run (numpy reference; Open3D crop + voxel when installed; scipy for the spline). JIT compile time
+(fresh process, empty cache) and ``import edgebridge`` + first kernel call (fresh process, warm cache)
+are measured separately. ``--json FILE`` keys: cloud_pipeline_ms, cloud_pipeline_vs_numpy,
+crop_voxel_vs_open3d (only with Open3D), spline_tick_vs_scipy, spline_batch_vs_scipy, import_first_call_s.
+
+Run: .venv/bin/python benchmarks/kernels.py [--json benchmarks/results/kernels.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_json_arg, fmt_ms, fmt_ratio, machine_line, print_table, ratio, time_call, write_json  # noqa: E402
+
+from edgebridge.contracts import RGBD, Intrinsics, Waypoints  # noqa: E402
+from edgebridge.kernels import GuidanceSpline, WorkspaceBox, crop_box, depth_to_cloud  # noqa: E402
+
+
+def tabletop_scene(seed: int = 0):
+    """640x480 frame of a table 0.88 m below a downward-looking camera, three boxes on it, 1 mm depth
+    noise, 2 % dropouts; the camera pose and the workspace box the runtime would use."""
+    rng = np.random.default_rng(seed)
+    H, W = 480, 640
+    intr = Intrinsics(W, H, 615.0, 615.0, 319.5, 239.5)
+    depth = np.full((H, W), 0.88, np.float32)
+    for (v0, u0, hh, ww, height) in [(150, 200, 60, 80, 0.08), (260, 380, 90, 70, 0.12), (300, 120, 50, 50, 0.05)]:
+        depth[v0:v0 + hh, u0:u0 + ww] -= height
+    depth += rng.normal(0, 0.001, (H, W)).astype(np.float32)
+    depth[rng.uniform(size=(H, W)) < 0.02] = 0.0
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    T = np.eye(4)
+    T[:3, :3] = [[0, -1, 0], [-1, 0, 0], [0, 0, -1]]
+    T[:3, 3] = [0.5, 0.0, 0.9]
+    box = WorkspaceBox.from_bounds([0.2, -0.3, 0.0], [0.8, 0.3, 0.3])
+    return RGBD(rgb, depth, intr), T, box
+
+
+def _subprocess_s(code: str, env: dict) -> float:
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+FIRST_CALL = """
+import time; t0 = time.perf_counter()
+import numpy as np, edgebridge
+from edgebridge.contracts import Intrinsics, RGBD
+from edgebridge.kernels import depth_to_cloud, WorkspaceBox
+intr = Intrinsics(64, 48, 60.0, 60.0, 32.0, 24.0)
+f = RGBD(np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 0.5, np.float32), intr)
+c = depth_to_cloud(f, np.eye(4), WorkspaceBox([0, 0, 0.5], [1, 1, 1]), 64)
+print(time.perf_counter() - t0)
+"""
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per fast case")
+    add_json_arg(parser)
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+
+    # ---- JIT compile (cold cache) and import + first call (warm cache), fresh processes
+    with tempfile.TemporaryDirectory() as cache:
+        cold = _subprocess_s(FIRST_CALL, {**env, "NUMBA_CACHE_DIR": cache})
+    _subprocess_s(FIRST_CALL, env)  # make sure the default cache is warm
+    warm = float(np.median([_subprocess_s(FIRST_CALL, env) for _ in range(3)]))
+
+    rgbd, T, box = tabletop_scene()
+    rows, res = [], {}
+
+    def case(name, fast, base, base_name, repeats=args.repeats, base_repeats=3):
+        tf = time_call(fast, repeats=repeats, warmup=2)["median_ms"]
+        tb = time_call(base, repeats=base_repeats, warmup=1)["median_ms"] if base else float("nan")
+        r = ratio(tb, tf)
+        rows.append([name, fmt_ms(tf), base_name, fmt_ms(tb), fmt_ratio(r)])
+        return tf, r
+
+    for vs in (0.005, 0.01):
+        c = depth_to_cloud(rgbd, T, box, 512, voxel_size=vs, backend="cpu")
+        name = f"depth->512 pts, voxel {vs * 1000:.0f} mm + FPS (cpu)"
+        tf, r = case(name, lambda: depth_to_cloud(rgbd, T, box, 512, voxel_size=vs, backend="cpu"),
+                     lambda: depth_to_cloud(rgbd, T, box, 512, voxel_size=vs, backend="numpy"), "numpy ref")
+        rows[-1][0] += f" [{c.n_valid} valid]"
+        if vs == 0.005:
+            res["cloud_pipeline_ms"], res["cloud_pipeline_vs_numpy"] = tf, r
+
+    from edgebridge.kernels import _cpu, _ref  # the fused pass alone, to show where the time goes
+
+    args_cloud = (rgbd.depth, rgbd.intrinsics.as_array(), T, box.as_array(), 0.05, 3.0, 1, rgbd.rgb)
+    cropped, col = _cpu.cloud(*args_cloud)
+    case(f"  fused deproject+transform+crop [{cropped.shape[0]} pts]", lambda: _cpu.cloud(*args_cloud),
+         lambda: _ref.cloud(*args_cloud), "numpy ref")
+    vox, _ = _cpu.voxel_grid(cropped, 0.005, col)
+    case(f"  voxel 5 mm [{vox.shape[0]} voxels]", lambda: _cpu.voxel_grid(cropped, 0.005, col),
+         lambda: _ref.voxel_grid(cropped, 0.005, col), "numpy ref")
+    case("  FPS 512", lambda: _cpu.fps(vox, 512, 0), lambda: _ref.fps(vox, 512, 0), "numpy ref")
+
+    base_pts = cropped  # crop + 1 cm voxel on the same points, against numpy and Open3D
+    crop_voxel = lambda be: {"cpu": _cpu, "numpy": _ref}[be].voxel_grid(  # noqa: E731
+        crop_box(base_pts, box, backend=be)[0], 0.01, None)
+    t_cv, _ = case("crop + voxel 1 cm (cpu)", lambda: crop_voxel("cpu"), lambda: crop_voxel("numpy"), "numpy ref")
+    try:
+        import open3d as o3d  # optional baseline, not a dependency
+
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(base_pts.astype(np.float64)))
+        aabb = o3d.geometry.AxisAlignedBoundingBox(box.center - box.half_extents, box.center + box.half_extents)
+        t_o3d = time_call(lambda: pcd.crop(aabb).voxel_down_sample(0.01), repeats=args.repeats, warmup=2)["median_ms"]
+        res["crop_voxel_vs_open3d"] = ratio(t_o3d, t_cv)
+        rows.append(["crop + voxel 1 cm (cpu)", fmt_ms(t_cv), "Open3D", fmt_ms(t_o3d), fmt_ratio(res["crop_voxel_vs_open3d"])])
+    except ImportError:
+        rows.append(["crop + voxel 1 cm (cpu)", fmt_ms(t_cv), "Open3D", "skipped", "not installed"])
+
+    # ---- spline
+    from scipy.interpolate import make_interp_spline
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(1)
+    m = 8
+    wp = Waypoints(rng.uniform(-0.4, 0.4, (m, 3)), Rotation.random(m, random_state=1).as_quat(), rng.uniform(0, 1, m))
+    sp = GuidanceSpline.fit(wp).time_scaled(0.25, 0.5, 1.0, 2.0)
+    z = np.zeros(3)
+    ref = make_interp_spline(sp.knots, wp.positions, k=3, bc_type=([(1, z)], [(1, z)]))
+    t_mid = 0.37 * sp.duration
+    n_calls = 2000
+    tick = time_call(lambda: [sp.evaluate_at(t_mid) for _ in range(n_calls)], repeats=args.repeats, warmup=2)
+    sci = time_call(lambda: [ref(t_mid) for _ in range(n_calls)], repeats=args.repeats, warmup=2)
+    tick_us, sci_us = tick["median_ms"] * 1e3 / n_calls, sci["median_ms"] * 1e3 / n_calls
+    res["spline_tick_vs_scipy"] = ratio(sci_us, tick_us)
+    rows.append(["spline tick evaluate_at (pose+gripper), us", f"{tick_us:.2f}", "scipy BSpline (position), us",
+                 f"{sci_us:.2f}", fmt_ratio(res["spline_tick_vs_scipy"])])
+    ts = np.linspace(0, sp.duration, 1000)
+    tb = time_call(lambda: sp.evaluate_many(ts), repeats=args.repeats * 4, warmup=3)["median_ms"]
+    sb = time_call(lambda: ref(ts), repeats=args.repeats * 4, warmup=3)["median_ms"]
+    res["spline_batch_vs_scipy"] = ratio(sb, tb)
+    rows.append(["spline 1000 samples evaluate_many (pose+gripper)", fmt_ms(tb), "scipy BSpline (position)",
+                 fmt_ms(sb), fmt_ratio(res["spline_batch_vs_scipy"])])
+    tp = time_call(lambda: sp.position(ts), repeats=args.repeats * 4, warmup=3)["median_ms"]
+    rows.append(["spline 1000 samples position (numpy)", fmt_ms(tp), "scipy BSpline (position)", fmt_ms(sb),
+                 fmt_ratio(ratio(sb, tp))])
+
+    res["import_first_call_s"] = warm
+    print_table("edgebridge.kernels (median ms unless noted)", ["case", "time", "baseline", "baseline time", "ratio"],
+                rows, caption=machine_line())
+    print_table("start-up (fresh process)", ["what", "seconds"],
+                [["import edgebridge + first depth_to_cloud, warm cache", f"{warm:.3f}"],
+                 ["same with an empty cache (includes JIT compile)", f"{cold:.3f}"],
+                 ["=> JIT compile time (difference)", f"{cold - warm:.3f}"]])
+    targets = [("cloud pipeline median < 5 ms", res["cloud_pipeline_ms"] < 5.0),
+               ("cloud pipeline >= 10x numpy", res["cloud_pipeline_vs_numpy"] >= 10),
+               ("spline tick >= 10x scipy", res["spline_tick_vs_scipy"] >= 10),
+               ("spline 1000 samples no slower than scipy", res["spline_batch_vs_scipy"] >= 1.0),
+               ("import + first call < 1 s", warm < 1.0)]
+    print_table("targets", ["target", "holds"], [[n, "yes" if ok else "NO"] for n, ok in targets])
+    write_json(args.json, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

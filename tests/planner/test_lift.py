@@ -146,3 +146,14 @@ def test_distortion_models_match_librealsense_and_round_trip(model):
         np.testing.assert_allclose(p, ref, atol=1e-5)
         xd, yd = distort_normalized(p[0] / p[2], p[1] / p[2], intr)
         np.testing.assert_allclose([xd * intr.fx + intr.cx, yd * intr.fy + intr.cy], [u, v], atol=1e-6)
+
+
+def test_workspace_box_from_kernels():
+    kernels = pytest.importorskip("edgebridge.kernels")
+    WorkspaceBox = getattr(kernels, "WorkspaceBox")
+    d = np.full((H, W), 1.0, np.float32)
+    s = np.sin(np.pi / 8)
+    box = WorkspaceBox(np.array([0.0, 0.0, 1.0]), np.array([0.1, 0.3, 0.2]), np.array([0.0, 0.0, s, np.cos(np.pi / 8)]))
+    assert len(lift_plan(_plan(Anchor(31, 23, 1.0)), _frame(d), np.eye(4), box)) == 1
+    with pytest.raises(PlanError, match="outside the workspace"):
+        lift_plan(_plan(Anchor(31, 23, 1.0), Anchor(63, 23, 1.0)), _frame(d), np.eye(4), box)

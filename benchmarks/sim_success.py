@@ -1,0 +1,106 @@
+"""Success rate of action experts in the embedded world, under plan and depth noise; sim step and
+render times.
+
+    python benchmarks/sim_success.py [--seeds 50] [--tasks put_cup_in_tray,...] [--experts ik[,onnx]]
+                                     [--conditions clean,plan_1cm,plan_3cm,depth_1cm,depth_10cm] [--json FILE]
+
+Per expert, task and condition: the fraction of ``--seeds`` episodes (seeds 0..N-1; oracle planner)
+that meet the task's success predicate, and its ratio to the same expert's ``clean`` rate (the baseline
+in this run). Conditions: ``plan_Xcm`` = a random 3-D offset of X cm on every oracle anchor;
+``depth_Xcm`` = stereo depth noise plus an X cm depth bias (``DepthNoiseConfig.condition``).
+Timings: one physics step (1/240 s, Panda + objects) and one RGB-D + segmentation render (CPU tiny
+renderer) at 320x240 and 640x480, with the 640/320 ratio.
+
+``--json`` keys: ``success.<expert>.<task>.<condition>``, ``render_ms_320``, ``render_ms_640``, ``step_ms``.
+Experts are built by name with ``edgebridge.sim.episode.make_expert`` (register more with
+``register_expert``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_json_arg, fmt_ms, fmt_ratio, machine_line, print_table, ratio, time_call, write_json  # noqa: E402
+
+CONDITIONS = {"clean": (0.0, 0.0), "plan_1cm": (0.01, 0.0), "plan_3cm": (0.03, 0.0),
+              "depth_1cm": (0.0, 0.01), "depth_10cm": (0.0, 0.10)}
+
+
+def timings() -> dict:
+    from edgebridge.sim.camera import SimCamera, SimCameraConfig
+    from edgebridge.sim.tasks import get_task, setup_scene
+    from edgebridge.sim.world import SimWorld
+
+    out = {}
+    with SimWorld() as world:
+        setup_scene(world, get_task("clear_table"), seed=0)
+        out["step_ms"] = time_call(world.step, repeats=500, warmup=20)["median_ms"]
+        for w, h in ((320, 240), (640, 480)):
+            cam = SimCamera(world, SimCameraConfig(width=w, height=h))
+            out[f"render_ms_{w}"] = time_call(cam.render, repeats=10, warmup=2)["median_ms"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=50, help="episodes per task and condition (seeds 0..N-1)")
+    ap.add_argument("--tasks", default="put_cup_in_tray,put_cube_then_cup_in_tray,stack_red_on_blue,clear_table,"
+                                       "clear_table_obstacle")
+    ap.add_argument("--experts", default="ik", help="comma-separated expert names (ik, onnx, ...)")
+    ap.add_argument("--conditions", default=",".join(CONDITIONS), help=f"subset of {list(CONDITIONS)}")
+    add_json_arg(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    from edgebridge.sim.episode import make_expert, run_episode
+    from edgebridge.sim.tasks import get_task
+
+    conds = [c for c in args.conditions.split(",") if c]
+    bad = [c for c in conds if c not in CONDITIONS]
+    if bad or args.seeds < 1:
+        ap.error(f"unknown conditions {bad} (choose from {list(CONDITIONS)}) or --seeds < 1")
+    tasks = [get_task(t).slug for t in args.tasks.split(",") if t]
+    experts = [e for e in args.experts.split(",") if e]
+    for e in experts:
+        make_expert(e).close()  # fail early on an unknown or unloadable expert
+
+    flat: dict = {}
+    rows = []
+    t0 = time.perf_counter()
+    for e in experts:
+        for task in tasks:
+            rates = {}
+            for cond in conds:
+                plan_m, depth_m = CONDITIONS[cond]
+                res = [run_episode(task, s, "oracle", e, plan_noise_m=plan_m, depth_noise=depth_m)
+                       for s in range(args.seeds)]
+                rates[cond] = sum(r.success for r in res) / len(res)
+                flat[f"success.{e}.{task}.{cond}"] = rates[cond]
+                fails = [r.reason for r in res if not r.success]
+                top = max(set(fails), key=fails.count)[:40] if fails else ""
+                base = rates.get("clean")
+                rows.append([e, task, cond, f"{rates[cond]:.2f}", f"{sum(r.success for r in res)}/{len(res)}",
+                             fmt_ratio(rates[cond] / base) if base else "n/a", top])
+                print(f"  {e} {task} {cond}: {rates[cond]:.2f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    print_table(f"sim success, oracle planner, {args.seeds} seeds per cell",
+                ["expert", "task", "condition", "success", "n", "vs clean", "typical failure"], rows,
+                caption=machine_line())
+    tm = timings()
+    flat.update(tm)
+    print_table("sim timings", ["what", "median ms", "vs 320x240 render"],
+                [["physics step (1/240 s)", fmt_ms(tm["step_ms"]), "-"],
+                 ["render 320x240", fmt_ms(tm["render_ms_320"]), "1.0x"],
+                 ["render 640x480", fmt_ms(tm["render_ms_640"]),
+                  fmt_ratio(ratio(tm["render_ms_320"], tm["render_ms_640"]))]])
+    flat["seeds"] = args.seeds
+    write_json(args.json, flat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

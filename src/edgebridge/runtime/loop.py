@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Callable
 
 import numpy as np
 
@@ -150,7 +151,26 @@ def apply_realtime(priority: int, cpu: int) -> list[str]:
         except (AttributeError, PermissionError, OSError) as e:
             log.warning("loop: SCHED_FIFO priority %d refused (%s); running at normal priority. Grant "
                         "CAP_SYS_NICE or an rtprio limit (/etc/security/limits.conf) to enable it", priority, e)
+        if _mlockall():
+            done.append("memory locked")
     return done
+
+
+def _mlockall() -> bool:
+    """Lock current and future pages in RAM (no page faults in the loop); False where refused."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.mlockall(1 | 2) != 0:  # MCL_CURRENT | MCL_FUTURE
+            log.warning("loop: mlockall refused (errno %d); page faults may add latency. Raise "
+                        "RLIMIT_MEMLOCK (ulimit -l) to enable it", ctypes.get_errno())
+            return False
+        return True
+    except (OSError, AttributeError) as e:  # pragma: no cover - non-Linux
+        log.warning("loop: mlockall unavailable (%s)", e)
+        return False
 
 
 def reset_scheduler() -> None:
@@ -214,6 +234,7 @@ class ControlLoop:
         self._holding = False
         self._chunks_seen = 0
         self._held_at_chunk = -1  # at start any chunk resumes
+        self.hooks: list[Callable[[int], None]] = []
         self._thread: threading.Thread | None = None
         self._result: LoopResult | None = None
         self.last_state: ArmState | None = None
@@ -245,6 +266,8 @@ class ControlLoop:
         clock, prof = self.clock, self.profiler
         now = clock.now_ns()
         self.cycle += 1
+        for hook in self.hooks:  # lock-step stages (expert in the simulator); run before the arm is read
+            hook(self.cycle)
         try:
             st = self.arm.state()
         except Exception as e:

@@ -1,0 +1,207 @@
+"""Device factory: a robot setup (TOML) + command-line choices -> :class:`~edgebridge.runtime.pipeline.Devices`.
+
+The only place in the runtime that knows driver names, and the only one allowed to import the
+simulator (``arm.driver = "sim"``). Every driver module is imported lazily, so a setup only needs the
+extras its own devices use; a missing one raises a one-line error naming the extra.
+
+Arm drivers: ``sim`` (edgebridge.sim, PyBullet Panda), ``so101_serial`` (drivers.serial_arm.SerialArm,
+Feetech bus), ``panda_ethernet`` / ``ethernet`` (drivers.ethernet_arm.EthernetArm).
+Cameras: ``sim`` (with the sim arm), ``realsense`` (drivers.realsense.RealSenseCamera).
+Planners: ``oracle`` (sim only: privileged simulator state), ``gguf`` (runtime.planner.gguf.GGUFPlanner),
+``remote`` (runtime.planner.remote.RemotePlanner). Experts: ``onnx`` (runtime.expert.onnx.OnnxExpert,
+default: the shipped model in ``assets/expert``), ``trt`` (runtime.expert.tensorrt), ``ik`` (IKExpert).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ConfigError, from_dict
+from ..errors import MissingExtraError
+from .config import RobotConfig
+from .pipeline import Devices
+
+log = logging.getLogger(__name__)
+
+EXPERT_DIR = Path(__file__).resolve().parent.parent / "assets" / "expert"
+ROBOTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "robots"
+ARM_DRIVERS = {"so101_serial": ("edgebridge.drivers.serial_arm", "SerialArm", "SerialArmConfig"),
+               "panda_ethernet": ("edgebridge.drivers.ethernet_arm", "EthernetArm", "EthernetArmConfig"),
+               "ethernet": ("edgebridge.drivers.ethernet_arm", "EthernetArm", "EthernetArmConfig")}
+CAMERA_DRIVERS = {"realsense": ("edgebridge.drivers.realsense", "RealSenseCamera", "RealSenseConfig")}
+
+
+@dataclass(frozen=True)
+class RunChoices:
+    """What the command line picks on top of the setup file."""
+
+    task: str = "put_cup_in_tray"
+    seed: int = 0
+    planner: str | None = None   # None: the setup's planner.backend
+    vlm: str | None = None       # GGUF model path (planner gguf)
+    expert: str | None = None    # None: the setup's expert.backend
+
+
+def shipped_expert() -> Path | None:
+    models = sorted(EXPERT_DIR.glob("*.onnx"))
+    return models[0] if models else None
+
+
+def _build(spec: tuple[str, str, str], options: dict, what: str, extra: str):
+    mod_name, cls_name, cfg_name = spec
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise MissingExtraError(f"{what} needs {mod_name}, which is not importable ({e}); "
+                                f"install it with: pip install 'edgebridge[{extra}]'") from e
+    cfg_cls = getattr(mod, cfg_name)
+    try:
+        cfg = from_dict(cfg_cls, dict(options), prefix=f"{what}.options.")
+    except ConfigError as e:
+        raise ConfigError(f"{e} (driver {mod_name}.{cls_name})") from e
+    return getattr(mod, cls_name)(cfg)
+
+
+def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict | None):
+    if backend == "oracle":
+        if sim_ctx is None:
+            raise ConfigError("planner oracle: reads the simulator's state, so it only works with arm.driver = "
+                              "'sim'; use --planner gguf --vlm MODEL.gguf or --planner remote on real hardware")
+        from ..sim.oracle import OracleConfig, OraclePlanner
+
+        return OraclePlanner(sim_ctx["world"], sim_ctx["camera"], OracleConfig(seed=sim_ctx["seed"]))
+    if backend == "gguf":
+        from .planner.gguf import GGUFPlanner, GGUFPlannerConfig
+
+        opts = dict(cfg.planner.options)
+        model = vlm or cfg.planner.model
+        if not model:
+            raise ConfigError("planner gguf: no model given; pass --vlm PATH.gguf or set planner.model")
+        opts["model"] = model
+        return GGUFPlanner(from_dict(GGUFPlannerConfig, opts, prefix="planner.options."))
+    if backend == "remote":
+        from .planner.remote import RemotePlanner, RemotePlannerConfig
+
+        return RemotePlanner(from_dict(RemotePlannerConfig, dict(cfg.planner.options), prefix="planner.options."))
+    raise ConfigError(f"planner: unknown backend {backend!r}; expected oracle, gguf or remote")
+
+
+def make_expert(cfg: RobotConfig, backend: str, notes: list[str]):
+    e = cfg.expert
+    if backend == "onnx":
+        model = e.model or (str(shipped_expert()) if shipped_expert() else "")
+        if not model:
+            notes.append(f"expert: no ONNX model shipped yet in {EXPERT_DIR} (make weights writes it); "
+                         f"falling back to the plain-IK expert (--expert ik)")
+            backend = "ik"
+        else:
+            from .expert.base import ExpertConfig
+            from .expert.onnx import OnnxExpert
+
+            notes.append(f"expert: ONNX {model}")
+            return OnnxExpert(from_dict(ExpertConfig, {**e.options, "model": model}, prefix="expert.options."))
+    if backend == "trt":
+        try:
+            mod = importlib.import_module("edgebridge.runtime.expert.tensorrt")
+        except ImportError as err:
+            raise MissingExtraError(f"expert trt needs the TensorRT backend ({err}); install the 'jetson' extra "
+                                    f"on the device, or use --expert onnx") from err
+        from .expert.base import ExpertConfig
+
+        if not e.model:
+            raise ConfigError("expert trt: set expert.model to the .engine file built on this device (edge-export)")
+        return mod.TensorRTExpert(from_dict(ExpertConfig, {**e.options, "model": e.model}, prefix="expert.options."))
+    if backend == "ik":
+        from .ik_expert import IKExpert, IKExpertConfig
+
+        notes.append("expert: plain IK (follows the guidance spline; ignores the point cloud)")
+        return IKExpert(IKExpertConfig(horizon=e.horizon, dt=e.dt))
+    raise ConfigError(f"expert: unknown backend {backend!r}; expected onnx, trt or ik")
+
+
+def build_devices(cfg: RobotConfig, choices: RunChoices) -> tuple[Devices, str]:
+    """Open every device of the setup; returns the devices and the instruction to run. On any error the
+    devices opened so far are closed again."""
+    planner_name = choices.planner or cfg.planner.backend
+    expert_name = choices.expert or cfg.expert.backend
+    notes: list[str] = []
+    closers: list = []
+    try:
+        if cfg.arm.driver == "sim":
+            dev, instruction = _sim_devices(cfg, choices, planner_name, expert_name, notes, closers)
+        else:
+            dev, instruction = _real_devices(cfg, choices, planner_name, expert_name, notes, closers)
+    except BaseException:
+        for fn in reversed(closers):
+            try:
+                fn()
+            except Exception as e:  # pragma: no cover - best effort
+                log.warning("closing after a failed start: %s", e)
+        raise
+    return dev, instruction
+
+
+def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
+    from ..sim.episode import build_world, workspace
+    from ..sim.tasks import check_success, get_task, resolve_steps
+
+    spec, world, camera, arm = build_world(choices.task, choices.seed)
+    closers.append(world.close)
+    camera.connect()
+    closers.append(camera.disconnect)
+    arm.connect()
+    closers.append(arm.disconnect)
+    instruction = spec.instruction if get_task(choices.task) is spec else choices.task
+    planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed})
+    closers.append(planner.close)
+    if planner_name == "oracle":
+        notes.append("planner: oracle (privileged simulator state, not a VLM); run a GGUF VLM with "
+                     "--planner gguf --vlm MODEL.gguf")
+    expert = make_expert(cfg, expert_name, notes)
+    closers.append(expert.close)
+
+    def success():
+        return check_success(world, resolve_steps(world, instruction))
+
+    notes.insert(0, f"world: simulated Panda + RGB-D camera (PyBullet), task {spec.slug}, seed {choices.seed}")
+    return Devices(arm=arm, camera=camera, kinematics=arm.kin, planner=planner, expert=expert, clock=world.clock,
+                   T_base_cam=camera.T_base_cam, workspace=workspace(), success=success, notes=notes,
+                   closers=closers), instruction
+
+
+def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):
+    from ..clock import MonotonicClock
+    from ..drivers.kinematics import Kinematics, KinematicsConfig
+    from ..kernels import WorkspaceBox
+
+    if cfg.arm.driver not in ARM_DRIVERS:
+        raise ConfigError(f"arm.driver: unknown driver {cfg.arm.driver!r}; expected sim or one of {sorted(ARM_DRIVERS)}")
+    if cfg.camera.driver not in CAMERA_DRIVERS:
+        raise ConfigError(f"camera.driver: unknown driver {cfg.camera.driver!r}; expected one of {sorted(CAMERA_DRIVERS)}")
+    kin_opts = dict(cfg.kinematics)
+    if "urdf" in kin_opts and not Path(kin_opts["urdf"]).is_absolute() and not Path(kin_opts["urdf"]).is_file():
+        kin_opts["urdf"] = str(ROBOTS_DIR / kin_opts["urdf"])  # shipped robot descriptions by relative name
+    kin = Kinematics(from_dict(KinematicsConfig, kin_opts, prefix="kinematics."))
+    if kin.n_joints != cfg.limits.n_joints:
+        raise ConfigError(f"limits: {cfg.limits.n_joints} joints, but the kinematics chain has {kin.n_joints}")
+    camera = _build(CAMERA_DRIVERS[cfg.camera.driver], cfg.camera.options, "camera", "realsense")
+    camera.connect()
+    closers.append(camera.disconnect)
+    T = np.asarray(cfg.camera.T_base_cam, dtype=np.float64) if cfg.camera.T_base_cam else camera.T_base_cam
+    arm = _build(ARM_DRIVERS[cfg.arm.driver], cfg.arm.options, "arm", "dev")
+    arm.connect()
+    closers.append(arm.disconnect)
+    planner = make_planner(cfg, planner_name, choices.vlm, None)
+    closers.append(planner.close)
+    expert = make_expert(cfg, expert_name, notes)
+    closers.append(expert.close)
+    p = cfg.perception
+    notes.insert(0, f"robot: {cfg.name} ({cfg.arm.driver} arm, {cfg.camera.driver} camera)")
+    return Devices(arm=arm, camera=camera, kinematics=kin, planner=planner, expert=expert, clock=MonotonicClock(
+        spin_ns=int(cfg.loop.spin_us * 1e3)), T_base_cam=T, workspace=WorkspaceBox.from_bounds(p.crop_min, p.crop_max),
+        success=None, notes=notes, closers=closers), choices.task

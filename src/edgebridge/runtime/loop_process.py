@@ -1,0 +1,262 @@
+"""The control loop in its own process: no GIL shared with the planner and the expert.
+
+Chunks go in through a shared-memory ring of fixed-size slots; the latest arm state comes out through
+a shared-memory slot guarded by a sequence number (seqlock); a stop request is a flag in shared memory
+the loop polls every cycle. The arm and the kinematics are built *in the child* by picklable factories
+(a driver's bus handle cannot cross a process boundary). The final :class:`LoopResult` comes back
+through a pipe.
+
+    with LoopProcess(make_arm, make_kin, limits, cfg) as lp:
+        lp.put(chunk)            # from the expert worker
+        st = lp.latest_state()   # ArmState or None
+        lp.request_stop("done")
+    result = lp.result
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from multiprocessing import shared_memory
+from typing import Callable
+
+import numpy as np
+
+from ..contracts import ActionChunk, ArmState, Pose
+from .config import LoopConfig, SafetyLimits
+from .loop import ControlLoop, LoopResult, StateBox
+from .watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+MAX_HORIZON = 128
+SLOTS = 16
+
+
+def _chunk_dtype(hmax: int) -> np.dtype:
+    return np.dtype([("seq", "i8"), ("start_ns", "i8"), ("n", "i8"), ("dt", "f8"), ("inference_ms", "f8"),
+                     ("poses", "f4", (hmax, 8))])
+
+
+def _state_dtype(n_joints: int) -> np.dtype:
+    return np.dtype([("seq", "i8"), ("cycle", "i8"), ("stamp_ns", "i8"), ("joints", "f8", (n_joints,)),
+                     ("position", "f8", (3,)), ("quat", "f8", (4,)), ("gripper", "f8")])
+
+
+_CTRL = np.dtype([("write_count", "i8"), ("stop", "i8"), ("reason", "S200")])
+
+
+class _Shm:
+    """Owns (or attaches to) the three shared blocks and exposes them as numpy records."""
+
+    def __init__(self, n_joints: int, hmax: int, names: tuple[str, str, str] | None = None) -> None:
+        self.n_joints, self.hmax = n_joints, hmax
+        dts = (_CTRL, _chunk_dtype(hmax), _state_dtype(n_joints))
+        counts = (1, SLOTS, 1)
+        self.owner = names is None
+        self.blocks = []
+        for i, (dt, n) in enumerate(zip(dts, counts)):
+            if names is None:
+                shm = shared_memory.SharedMemory(create=True, size=dt.itemsize * n)
+            else:
+                shm = shared_memory.SharedMemory(name=names[i])
+            self.blocks.append(shm)
+        self.ctrl = np.ndarray((1,), _CTRL, buffer=self.blocks[0].buf)
+        self.chunks = np.ndarray((SLOTS,), dts[1], buffer=self.blocks[1].buf)
+        self.state = np.ndarray((1,), dts[2], buffer=self.blocks[2].buf)
+        if self.owner:
+            self.ctrl[0] = (0, 0, b"")
+            self.chunks["seq"] = 0
+            self.state["seq"] = 0
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        return tuple(b.name for b in self.blocks)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.ctrl = self.chunks = self.state = None  # drop views before closing the buffers
+        for b in self.blocks:
+            b.close()
+            if self.owner:
+                try:
+                    b.unlink()
+                except FileNotFoundError:  # pragma: no cover
+                    pass
+        self.blocks = []
+
+
+class ShmInbox:
+    """Child side of the chunk ring; also polls the stop flag (forwarded to the watchdog)."""
+
+    def __init__(self, shm: _Shm, watchdog: Watchdog) -> None:
+        self.shm, self.watchdog = shm, watchdog
+        self.read_count = 0
+        self.dropped = 0
+
+    def drain(self) -> list[ActionChunk]:
+        ctrl = self.shm.ctrl[0]
+        if ctrl["stop"] and self.watchdog.stop_reason is None:
+            self.watchdog.request_stop(ctrl["reason"].decode(errors="replace") or "stop requested")
+        wc = int(ctrl["write_count"])
+        if wc - self.read_count > SLOTS:
+            self.dropped += wc - self.read_count - SLOTS
+            self.read_count = wc - SLOTS
+        out = []
+        while self.read_count < wc:
+            slot = self.shm.chunks[self.read_count % SLOTS]
+            n = int(slot["n"])
+            poses = slot["poses"][:n].copy()
+            start, dt, inf = int(slot["start_ns"]), float(slot["dt"]), float(slot["inference_ms"])
+            if int(slot["seq"]) == self.read_count + 1:  # not overwritten while we copied
+                try:
+                    out.append(ActionChunk(poses, start, dt, inf))
+                except ValueError as e:  # the parent validated it; a torn slot is dropped, not followed
+                    log.warning("dropped a malformed chunk from shared memory: %s", e)
+            else:
+                self.dropped += 1
+            self.read_count += 1
+        return out
+
+
+class ShmStatePublisher(StateBox):
+    def __init__(self, shm: _Shm) -> None:
+        super().__init__()
+        self.shm = shm
+
+    def publish(self, state: ArmState, cycle: int) -> None:
+        rec = self.shm.state
+        seq = int(rec["seq"][0])
+        rec["seq"][0] = seq + 1  # odd: writing
+        rec["cycle"][0] = cycle
+        rec["stamp_ns"][0] = state.stamp_ns
+        rec["joints"][0] = state.joints
+        rec["position"][0] = state.ee_pose.position
+        rec["quat"][0] = state.ee_pose.quat
+        rec["gripper"][0] = state.gripper
+        rec["seq"][0] = seq + 2
+
+
+def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run, conn) -> None:
+    shm = _Shm(n_joints, hmax, names)
+    result = None
+    try:
+        watchdog = Watchdog(cfg.chunk_timeout_s)
+        with arm_factory() as arm:
+            loop = ControlLoop(arm, limits, cfg, kin_factory(), inbox=ShmInbox(shm, watchdog),
+                               states=ShmStatePublisher(shm), watchdog=watchdog, dry_run=dry_run)
+            conn.send(("ready", None))
+            result = loop.run()
+    except BaseException as e:  # report, never hang the parent
+        result = LoopResult(reason=f"loop process failed: {type(e).__name__}: {e}", cycles=0, sent=0,
+                            rejections={}, holds=0, fault=True)
+    finally:
+        try:
+            conn.send(("result", result))
+        finally:
+            shm.close()
+
+
+class LoopProcess:
+    """Runs :class:`ControlLoop` in a child process (``spawn``); see the module docstring."""
+
+    def __init__(self, arm_factory: Callable, kin_factory: Callable, limits: SafetyLimits, cfg: LoopConfig,
+                 *, dry_run: bool = False, max_horizon: int = MAX_HORIZON, start_timeout_s: float = 60.0) -> None:
+        self.arm_factory, self.kin_factory = arm_factory, kin_factory
+        self.limits, self.cfg, self.dry_run = limits, cfg, dry_run
+        self.hmax = int(max_horizon)
+        self.start_timeout_s = start_timeout_s
+        self.result: LoopResult | None = None
+        self._shm: _Shm | None = None
+        self._proc = None
+        self._conn = None
+        self._seq = 0
+
+    def start(self) -> "LoopProcess":
+        ctx = mp.get_context("spawn")
+        self._shm = _Shm(self.limits.n_joints, self.hmax)
+        parent, child = ctx.Pipe()
+        self._conn = parent
+        self._proc = ctx.Process(target=_child, name="control-loop", daemon=True,
+                                 args=(self._shm.names, self.limits.n_joints, self.hmax, self.arm_factory,
+                                       self.kin_factory, self.limits, self.cfg, self.dry_run, child))
+        self._proc.start()
+        import time
+
+        t_end = time.monotonic() + self.start_timeout_s
+        while not parent.poll(0.1):
+            if not self._proc.is_alive() or time.monotonic() > t_end:
+                code = self._proc.exitcode
+                self.close()
+                raise RuntimeError(f"control-loop process did not start (exit code {code}, limit "
+                                   f"{self.start_timeout_s} s); the arm/kinematics factories must be importable "
+                                   f"module-level callables and the main module guarded by __name__ == '__main__'")
+        kind, payload = parent.recv()
+        if kind != "ready":
+            self.result = payload
+            self.close()
+            raise RuntimeError(f"control-loop process failed to start: {payload.reason if payload else kind}")
+        return self
+
+    def put(self, chunk: ActionChunk) -> None:
+        n = len(chunk)
+        if n > self.hmax:
+            raise ValueError(f"LoopProcess.put: chunk has {n} steps, the shared ring holds at most {self.hmax}; "
+                             f"raise max_horizon")
+        shm = self._shm
+        wc = int(shm.ctrl["write_count"][0])
+        slot = shm.chunks[wc % SLOTS]
+        slot["seq"] = -1
+        slot["poses"][:n] = chunk.poses
+        slot["n"], slot["start_ns"], slot["dt"], slot["inference_ms"] = n, chunk.start_ns, chunk.dt, chunk.inference_ms
+        slot["seq"] = wc + 1
+        shm.ctrl["write_count"][0] = wc + 1
+
+    def latest_state(self) -> ArmState | None:
+        rec = self._shm.state
+        for _ in range(100):
+            s0 = int(rec["seq"][0])
+            if s0 == 0:
+                return None
+            if s0 % 2:
+                continue
+            vals = (rec["joints"][0].copy(), rec["position"][0].copy(), rec["quat"][0].copy(),
+                    float(rec["gripper"][0]), int(rec["stamp_ns"][0]))
+            if int(rec["seq"][0]) == s0:
+                j, p, q, g, t = vals
+                return ArmState(j, Pose(p, q), g, stamp_ns=t)
+        return None
+
+    def request_stop(self, reason: str) -> None:
+        if self._shm is not None:
+            self._shm.ctrl["reason"][0] = reason.encode()[:200]
+            self._shm.ctrl["stop"][0] = 1
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def join(self, timeout: float | None = None) -> LoopResult | None:
+        if self._conn is not None and self.result is None and self._conn.poll(timeout):
+            kind, payload = self._conn.recv()
+            if kind == "result":
+                self.result = payload
+        if self._proc is not None:
+            self._proc.join(5.0)
+        return self.result
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self.request_stop("closing")
+            self.join(10.0)
+            if self._proc.is_alive():
+                log.error("control-loop process did not stop within 10 s; terminating it")
+                self._proc.terminate()
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+
+    def __enter__(self) -> "LoopProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,294 @@
+"""The think-then-act pipeline: camera -> planner -> lift -> guidance spline -> cloud -> action expert ->
+chunk queue -> control loop -> arm. Stages talk through the contract types only.
+
+The devices (arm, camera, kinematics, planner, expert, clock) come from a factory (``devices.py``);
+this module never imports the simulator. Two ways to run, picked by the clock:
+
+- **real time** (``MonotonicClock``): the control loop runs in its own thread at its fixed rate; the
+  expert runs in a worker thread every ``every_k_ticks`` loop periods (capture -> cloud -> act -> chunk
+  queue); the caller's thread plans and then supervises the episode. Neither the planner nor the expert
+  can stall the loop: a late chunk is only late (the loop interpolates at *now*), a missing one makes
+  the loop decelerate and hold.
+- **lock-step** (``SimClock``): the same loop and the same stages, but the expert step is a hook of the
+  loop's cycle, so simulated physics, the expert and the loop advance deterministically together.
+
+Faults: the expert raising or returning an unusable chunk ``max_expert_failures`` times in a row, the
+camera failing for longer than ``camera.max_frame_age_s``, an arm driver fault, SIGINT/SIGTERM -> a
+controlled stop with the reason in the :class:`EpisodeOutcome`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..contracts import RGBD, ActionChunk, ArmState
+from ..errors import EdgebridgeError, PlanError
+from .config import RobotConfig
+from .loop import ControlLoop, LoopResult
+from .profiling import Profiler, timer
+from .watchdog import SignalGuard, Watchdog
+
+log = logging.getLogger(__name__)
+
+GUIDANCE_COMPLETE = "guidance complete"
+
+
+@dataclass
+class Devices:
+    """Everything the pipeline drives, built by a device factory. ``success`` (optional) is the task's
+    success check (the simulator has one; a real cell may not). ``closers`` run on ``close()``."""
+
+    arm: Any
+    camera: Any
+    kinematics: Any
+    planner: Any
+    expert: Any
+    clock: Any
+    T_base_cam: np.ndarray
+    workspace: Any = None
+    success: Callable[[], tuple[bool, str]] | None = None
+    notes: list[str] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fn in reversed(self.closers):
+            try:
+                fn()
+            except Exception as e:  # close everything even if one fails
+                log.warning("closing a device failed: %s: %s", type(e).__name__, e)
+        self.closers.clear()
+
+
+@dataclass
+class EpisodeOutcome:
+    task: str
+    seed: int
+    success: bool
+    duration: float
+    reason: str
+    loop: dict = field(default_factory=dict)
+    timings_ms: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "seed": self.seed, "success": self.success, "duration": round(self.duration, 3),
+                "reason": self.reason, "loop": self.loop, "timings_ms": self.timings_ms}
+
+
+class Recorder:
+    """``--record DIR``: one JSON line per expert step (state, first chunk pose) and ``result.json``."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+        self._f = None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            self._f = open(out / "steps.jsonl", "w")
+
+    def step(self, t: float, state: ArmState, chunk: ActionChunk) -> None:
+        if self._f is not None:
+            self._f.write(json.dumps({"t": round(t, 4), "joints": state.joints.round(5).tolist(),
+                                      "ee": state.ee_pose.position.round(5).tolist(), "gripper": round(state.gripper, 4),
+                                      "chunk0": chunk.poses[0].round(5).tolist(), "inference_ms": chunk.inference_ms}) + "\n")
+
+    def close(self, outcome: EpisodeOutcome | None) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+            if outcome is not None:
+                (self.out / "result.json").write_text(json.dumps(outcome.to_dict(), indent=2) + "\n")
+
+
+class Pipeline:
+    """Runs episodes on ``devices`` with the setup ``cfg``. ``settle_s``: time after the guidance ends
+    for the arm to finish before the success check. ``max_expert_failures``: consecutive failed expert
+    steps that stop the episode."""
+
+    def __init__(self, cfg: RobotConfig, devices: Devices, *, dry_run: bool = False,
+                 profiler: Profiler | None = None, record_dir: str | Path | None = None,
+                 settle_s: float = 1.5, max_expert_failures: int = 3, guidance_config=None) -> None:
+        self.cfg, self.dev = cfg, devices
+        self.dry_run = dry_run
+        self.profiler = profiler
+        self.record_dir = Path(record_dir) if record_dir is not None else None
+        self.settle_s = settle_s
+        self.max_expert_failures = max_expert_failures
+        self.guidance_config = guidance_config
+        self.needs_cloud = bool(getattr(devices.expert, "needs_cloud", True))
+
+    # ------------------------------------------------------------------ stages
+    def capture(self, watchdog: Watchdog | None) -> RGBD:
+        with timer(self.profiler, "capture"):
+            frame = self.dev.camera.read()
+        if not isinstance(frame, RGBD):
+            raise EdgebridgeError(f"camera returned {type(frame).__name__}, not an RGBD frame")
+        if watchdog is not None:
+            watchdog.feed_camera(self.dev.clock.now_ns())
+        return frame
+
+    def plan_guidance(self, frame: RGBD, instruction: str, state: ArmState, stamp_ns: int):
+        """planner -> lift -> approach path -> spline; returns (spline, guidance sampled at the expert dt)."""
+        from .ik_expert import GuidanceConfig, approach_waypoints, fit_guidance
+        from .lift import lift_plan
+
+        with timer(self.profiler, "planner"):
+            plan = self.dev.planner.plan(frame, instruction)
+        with timer(self.profiler, "lift_spline"):
+            lifted = lift_plan(plan, frame, self.dev.T_base_cam, self.dev.workspace)
+            gcfg = self.guidance_config or GuidanceConfig()
+            path, durations = approach_waypoints(lifted, state, config=gcfg)
+            spline = fit_guidance(path, durations, gcfg)
+            guidance = spline.sample(self.cfg.perception.guidance_dt, stamp_ns=stamp_ns)
+        return spline, guidance
+
+    def cloud(self, frame: RGBD):
+        from ..kernels import WorkspaceBox, depth_to_cloud
+
+        p = self.cfg.perception
+        box = WorkspaceBox.from_bounds(p.crop_min, p.crop_max)
+        with timer(self.profiler, "cloud"):
+            return depth_to_cloud(frame, self.dev.T_base_cam, box, p.n_points, voxel_size=p.voxel_m)
+
+    # ------------------------------------------------------------------ one episode
+    def run(self, instruction: str, *, task: str = "", seed: int = 0, max_seconds: float | None = None) -> EpisodeOutcome:
+        cfg, dev = self.cfg, self.dev
+        clock = dev.clock
+        limit = float(max_seconds if max_seconds is not None else cfg.task_timeout_s)
+        cam_timeout = cfg.camera.max_frame_age_s if self.needs_cloud else None
+        watchdog = Watchdog(cfg.loop.chunk_timeout_s, camera_timeout_s=cam_timeout)
+        loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
+                           profiler=self.profiler, dry_run=self.dry_run)
+        rec = Recorder(self.record_dir)
+        t_start = clock.now_ns()
+        outcome: EpisodeOutcome | None = None
+
+        def finish(success: bool, reason: str, res: LoopResult | None = None) -> EpisodeOutcome:
+            nonlocal outcome
+            loop_info = {} if res is None else {"cycles": res.cycles, "sent": res.sent, "holds": res.holds,
+                                                 "rejections": res.rejections, **res.stats}
+            timings = {k: round(v["p50_ms"], 3) for k, v in self.profiler.stage_table().items()} if self.profiler else {}
+            outcome = EpisodeOutcome(task or instruction, seed, success, (clock.now_ns() - t_start) / 1e9, reason,
+                                     loop_info, timings)
+            return outcome
+
+        try:
+            loop.prepare()
+            try:
+                frame = self.capture(watchdog)
+                state = loop.states.latest()
+                spline, guidance = self.plan_guidance(frame, instruction, state, clock.now_ns())
+            except (PlanError, ValueError) as e:
+                loop.request_stop(f"plan rejected: {e}")
+                return finish(False, f"plan rejected: {e}", loop.run())
+            end_ns = guidance.stamp_ns + int((spline.duration + self.settle_s) * 1e9)
+            worker = _ExpertWorker(self, loop, watchdog, guidance, rec)
+            with SignalGuard(watchdog):
+                if clock.realtime:
+                    res = self._run_realtime(loop, worker, watchdog, end_ns, t_start + int(limit * 1e9))
+                else:
+                    res = self._run_lockstep(loop, worker, end_ns, t_start + int(limit * 1e9))
+            return finish(*self._judge(res), res)
+        finally:
+            rec.close(outcome)
+
+    def _judge(self, res: LoopResult) -> tuple[bool, str]:
+        if res.reason != GUIDANCE_COMPLETE:
+            return False, res.reason
+        if self.dev.success is None:
+            return not res.fault, "guidance complete (no success check for this setup)"
+        ok, why = self.dev.success()
+        return bool(ok), why
+
+    def _run_lockstep(self, loop: ControlLoop, worker: "_ExpertWorker", end_ns: int, limit_ns: int) -> LoopResult:
+        k = self.cfg.expert.every_k_ticks
+        clock = self.dev.clock
+
+        def hook(cycle: int) -> None:
+            now = clock.now_ns()
+            if now >= end_ns:
+                loop.request_stop(GUIDANCE_COMPLETE)
+            elif now >= limit_ns:
+                loop.request_stop("time limit reached")
+            elif (cycle - 1) % k == 0:
+                worker.step()
+
+        loop.hooks.append(hook)
+        return loop.run()
+
+    def _run_realtime(self, loop: ControlLoop, worker: "_ExpertWorker", watchdog: Watchdog, end_ns: int,
+                      limit_ns: int) -> LoopResult:
+        clock = self.dev.clock
+        period_s = self.cfg.expert.every_k_ticks / self.cfg.loop.rate_hz
+        stop = threading.Event()
+        t = threading.Thread(target=worker.run_periodic, args=(period_s, stop), name="expert-worker", daemon=True)
+        loop.start()
+        t.start()
+        try:
+            while loop.join(0.02) is None:
+                now = clock.now_ns()
+                if now >= end_ns:
+                    watchdog.request_stop(GUIDANCE_COMPLETE)
+                elif now >= limit_ns:
+                    watchdog.request_stop("time limit reached")
+        finally:
+            stop.set()
+            t.join(5.0)
+            if t.is_alive():
+                log.warning("expert worker still busy after the loop stopped (a stalled expert call)")
+        return loop.join()
+
+
+class _ExpertWorker:
+    """One expert step: latest state (+ frame -> cloud) -> act -> check -> chunk queue."""
+
+    def __init__(self, pipe: Pipeline, loop: ControlLoop, watchdog: Watchdog, guidance, rec: Recorder) -> None:
+        self.pipe, self.loop, self.watchdog, self.guidance, self.rec = pipe, loop, watchdog, guidance, rec
+        self.failures = 0
+        self.steps = 0
+
+    def step(self) -> None:
+        pipe = self.pipe
+        state = self.loop.states.latest()
+        if state is None:
+            return
+        try:
+            cloud = None
+            if pipe.needs_cloud:
+                cloud = pipe.cloud(pipe.capture(self.watchdog))
+                if cloud.n_valid == 0:
+                    raise EdgebridgeError("the workspace crop of the camera frame is empty (camera blocked or moved?)")
+            with timer(pipe.profiler, "expert"):
+                chunk = pipe.dev.expert.act(cloud, state, self.guidance)
+            if not isinstance(chunk, ActionChunk):
+                raise EdgebridgeError(f"expert returned {type(chunk).__name__}, not an ActionChunk")
+            if not np.all(np.isfinite(chunk.poses)):
+                raise EdgebridgeError("expert chunk holds non-finite values")
+        except Exception as e:  # an expert failure is counted, never raised into the loop
+            self.failures += 1
+            log.warning("expert step failed (%d in a row): %s: %s", self.failures, type(e).__name__, e)
+            if self.failures >= pipe.max_expert_failures:
+                self.watchdog.report_fault("expert", f"{self.failures} consecutive failures, last: "
+                                                     f"{type(e).__name__}: {e}")
+            return
+        self.failures = 0
+        self.steps += 1
+        self.loop.inbox.put(chunk)
+        self.rec.step((state.stamp_ns - self.guidance.stamp_ns) / 1e9, state, chunk)
+
+    def run_periodic(self, period_s: float, stop: threading.Event) -> None:
+        t_next = time.monotonic()
+        while not stop.is_set():
+            self.step()
+            t_next += period_s
+            delay = t_next - time.monotonic()
+            if delay < 0:  # the expert is slower than its period: run back to back, do not pile up
+                t_next = time.monotonic()
+                delay = 0.0
+            stop.wait(delay)

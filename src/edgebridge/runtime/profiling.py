@@ -1,0 +1,209 @@
+"""Latency profiling for ``edge-run --profile``: per-stage timings, loop jitter, CPU and memory.
+
+Stages (milliseconds): capture, cloud (kernels), planner, lift_spline, expert, loop_compute, driver_io
+and end_to_end (camera frame stamp -> first command sent from the chunk computed on that frame).
+When profiling is off the runtime holds ``None`` instead of a :class:`Profiler`, so the only cost is an
+``is not None`` test per stage. Samples go to preallocated arrays (no allocation in the loop).
+
+``Profiler.report(out_dir, loop_stats)`` prints a rich table and writes ``profile.json``, PNG plots
+(matplotlib, Agg, imported only here) and ``index.html`` showing them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture", "cloud", "planner", "lift_spline", "expert", "loop_compute", "driver_io", "end_to_end")
+
+
+class _Samples:
+    __slots__ = ("buf", "n")
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = np.zeros(capacity, dtype=np.int64)
+        self.n = 0
+
+    def add(self, ns: int) -> None:
+        self.buf[self.n % len(self.buf)] = ns
+        self.n += 1
+
+    def values_ms(self) -> np.ndarray:
+        return self.buf[:min(self.n, len(self.buf))] / 1e6
+
+
+class Profiler:
+    """Thread-safe enough for its use: each stage is written by one thread (the loop or one worker)."""
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._s = {name: _Samples(capacity) for name in STAGES}
+        self._lock = threading.Lock()
+        self._last_chunk = None
+        self._t0_wall = time.perf_counter()
+        self._t0_cpu = time.process_time()
+
+    def record_ns(self, stage: str, ns: int) -> None:
+        s = self._s.get(stage)
+        if s is None:
+            with self._lock:
+                s = self._s.setdefault(stage, _Samples(1 << 12))
+        s.add(int(ns))
+
+    def time(self, stage: str) -> "_Timer":
+        """``with profiler.time("expert"): ...``"""
+        return _Timer(self, stage)
+
+    def command_sent(self, now_ns: int, chunk) -> None:
+        """Called by the loop after each sent command; records end-to-end latency once per new chunk
+        (``chunk.start_ns`` is the stamp of the frame the chunk was computed from)."""
+        if chunk is not None and chunk is not self._last_chunk:
+            self._last_chunk = chunk
+            self._s["end_to_end"].add(int(now_ns - chunk.start_ns))
+
+    def stage_table(self) -> dict[str, dict]:
+        out = {}
+        for name, s in self._s.items():
+            v = s.values_ms()
+            if v.size == 0:
+                continue
+            out[name] = {"n": int(s.n), "p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95)),
+                         "p99_ms": float(np.percentile(v, 99)), "max_ms": float(v.max()), "mean_ms": float(v.mean())}
+        return out
+
+    def system(self) -> dict:
+        wall = time.perf_counter() - self._t0_wall
+        cpu = time.process_time() - self._t0_cpu
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        rss_mb = ru.ru_maxrss / 1024.0
+        try:
+            with open("/proc/self/statm") as f:
+                rss_mb_now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:  # pragma: no cover - non-Linux
+            rss_mb_now = float("nan")
+        return {"wall_s": wall, "cpu_s": cpu, "cpu_percent": 100.0 * cpu / wall if wall > 0 else float("nan"),
+                "rss_peak_mb": rss_mb, "rss_mb": rss_mb_now, "cpus": os.cpu_count()}
+
+    # ------------------------------------------------------------------ report
+    def report(self, out_dir: str | Path | None, loop_stats=None, title: str = "edge-run profile") -> dict:
+        """Print the table; with ``out_dir`` also write profile.json, PNGs and index.html. Returns the data."""
+        stages = self.stage_table()
+        data = {"stages": stages, "system": self.system(), "loop": loop_stats.summary() if loop_stats else {}}
+        self._print(stages, data, title)
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "profile.json").write_text(json.dumps(data, indent=2) + "\n")
+            pngs = self._plots(out, loop_stats)
+            self._html(out, data, pngs, title)
+            log.info("profile written to %s", out)
+        return data
+
+    def _print(self, stages: dict, data: dict, title: str) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title)
+        for c in ("stage", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+            t.add_column(c, justify="left" if c == "stage" else "right")
+        for name in list(STAGES) + [k for k in stages if k not in STAGES]:
+            if name in stages:
+                s = stages[name]
+                t.add_row(name, str(s["n"]), f"{s['p50_ms']:.3f}", f"{s['p95_ms']:.3f}", f"{s['p99_ms']:.3f}",
+                          f"{s['max_ms']:.3f}")
+        lp, sy = data["loop"], data["system"]
+        if lp.get("cycles", 0) > 1 and "period_err_p99_ms" in lp:
+            t.caption = (f"loop: {lp['cycles']} cycles, {lp['misses']} deadline misses, period error p50 "
+                         f"{lp['period_err_p50_ms']:.3f} / p99 {lp['period_err_p99_ms']:.3f} / max "
+                         f"{lp['period_err_max_ms']:.3f} ms; CPU {sy['cpu_percent']:.0f}% of one core, "
+                         f"RSS {sy['rss_mb']:.0f} MB (peak {sy['rss_peak_mb']:.0f} MB)")
+        Console().print(t)
+
+    def _plots(self, out: Path, loop_stats) -> list[str]:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            log.warning("profile plots skipped: matplotlib is not importable (%s); pip install 'edgebridge[plot]'", e)
+            return []
+        names = []
+        stages = [(n, s.values_ms()) for n, s in self._s.items() if s.n]
+        if stages:
+            fig, ax = plt.subplots(figsize=(8, 4))
+            ax.boxplot([v for _, v in stages], showfliers=True)
+            ax.set_xticks(range(1, len(stages) + 1), [n for n, _ in stages], rotation=30)
+            ax.set_yscale("log")
+            ax.set_ylabel("ms")
+            ax.set_title("per-stage latency")
+            fig.tight_layout()
+            fig.savefig(out / "stages.png", dpi=100)
+            plt.close(fig)
+            names.append("stages.png")
+        if loop_stats is not None and loop_stats.n > 2:
+            m = min(loop_stats.n, len(loop_stats.period))
+            per = loop_stats.period[1:m] / 1e6
+            nominal = loop_stats.period_ns / 1e6
+            fig, ax = plt.subplots(figsize=(8, 4))
+            ax.hist(per - nominal, bins=100, log=True)
+            ax.set_xlabel("period - nominal (ms)")
+            ax.set_ylabel("cycles")
+            ax.set_title(f"loop period jitter ({loop_stats.misses} deadline misses)")
+            fig.tight_layout()
+            fig.savefig(out / "jitter.png", dpi=100)
+            plt.close(fig)
+            names.append("jitter.png")
+        return names
+
+    @staticmethod
+    def _html(out: Path, data: dict, pngs: list[str], title: str) -> None:
+        rows = "".join(f"<tr><td>{n}</td><td>{s['n']}</td><td>{s['p50_ms']:.3f}</td><td>{s['p95_ms']:.3f}</td>"
+                       f"<td>{s['p99_ms']:.3f}</td><td>{s['max_ms']:.3f}</td></tr>" for n, s in data["stages"].items())
+        imgs = "".join(f'<p><img src="{p}" alt="{p}"></p>' for p in pngs)
+        loop = "".join(f"<li>{k}: {v:.4g}</li>" if isinstance(v, float) else f"<li>{k}: {v}</li>"
+                       for k, v in {**data["loop"], **data["system"]}.items())
+        (out / "index.html").write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
+            f"<h1>{title}</h1><table border='1' cellpadding='4'><tr><th>stage</th><th>n</th><th>p50 ms</th>"
+            f"<th>p95 ms</th><th>p99 ms</th><th>max ms</th></tr>{rows}</table><ul>{loop}</ul>{imgs}"
+            f"<p>Raw numbers: <a href='profile.json'>profile.json</a></p></body></html>\n")
+
+
+class _Timer:
+    __slots__ = ("p", "stage", "t0")
+
+    def __init__(self, p: Profiler | None, stage: str) -> None:
+        self.p, self.stage = p, stage
+
+    def __enter__(self) -> "_Timer":
+        self.t0 = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.p is not None:
+            self.p.record_ns(self.stage, time.perf_counter_ns() - self.t0)
+
+
+class _NullTimer:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+NULL_TIMER = _NullTimer()
+
+
+def timer(profiler: Profiler | None, stage: str):
+    """``with timer(prof, "expert"):`` — a shared no-op when ``prof`` is None."""
+    return NULL_TIMER if profiler is None else _Timer(profiler, stage)

@@ -53,8 +53,9 @@ class RecordingArm(DeviceBase):
     name = "recording arm"
 
     def __init__(self, q0=(0.0, 0.0, 0.3), limits: SafetyLimits = LIMITS, period_s: float = PERIOD_S,
-                 fail_state_after: int | None = None, fail_command_after: int | None = None) -> None:
+                 fail_state_after: int | None = None, fail_command_after: int | None = None, clock=None) -> None:
         super().__init__()
+        self.clock = clock  # stamps states with this clock (the loop's) when given
         self.q = np.asarray(q0, dtype=np.float64)
         self.gripper = 1.0
         self.limits, self.period_s = limits, period_s
@@ -73,7 +74,8 @@ class RecordingArm(DeviceBase):
         self.n_state += 1
         if self.fail_state_after is not None and self.n_state > self.fail_state_after:
             raise ConnectionError("bus timeout on /dev/ttyFAKE")
-        return ArmState(self.q.copy(), Pose(self.q.copy()), self.gripper)
+        kw = {} if self.clock is None else {"stamp_ns": self.clock.now_ns()}
+        return ArmState(self.q.copy(), Pose(self.q.copy()), self.gripper, **kw)
 
     def command(self, cmd: ArmCommand) -> ArmCommand:
         if self.fail_command_after is not None and len(self.commands) >= self.fail_command_after:

@@ -251,6 +251,7 @@ class _ExpertWorker:
     def __init__(self, pipe: Pipeline, loop: ControlLoop, watchdog: Watchdog, guidance, rec: Recorder) -> None:
         self.pipe, self.loop, self.watchdog, self.guidance, self.rec = pipe, loop, watchdog, guidance, rec
         self.failures = 0
+        self.camera_failures = 0
         self.steps = 0
 
     def step(self) -> None:
@@ -258,10 +259,20 @@ class _ExpertWorker:
         state = self.loop.states.latest()
         if state is None:
             return
+        frame = None
+        if pipe.needs_cloud:
+            try:
+                frame = pipe.capture(self.watchdog)
+            except Exception as e:  # the watchdog stops the episode once frames are missing for too long
+                self.camera_failures += 1
+                if self.camera_failures == 1:
+                    log.warning("camera read failed: %s: %s (the loop holds if this continues)", type(e).__name__, e)
+                return
+            self.camera_failures = 0
         try:
             cloud = None
-            if pipe.needs_cloud:
-                cloud = pipe.cloud(pipe.capture(self.watchdog))
+            if frame is not None:
+                cloud = pipe.cloud(frame)
                 if cloud.n_valid == 0:
                     raise EdgebridgeError("the workspace crop of the camera frame is empty (camera blocked or moved?)")
             with timer(pipe.profiler, "expert"):

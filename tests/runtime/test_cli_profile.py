@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from edgebridge.runtime.loop import PeriodStats
+from edgebridge.runtime.profiling import Profiler, timer
+
+
+def test_profiler_report_writes_json_plots_and_html(tmp_path):
+    p = Profiler()
+    for k in range(200):
+        p.record_ns("expert", 1_000_000 + k * 1000)
+        with timer(p, "capture"):
+            pass
+    stats = PeriodStats(2_000_000)
+    for k in range(100):
+        stats.wake(k * 2_000_000 + (k % 3) * 10_000, k * 2_000_000)
+        stats.done(50_000)
+    data = p.report(tmp_path, stats)
+    assert data["stages"]["expert"]["n"] == 200
+    assert data["stages"]["expert"]["p50_ms"] == pytest.approx(1.1, abs=0.01)
+    assert json.loads((tmp_path / "profile.json").read_text())["loop"]["cycles"] == 100
+    assert (tmp_path / "stages.png").stat().st_size > 1000 and (tmp_path / "jitter.png").stat().st_size > 1000
+    assert "stages.png" in (tmp_path / "index.html").read_text()
+
+
+def test_timer_without_profiler_is_a_no_op():
+    with timer(None, "expert"):
+        pass
+
+
+def test_cli_bad_config_exits_2(capsys):
+    from edgebridge.runtime.cli import main
+
+    assert main(["--config", "/nonexistent/robot.toml"]) == 2
+    assert "configuration error" in capsys.readouterr().err
+
+
+def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
+    pytest.importorskip("pybullet", reason="the sim world needs pybullet ('sim' extra)")
+    from edgebridge.runtime.cli import main
+
+    out = tmp_path / "eps.jsonl"
+    rc = main(["--expert", "ik", "--json", str(out), "--profile", str(tmp_path / "prof"), "--max-seconds", "30"])
+    text = capsys.readouterr().out
+    assert "planner: oracle" in text and "--planner gguf --vlm" in text
+    row = json.loads(out.read_text().splitlines()[0])
+    assert set(row) == {"task", "seed", "success", "duration", "reason"}
+    assert rc == (0 if row["success"] else 1)
+    assert row["success"], row["reason"]
+    prof = json.loads((tmp_path / "prof" / "profile.json").read_text())
+    assert {"loop_compute", "driver_io", "expert", "planner", "lift_spline"} <= set(prof["stages"])

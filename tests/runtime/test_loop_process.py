@@ -1,0 +1,47 @@
+"""The loop in its own process: chunks in and state out through shared memory, stop flag, result."""
+
+import time
+
+import numpy as np
+
+from edgebridge.runtime.loop_process import LoopProcess
+
+from runtime_fakes import LIMITS, PointKinematics, RecordingArm, chunk_line, loop_cfg
+
+
+def make_arm():  # module level: the child process imports it
+    return RecordingArm()
+
+
+def test_loop_process_follows_chunks_and_stops_on_request():
+    cfg = loop_cfg(rate_hz=200.0, chunk_timeout_s=2.0, gc="disable")
+    with LoopProcess(make_arm, PointKinematics, LIMITS, cfg) as lp:
+        t_end = time.monotonic() + 10
+        st = None
+        while st is None and time.monotonic() < t_end:
+            st = lp.latest_state()
+            time.sleep(0.01)
+        assert st is not None and np.allclose(st.joints, [0, 0, 0.3])
+        lp.put(chunk_line(time.monotonic_ns(), (0, 0, 0.3), (0.05, 0.0, 0.3), n=11, dt=0.05))
+        time.sleep(1.0)
+        st = lp.latest_state()
+        assert st.joints[0] > 0.04, st.joints  # the child followed the chunk
+        lp.request_stop("test finished")
+        res = lp.join(10)
+    assert res is not None and res.reason == "test finished" and not res.fault
+    assert res.sent > 50 and res.stats["cycles"] > 150
+
+
+def test_loop_process_reports_a_child_failure():
+    cfg = loop_cfg(rate_hz=100.0)
+    lp = LoopProcess(_broken_arm, PointKinematics, LIMITS, cfg)
+    try:
+        lp.start()
+    except RuntimeError as e:
+        assert "failed to start" in str(e) or "did not start" in str(e)
+    else:  # pragma: no cover
+        raise AssertionError("a child that cannot build its arm must fail start()")
+
+
+def _broken_arm():
+    raise ConnectionError("no such port /dev/ttyNOPE")

@@ -1,0 +1,145 @@
+"""Pipeline tests on fakes: a flat-table camera, a scripted planner, the point-mass arm. Lock-step
+(SimClock) runs are deterministic and fast; one short real-time run exercises the worker thread."""
+
+import time
+
+import numpy as np
+import pytest
+
+from edgebridge.clock import MonotonicClock, SimClock
+from edgebridge.contracts import RGBD, ActionChunk, Anchor, Intrinsics, Plan
+from edgebridge.interfaces import DeviceBase
+from edgebridge.runtime.config import ExpertConfig, PerceptionConfig, RobotConfig
+from edgebridge.runtime.ik_expert import GuidanceConfig, IKExpert, IKExpertConfig
+from edgebridge.runtime.pipeline import Devices, Pipeline
+
+from runtime_fakes import LIMITS, PointKinematics, RecordingArm, loop_cfg
+
+INTR = Intrinsics(64, 48, 50.0, 50.0, 32.0, 24.0)
+T_BASE_CAM = np.array([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1.0], [0, 0, 0, 1]])  # 1 m above, looking down
+FAST = GuidanceConfig(speed_m_s=0.5, dwell_s=0.1, min_segment_s=0.1, approach_m=0.08)
+
+
+class FlatCamera(DeviceBase):
+    """A table plane 0.9 m below the camera (z = 0.1 in the base frame); ``fail_after`` reads then raises."""
+
+    name = "flat camera"
+
+    def __init__(self, clock, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.clock, self.fail_after, self.reads = clock, fail_after, 0
+        self.T_base_cam = T_BASE_CAM
+        self.connect()
+
+    def read(self) -> RGBD:
+        self.reads += 1
+        if self.fail_after is not None and self.reads > self.fail_after:
+            raise ConnectionError("camera unplugged (USB reset)")
+        depth = np.full((48, 64), 0.9, dtype=np.float32)
+        return RGBD(np.zeros((48, 64, 3), np.uint8), depth, INTR, stamp_ns=self.clock.now_ns())
+
+
+class ScriptedPlanner:
+    def plan(self, rgbd, instruction):
+        return Plan(instruction, (Anchor(40, 24, 1.0), Anchor(40, 24, 0.0), Anchor(26, 30, 1.0)),
+                    orientation=np.array([0.0, 0.0, 0.0, 1.0]), source="scripted")
+
+    def close(self):
+        pass
+
+
+class FaultyExpert:
+    """Wraps IKExpert; ``mode``: raise / nan / stall after ``after`` good chunks."""
+
+    def __init__(self, mode: str, after: int = 3, needs_cloud: bool = False) -> None:
+        self.inner = IKExpert(IKExpertConfig(horizon=10, dt=0.1))
+        self.mode, self.after, self.calls = mode, after, 0
+        self.needs_cloud = needs_cloud
+
+    def act(self, cloud, state, guidance):
+        self.calls += 1
+        if self.calls > self.after:
+            if self.mode == "raise":
+                raise RuntimeError("onnxruntime: invalid output shape")
+            if self.mode == "nan":
+                poses = np.full((4, 8), np.nan, dtype=np.float32)
+                return ActionChunk(poses, state.stamp_ns, 0.1)  # the contract refuses NaN -> ValueError
+            if self.mode == "stall":
+                time.sleep(3.0)
+        return self.inner.act(cloud, state, guidance)
+
+    def close(self):
+        pass
+
+
+def setup(clock, expert=None, camera=None, rate_hz=100.0, **loop_kw):
+    cfg = RobotConfig(name="test", limits=LIMITS, loop=loop_cfg(rate_hz=rate_hz, **loop_kw),
+                      expert=ExpertConfig(backend="ik", every_k_ticks=10),
+                      perception=PerceptionConfig(crop_min=(-0.4, -0.4, 0.0), crop_max=(0.4, 0.4, 0.5), n_points=64),
+                      task_timeout_s=20.0)
+    arm = RecordingArm(q0=(0.1, 0.0, 0.3), period_s=1.0 / rate_hz, clock=clock)
+    dev = Devices(arm=arm, camera=camera or FlatCamera(clock), kinematics=PointKinematics(), planner=ScriptedPlanner(),
+                  expert=expert or IKExpert(IKExpertConfig(horizon=10, dt=0.1)), clock=clock, T_base_cam=T_BASE_CAM)
+    return cfg, dev, arm
+
+
+def test_lockstep_episode_follows_the_plan():
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock)
+    out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place", task="t", seed=3)
+    assert out.success, out.reason
+    assert out.reason.startswith("guidance complete")
+    assert arm.violations == [] and len(arm.commands) > 100
+    # it reached the grasp point (table surface z = 0.1, grasped a little below) and the place point
+    zs = np.array([c.joints[2] for c in arm.commands])
+    assert zs.min() < 0.1
+    assert np.linalg.norm(arm.q[:2] - [-0.108, -0.108]) < 0.03
+    assert out.loop["misses"] == 0 and out.loop["sent"] == len(arm.commands)
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_expert_failures_stop_with_reason(mode):
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock, expert=FaultyExpert(mode))
+    out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place")
+    assert not out.success
+    assert out.reason.startswith("expert fault: 3 consecutive failures")
+    assert ("invalid output shape" in out.reason) if mode == "raise" else ("non-finite" in out.reason)
+    assert arm.violations == [] and arm.holds >= 1
+
+
+def test_camera_lost_stops_with_reason():
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock, expert=FaultyExpert("none", needs_cloud=True), camera=FlatCamera(clock, fail_after=8))
+    out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place")
+    assert not out.success and out.reason.startswith("camera lost"), out.reason
+    assert arm.violations == [] and arm.holds >= 1
+
+
+def test_arm_fault_mid_episode():
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock)
+    arm.fail_command_after = 50
+    out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place")
+    assert not out.success and "arm driver fault" in out.reason and "CRC error" in out.reason
+    assert len(arm.commands) == 50 and arm.violations == []
+
+
+def test_dry_run_sends_nothing():
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock)
+    out = Pipeline(cfg, dev, dry_run=True, guidance_config=FAST).run("pick and place")
+    assert arm.commands == [] and out.loop["sent"] > 100
+
+
+def test_realtime_stalled_expert_holds_and_loop_keeps_period():
+    """The expert stalls for 3 s in its worker: the loop keeps running (no misses from the stall),
+    decelerates and holds when chunks stop, and the stop reason is reported."""
+    clock = MonotonicClock()
+    cfg, dev, arm = setup(clock, expert=FaultyExpert("stall", after=5), rate_hz=100.0, chunk_timeout_s=0.3)
+    t0 = time.monotonic()
+    out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place", max_seconds=1.5)
+    assert time.monotonic() - t0 < 6.0
+    assert not out.success and out.reason == "time limit reached"
+    assert arm.holds >= 1 and arm.violations == []
+    assert out.loop["cycles"] >= 100  # ~150 at 100 Hz for 1.5 s

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     json_out = open(args.json, "w") if args.json else None
     failed = 0
+    loop_stats = None
     try:
         for i in range(args.episodes):
             seed = args.seed + i
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 record = Path(args.record) / f"episode_{i:03d}_seed{seed}" if args.record else None
                 pipe = Pipeline(cfg, devices, dry_run=args.dry_run, profiler=profiler, record_dir=record)
                 out = pipe.run(instruction, task=args.task, seed=seed, max_seconds=args.max_seconds)
+                if pipe.last_loop is not None:
+                    loop_stats = pipe.last_loop.stats
             finally:
                 devices.close()
             results.append(out)
@@ -117,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         if json_out is not None:
             json_out.close()
     if profiler is not None:
-        profiler.report(args.profile)
-        _say(f"[edge-run] profile written to {args.profile}/index.html")
+        try:
+            profiler.report(args.profile, loop_stats, title=f"edge-run profile ({cfg.name}, last episode's loop)")
+            _say(f"[edge-run] profile written to {args.profile}/index.html")
+        except OSError as e:
+            print(f"edge-run: could not write the profile to {args.profile}: {e}", file=sys.stderr)
     if args.episodes > 1:
         _say(f"[edge-run] {args.episodes - failed}/{args.episodes} episodes succeeded")
     return 1 if failed else 0

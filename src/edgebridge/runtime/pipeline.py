@@ -122,6 +122,7 @@ class Pipeline:
         self.max_expert_failures = max_expert_failures
         self.guidance_config = guidance_config
         self.needs_cloud = bool(getattr(devices.expert, "needs_cloud", True))
+        self.last_loop: ControlLoop | None = None
 
     # ------------------------------------------------------------------ stages
     def capture(self, watchdog: Watchdog | None) -> RGBD:
@@ -165,6 +166,7 @@ class Pipeline:
         watchdog = Watchdog(cfg.loop.chunk_timeout_s, camera_timeout_s=cam_timeout)
         loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
                            profiler=self.profiler, dry_run=self.dry_run)
+        self.last_loop = loop
         rec = Recorder(self.record_dir)
         t_start = clock.now_ns()
         outcome: EpisodeOutcome | None = None

@@ -101,6 +101,9 @@ def _crop_kernel(xyz, box, rgb):
 
 @njit(cache=True)
 def _fps_kernel(xyz, n, start):
+    """Same picks as ``_ref.fps`` (same float64 distances, ties to the lowest index), written so LLVM
+    vectorises the sweep: the running max is taken over the distances' int64 bit patterns (ordered like
+    the floats, all being >= 0), then one short scan finds the first index holding it."""
     N = xyz.shape[0]
     k = min(n, N)
     x = np.empty(N)
@@ -109,21 +112,25 @@ def _fps_kernel(xyz, n, start):
     for j in range(N):
         x[j], y[j], z[j] = xyz[j, 0], xyz[j, 1], xyz[j, 2]
     mind = np.full(N, np.inf)
+    bits = mind.view(np.int64)
     idx = np.empty(k, np.int64)
     last = start
     for i in range(k):
         idx[i] = last
         lx, ly, lz = x[last], y[last], z[last]
-        best, arg = -1.0, 0
+        best = np.int64(0)
         for j in range(N):
             dx, dy, dz = x[j] - lx, y[j] - ly, z[j] - lz
             d = dx * dx + dy * dy + dz * dz
-            m = mind[j]
-            if d < m:
-                m = d
-                mind[j] = d
-            if m > best:
-                best, arg = m, j
+            mj = mind[j]
+            mind[j] = d if d < mj else mj
+            b = bits[j]
+            best = b if b > best else best
+        arg = 0
+        for j in range(N):
+            if bits[j] == best:
+                arg = j
+                break
         last = arg
     return idx
 
@@ -189,6 +196,116 @@ def _voxel_kernel(xyz, voxel, rgb):
     return out, col
 
 
+@njit(cache=True)
+def _cloud_voxel_kernel(depth, stride, colx, rowy, rays, dmin, dmax, A, bl, half, inv_v, dims, rgb):
+    """Fused depth -> box-local coordinates -> dense voxel grid (contract: ``_ref.cloud_voxel``)."""
+    H, W = depth.shape
+    hs, ws = (H + stride - 1) // stride, (W + stride - 1) // stride
+    pinhole = rays.shape[0] == 0
+    has_rgb = rgb.shape[0] > 0
+    n0, n1, n2 = dims[0], dims[1], dims[2]
+    ncell = n0 * n1 * n2
+    slot = np.full(ncell, -1, np.int32)
+    cap = min(ncell, hs * ws)
+    sums = np.empty((cap, 3))
+    cnt = np.empty(cap, np.int64)
+    csum = np.empty((cap if has_rgb else 0, 3), np.int64)
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = (A[0, 0], A[0, 1], A[0, 2], A[1, 0], A[1, 1], A[1, 2],
+                                                   A[2, 0], A[2, 1], A[2, 2])
+    b0, b1, b2 = bl[0], bl[1], bl[2]
+    h0, h1, h2 = half[0], half[1], half[2]
+    K = 0
+    last, vid = -1, -1
+    s0, s1, s2, sn, q0, q1, q2 = 0.0, 0.0, 0.0, 0, 0, 0, 0
+    for r in range(hs):
+        v = r * stride
+        ry = rowy[r]
+        e0, e1, e2 = a01 * ry + a02, a11 * ry + a12, a21 * ry + a22
+        for c in range(ws):
+            z = np.float64(depth[v, c * stride])
+            if not (z > 0.0 and z >= dmin and z <= dmax):
+                continue
+            if pinhole:
+                rx = colx[c]
+            else:
+                rx, ryp = rays[r, c, 0], rays[r, c, 1]
+                e0, e1, e2 = a01 * ryp + a02, a11 * ryp + a12, a21 * ryp + a22
+            l0 = z * (a00 * rx + e0) + b0
+            if not abs(l0) <= h0:
+                continue
+            l1 = z * (a10 * rx + e1) + b1
+            if not abs(l1) <= h1:
+                continue
+            l2 = z * (a20 * rx + e2) + b2
+            if not abs(l2) <= h2:
+                continue
+            i0 = min(np.int64((l0 + h0) * inv_v), n0 - 1)
+            i1 = min(np.int64((l1 + h1) * inv_v), n1 - 1)
+            i2 = min(np.int64((l2 + h2) * inv_v), n2 - 1)
+            cell = (i0 * n1 + i1) * n2 + i2
+            if cell != last:
+                # runs of pixels share a voxel: keep its sums in registers for the run (loaded from and
+                # stored back to the arrays, so the additions happen in pixel order exactly as in _ref)
+                if vid >= 0:
+                    sums[vid, 0], sums[vid, 1], sums[vid, 2], cnt[vid] = s0, s1, s2, sn
+                    if has_rgb:
+                        csum[vid, 0], csum[vid, 1], csum[vid, 2] = q0, q1, q2
+                last = cell
+                vid = slot[cell]
+                if vid < 0:
+                    vid = K
+                    slot[cell] = K
+                    K += 1
+                    s0, s1, s2, sn, q0, q1, q2 = 0.0, 0.0, 0.0, 0, 0, 0, 0
+                else:
+                    s0, s1, s2, sn = sums[vid, 0], sums[vid, 1], sums[vid, 2], cnt[vid]
+                    if has_rgb:
+                        q0, q1, q2 = csum[vid, 0], csum[vid, 1], csum[vid, 2]
+            s0 += l0
+            s1 += l1
+            s2 += l2
+            sn += 1
+            if has_rgb:
+                u = c * stride
+                q0 += np.int64(rgb[v, u, 0])
+                q1 += np.int64(rgb[v, u, 1])
+                q2 += np.int64(rgb[v, u, 2])
+    if vid >= 0:
+        sums[vid, 0], sums[vid, 1], sums[vid, 2], cnt[vid] = s0, s1, s2, sn
+        if has_rgb:
+            csum[vid, 0], csum[vid, 1], csum[vid, 2] = q0, q1, q2
+    return sums[:K], cnt[:K], csum[:K]
+
+
+@njit(cache=True)
+def _group_kernel(cell, loc, rgb, ncell):
+    """Ordered grouping of precomputed cell ids (contract: ``_ref.group_cells``)."""
+    N = cell.shape[0]
+    has_rgb = rgb.shape[0] > 0
+    slot = np.full(ncell, -1, np.int32)
+    sums = np.empty((N, 3))
+    cnt = np.empty(N, np.int64)
+    csum = np.empty((N if has_rgb else 0, 3), np.int64)
+    K = 0
+    for i in range(N):
+        vid = slot[cell[i]]
+        if vid < 0:
+            vid = K
+            slot[cell[i]] = K
+            sums[K, 0], sums[K, 1], sums[K, 2] = 0.0, 0.0, 0.0
+            cnt[K] = 0
+            if has_rgb:
+                csum[K, 0], csum[K, 1], csum[K, 2] = 0, 0, 0
+            K += 1
+        for a in range(3):
+            sums[vid, a] += loc[i, a]
+        cnt[vid] += 1
+        if has_rgb:
+            for a in range(3):
+                csum[vid, a] += rgb[i, a]
+    return sums[:K], cnt[:K], csum[:K]
+
+
 # --------------------------------------------------------------------------- module contract (see _ref)
 
 
@@ -225,3 +342,28 @@ def cloud(depth, intr, T, box, dmin, dmax, stride, rgb):
     rays = _rays(intr, depth.shape[0], depth.shape[1], stride)
     xyz, col = _cloud_kernel(depth, stride, intr, rays, dmin, dmax, T, True, box, True, _rgb_arg(rgb))
     return xyz, None if rgb is None else col
+
+
+def voxel_args(depth, intr, T, box, stride, voxel):
+    """Host-side inputs of the fused voxel kernels (shared with the CUDA backend)."""
+    H, W = depth.shape
+    if int(intr[9]) == _ref.MODEL_NONE:
+        colx, rowy = _ref.pinhole_axes(intr, H, W, stride)
+        rays = np.zeros((0, 0, 2))
+    else:
+        rays = _rays(intr, H, W, stride)
+        colx, rowy = np.zeros((W + stride - 1) // stride), np.zeros((H + stride - 1) // stride)
+    A, bl = _ref.box_frame(T, box)
+    return colx, rowy, rays, A, bl, np.ascontiguousarray(box[3:6]), 1.0 / voxel, _ref.grid_dims(box[3:6], voxel)
+
+
+def group_cells(cell, loc, rgb, ncell):
+    sums, cnt, csum = _group_kernel(cell, loc, _EMPTY_COL if rgb is None else rgb, ncell)
+    return sums, cnt, None if rgb is None else csum
+
+
+def cloud_voxel(depth, intr, T, box, dmin, dmax, stride, rgb, voxel):
+    colx, rowy, rays, A, bl, half, inv_v, dims = voxel_args(depth, intr, T, box, stride, voxel)
+    sums, cnt, csum = _cloud_voxel_kernel(depth, stride, colx, rowy, rays, dmin, dmax, A, bl, half, inv_v, dims,
+                                          _rgb_arg(rgb))
+    return _ref.voxel_finish(sums, cnt, None if rgb is None else csum, box)

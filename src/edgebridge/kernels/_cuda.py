@@ -4,8 +4,10 @@ when ``NUMBA_ENABLE_CUDASIM=1``).
 Elementwise kernels use grid-stride loops and the launch shape from ``_backend.CUDA_CONFIG``; they
 write a per-pixel / per-point flag and the host compacts in input order, so the output order matches
 the reference exactly. FPS runs in one block (a shared-memory argmax per step, ties to the lowest
-index). The voxel grid groups on the host with the Numba CPU kernel (hash grouping in first-occurrence
-order); a device hash table is future work.
+index). The fused voxel path (``cloud_voxel``) computes every pixel's box-local coordinates and its
+dense-grid cell on the device; the per-voxel sums are then accumulated on the host in pixel order (the
+Numba CPU grouping kernel), which keeps them bit-identical to the reference (device atomics would add
+in a nondeterministic order). ``voxel_grid`` (no box, unbounded keys) groups on the host likewise.
 """
 
 from __future__ import annotations
@@ -121,6 +123,34 @@ def _fps_kernel(x, y, z, k, start, mind, idx):
         cuda.syncthreads()
 
 
+@cuda.jit
+def _cloud_cell_kernel(depth, stride, colx, rowy, rays, dmin, dmax, A, bl, half, inv_v, dims, loc, cell):
+    """Per strided pixel: box-local coordinates and dense-grid cell, or cell -1 (contract: _ref.cloud_voxel)."""
+    W = depth.shape[1]
+    ws = (W + stride - 1) // stride
+    P = cell.shape[0]
+    pinhole = rays.shape[0] == 0
+    for k in range(cuda.grid(1), P, cuda.gridsize(1)):
+        r, c = k // ws, k % ws
+        cell[k] = -1
+        z = float64(depth[r * stride, c * stride])
+        if not (z > 0.0 and z >= dmin and z <= dmax):
+            continue
+        if pinhole:
+            rx, ry = colx[c], rowy[r]
+        else:
+            rx, ry = rays[r, c, 0], rays[r, c, 1]
+        idx = 0
+        for a in range(3):
+            la = z * (A[a, 0] * rx + (A[a, 1] * ry + A[a, 2])) + bl[a]
+            if not abs(la) <= half[a]:
+                idx = -1
+                break
+            loc[k, a] = la
+            idx = idx * dims[a] + min(int64((la + half[a]) * inv_v), dims[a] - 1)
+        cell[k] = idx
+
+
 # --------------------------------------------------------------------------- module contract (see _ref)
 
 _NO_T = np.eye(4)
@@ -183,6 +213,26 @@ def fps(xyz, n, start):
     _fps_kernel[1, nt](cuda.to_device(np.ascontiguousarray(p[:, 0])), cuda.to_device(np.ascontiguousarray(p[:, 1])),
                        cuda.to_device(np.ascontiguousarray(p[:, 2])), k, start, d_mind, d_idx)
     return d_idx.copy_to_host()
+
+
+def cloud_voxel(depth, intr, T, box, dmin, dmax, stride, rgb, voxel):
+    from . import _cpu
+
+    colx, rowy, rays, A, bl, half, inv_v, dims = _cpu.voxel_args(depth, intr, T, box, stride, voxel)
+    H, W = depth.shape
+    P = ((H + stride - 1) // stride) * ((W + stride - 1) // stride)
+    d_loc = cuda.device_array((P, 3), np.float64)
+    d_cell = cuda.device_array(P, np.int64)
+    g, b = _launch(P)
+    _cloud_cell_kernel[g, b](cuda.to_device(np.ascontiguousarray(depth)), stride, cuda.to_device(colx),
+                             cuda.to_device(rowy), cuda.to_device(rays), dmin, dmax, cuda.to_device(A),
+                             cuda.to_device(bl), cuda.to_device(half), inv_v, cuda.to_device(dims), d_loc, d_cell)
+    cell = d_cell.copy_to_host()
+    ok = cell >= 0
+    col = None if rgb is None else np.ascontiguousarray(rgb[::stride, ::stride].reshape(P, 3)[ok])
+    sums, cnt, csum = _cpu.group_cells(np.ascontiguousarray(cell[ok]), np.ascontiguousarray(d_loc.copy_to_host()[ok]),
+                                       col, int(np.prod(dims)))
+    return _ref.voxel_finish(sums, cnt, csum, box)
 
 
 def voxel_grid(xyz, voxel, rgb):

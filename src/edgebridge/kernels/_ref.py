@@ -158,3 +158,113 @@ def cloud(depth: np.ndarray, intr: np.ndarray, T: np.ndarray, box: np.ndarray, d
     """depth -> camera points -> base frame -> inside the box (the fused path's contract)."""
     xyz, col = deproject(depth, intr, dmin, dmax, stride, rgb)
     return crop(transform(xyz, T), box, col)
+
+
+# --------------------------------------------------------------------------- fused dense-grid voxel path
+#
+# depth -> box-local coordinates -> dense voxel grid over the crop box, in one pass. The contract every
+# backend follows, operation for operation (so float64 results are bit-identical):
+#   rays: pinhole rx = colx[c] = (u - cx) / fx, ry = rowy[r] = (v - cy) / fy; distorted: the ray table.
+#   box-local l_a = z * (A[a,0] * rx + (A[a,1] * ry + A[a,2])) + bl[a], with A = R^T T_rot and
+#   bl = R^T (T_trans - c) (``box_frame``); kept when |l_a| <= h_a on every axis;
+#   cell index i_a = min(int((l_a + h_a) * inv_v), dims_a - 1), cell = (i0 * d1 + i1) * d2 + i2.
+# Voxels are numbered by the first pixel (row-major) that lands in them; per voxel the float64 sum of
+# the box-local coordinates in pixel order, the count and the integer colour sums. ``voxel_finish``
+# (shared by all backends) turns those into base-frame centroids and rounded mean colours.
+
+
+def box_frame(T: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(A (3, 3), bl (3,)): camera point p -> box-local coordinates ``A @ p + bl``."""
+    R = box[6:15].reshape(3, 3)
+    A = np.ascontiguousarray(R.T @ T[:3, :3])
+    bl = np.ascontiguousarray(R.T @ (T[:3, 3] - box[0:3]))
+    return A, bl
+
+
+def grid_dims(half: np.ndarray, voxel: float) -> np.ndarray:
+    """(3,) int64 voxels per box axis for a dense grid of ``voxel`` metres over the box."""
+    return np.maximum(np.ceil(2 * np.asarray(half, np.float64) / voxel - 1e-9), 1).astype(np.int64)
+
+
+_AXES_CACHE: dict = {}
+
+
+def pinhole_axes(intr: np.ndarray, h: int, w: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(colx (ws,), rowy (hs,)) float64 pinhole rays of the strided grid, cached per intrinsics."""
+    key = (intr[:4].tobytes(), h, w, stride)
+    ax = _AXES_CACHE.get(key)
+    if ax is None:
+        if len(_AXES_CACHE) >= _RAY_CACHE_MAX:
+            _AXES_CACHE.pop(next(iter(_AXES_CACHE)))
+        fx, fy, cx, cy = intr[:4]
+        ax = ((np.arange(0, w, stride, dtype=np.float64) - cx) / fx,
+              (np.arange(0, h, stride, dtype=np.float64) - cy) / fy)
+        _AXES_CACHE[key] = ax
+    return ax
+
+
+def voxel_finish(sums: np.ndarray, cnt: np.ndarray, csum: np.ndarray | None,
+                 box: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-voxel box-local sums -> base-frame float32 centroids (and rounded mean uint8 colours)."""
+    m = sums / cnt[:, None]
+    R, c = box[6:15].reshape(3, 3), box[0:3]
+    out = np.empty((m.shape[0], 3), np.float32)
+    for r in range(3):
+        out[:, r] = c[r] + (R[r, 0] * m[:, 0] + R[r, 1] * m[:, 1] + R[r, 2] * m[:, 2])
+    col = None
+    if csum is not None:
+        col = ((csum + (cnt // 2)[:, None]) // cnt[:, None]).astype(np.uint8)
+    return out, col
+
+
+def group_cells(cell: np.ndarray, loc: np.ndarray, rgb: np.ndarray | None):
+    """Voxels in first-occurrence order: (sums (K, 3) float64, cnt (K,) int64, csum (K, 3) or None)."""
+    _, first, inv = np.unique(cell, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    slot = rank[inv]
+    K = order.size
+    cnt = np.bincount(slot, minlength=K).astype(np.int64)
+    sums = np.empty((K, 3))
+    for a in range(3):
+        sums[:, a] = np.bincount(slot, weights=loc[:, a], minlength=K)
+    csum = None
+    if rgb is not None:
+        csum = np.empty((K, 3), np.int64)
+        for a in range(3):
+            csum[:, a] = np.bincount(slot, weights=rgb[:, a].astype(np.float64), minlength=K).astype(np.int64)
+    return sums, cnt, csum
+
+
+def cloud_voxel(depth: np.ndarray, intr: np.ndarray, T: np.ndarray, box: np.ndarray, dmin: float, dmax: float,
+                stride: int, rgb: np.ndarray | None, voxel: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """The fused hot-loop path: depth -> base-frame voxel centroids of the points inside the box."""
+    A, bl = box_frame(T, box)
+    half = box[3:6]
+    dims = grid_dims(half, voxel)
+    d = depth[::stride, ::stride].astype(np.float64)
+    ok = (d > 0) & (d >= dmin) & (d <= dmax)  # NaN fails every comparison
+    z = d[ok]
+    if int(intr[9]) == MODEL_NONE:
+        colx, rowy = pinhole_axes(intr, depth.shape[0], depth.shape[1], stride)
+        rx = np.broadcast_to(colx[None, :], d.shape)[ok]
+        e = [np.broadcast_to((A[a, 1] * rowy + A[a, 2])[:, None], d.shape)[ok] for a in range(3)]
+    else:
+        rays = cached_rays(intr, depth.shape[0], depth.shape[1], stride)
+        rx, ry = rays[..., 0][ok], rays[..., 1][ok]
+        e = [A[a, 1] * ry + A[a, 2] for a in range(3)]
+    loc = np.empty((z.size, 3))
+    inside = np.ones(z.size, bool)
+    for a in range(3):
+        loc[:, a] = z * (A[a, 0] * rx + e[a]) + bl[a]
+        inside &= np.abs(loc[:, a]) <= half[a]
+    loc = loc[inside]
+    col = None if rgb is None else rgb[::stride, ::stride][ok][inside]
+    if loc.shape[0] == 0:
+        return np.zeros((0, 3), np.float32), None if rgb is None else np.zeros((0, 3), np.uint8)
+    idx = np.minimum(((loc + half) * (1.0 / voxel)).astype(np.int64), dims - 1)
+    cell = (idx[:, 0] * dims[1] + idx[:, 1]) * dims[2] + idx[:, 2]
+    sums, cnt, csum = group_cells(cell, loc, col)
+    return voxel_finish(sums, cnt, csum, box)

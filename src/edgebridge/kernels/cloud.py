@@ -12,9 +12,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..contracts import RGBD, Intrinsics, PointCloud, check_transform, quat_to_matrix
-from . import _backend
+from . import _backend, _ref
 
 DOWNSAMPLE_METHODS = ("fps", "voxel", "random")
+AUTO_VOXELS_PER_POINT = 4.0  # voxel_size="auto": aim for ~4 occupied voxels per output point before FPS
+MAX_DENSE_CELLS = 1 << 22  # the fused path's dense grid over the box; larger grids use the hash grid
+
+
+def auto_voxel_size(box: "WorkspaceBox", n_points: int) -> float:
+    """The voxel edge ``voxel_size="auto"`` uses: a seen surface as large as the box's largest face,
+    covered by ``AUTO_VOXELS_PER_POINT * n_points`` voxels (so FPS runs over a few thousand centroids,
+    each already a local average), grown if needed to keep the dense grid within ``MAX_DENSE_CELLS``."""
+    h = 2 * np.asarray(box.half_extents, np.float64)
+    area = max(h[0] * h[1], h[0] * h[2], h[1] * h[2])
+    v = float(np.sqrt(area / (AUTO_VOXELS_PER_POINT * int(n_points))))
+    cells = float(np.prod(np.ceil(h / v)))
+    if cells > MAX_DENSE_CELLS:
+        v *= float(np.cbrt(cells / MAX_DENSE_CELLS)) * 1.01
+    return v
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -122,8 +137,6 @@ class WorkspaceBox:
 
     def contains(self, xyz) -> np.ndarray:
         """(N,) bool: which points lie inside (numpy reference semantics)."""
-        from . import _ref
-
         return _ref.box_mask(_points("xyz", xyz), self.as_array())
 
 
@@ -225,7 +238,7 @@ def _downsample(p, col, n, method, seed, vs, start_index, be):
         idx = mod.fps(p, n, start)
         sel, scol = p[idx], None if col is None else col[idx]
     else:
-        if method == "voxel":
+        if method == "voxel":  # ("subset": already voxelised, take the seeded subset only)
             p, col = mod.voxel_grid(p, vs, col)
         k = p.shape[0]
         if k > n:
@@ -239,14 +252,17 @@ def _downsample(p, col, n, method, seed, vs, start_index, be):
 
 
 def depth_to_cloud(rgbd: RGBD, T_base_cam, box: WorkspaceBox, n_points: int = 512, *, method: str = "fps",
-                   voxel_size: float = 0.005, depth_min: float = 0.05, depth_max: float = 3.0, stride: int = 1,
+                   voxel_size: float | str = "auto", depth_min: float = 0.05, depth_max: float = 3.0, stride: int = 1,
                    seed: int = 0, backend: str = "auto") -> PointCloud:
     """The hot-loop path: RGB-D frame -> exactly ``n_points`` coloured points in the base frame.
 
-    One pass deprojects, transforms by ``T_base_cam`` and crops to ``box``; then ``method``:
-    ``"fps"`` = voxel grid (skipped when ``voxel_size`` is 0) then farthest point sampling,
-    ``"voxel"`` = voxel grid then a seeded subset, ``"random"`` = seeded subset. An empty crop gives an
-    empty cloud (``len == 0``, ``n_valid == 0``); the caller decides what to do with it.
+    With ``method="fps"`` or ``"voxel"`` one fused pass deprojects, transforms by ``T_base_cam``, crops
+    to ``box`` and averages the points into a dense voxel grid laid over the box (box-aligned cells of
+    ``voxel_size`` m; centroids and mean colours, ordered by first pixel); then ``"fps"`` runs farthest
+    point sampling over the centroids and ``"voxel"`` takes a seeded subset. ``voxel_size="auto"`` (the
+    default) picks the cell from the box and ``n_points`` (:func:`auto_voxel_size`); ``0`` with ``"fps"``
+    skips the grid (FPS over every cropped point). ``"random"``: a seeded subset of the cropped points.
+    An empty crop gives an empty cloud (``len == 0``, ``n_valid == 0``); the caller decides.
     """
     if not isinstance(rgbd, RGBD):
         raise ValueError(f"rgbd: expected edgebridge.contracts.RGBD, got {type(rgbd).__name__}")
@@ -258,13 +274,28 @@ def depth_to_cloud(rgbd: RGBD, T_base_cam, box: WorkspaceBox, n_points: int = 51
         raise ValueError(f"n_points: expected an int >= 1, got {n_points!r}")
     if method not in DOWNSAMPLE_METHODS:
         raise ValueError(f"method: expected one of {DOWNSAMPLE_METHODS}, got {method!r}")
-    vs = float(voxel_size)
-    if not (np.isfinite(vs) and vs >= 0) or (method == "voxel" and vs == 0):
-        raise ValueError(f"voxel_size: expected a length >= 0 m (> 0 for method='voxel'), got {voxel_size!r}")
+    if isinstance(voxel_size, str):
+        if voxel_size != "auto":
+            raise ValueError(f"voxel_size: expected a length in metres or 'auto', got {voxel_size!r}")
+        vs = auto_voxel_size(box, int(n_points))
+    else:
+        vs = float(voxel_size)
+        if not (np.isfinite(vs) and vs >= 0) or (method == "voxel" and vs == 0):
+            raise ValueError(f"voxel_size: expected a length >= 0 m (> 0 for method='voxel') or 'auto', "
+                             f"got {voxel_size!r}")
     be = _backend.resolve(backend)
     mod = _backend.module(be)
-    xyz, col = mod.cloud(rgbd.depth, rgbd.intrinsics.as_array(), T, b, lo, hi, s, rgbd.rgb)
-    if method == "fps" and vs > 0 and xyz.shape[0]:
-        xyz, col = mod.voxel_grid(xyz, vs, col)
+    intr = rgbd.intrinsics.as_array()
+    if method != "random" and vs > 0:
+        if float(np.prod(_ref.grid_dims(b[3:6], vs).astype(np.float64))) <= MAX_DENSE_CELLS:
+            xyz, col = mod.cloud_voxel(rgbd.depth, intr, T, b, lo, hi, s, rgbd.rgb, vs)
+        else:  # grid too fine for a dense array over this box: crop, then the hash grid
+            xyz, col = mod.cloud(rgbd.depth, intr, T, b, lo, hi, s, rgbd.rgb)
+            if xyz.shape[0]:
+                xyz, col = mod.voxel_grid(xyz, vs, col)
+        if method == "voxel":
+            method, vs = "subset", 0.0
+    else:
+        xyz, col = mod.cloud(rgbd.depth, intr, T, b, lo, hi, s, rgbd.rgb)
     out, ocol, k = _downsample(xyz, col, int(n_points), method, seed, vs, None, be)
     return PointCloud(out, ocol, stamp_ns=rgbd.stamp_ns, frame="base", n_valid=k)

@@ -143,3 +143,20 @@ def test_realtime_stalled_expert_holds_and_loop_keeps_period():
     assert not out.success and out.reason == "time limit reached"
     assert arm.holds >= 1 and arm.violations == []
     assert out.loop["cycles"] >= 100  # ~150 at 100 Hz for 1.5 s
+
+
+def make_recording_arm():  # module level: the loop process imports it
+    return RecordingArm(q0=(0.1, 0.0, 0.3))
+
+
+def test_realtime_episode_with_the_loop_in_its_own_process():
+    clock = MonotonicClock()
+    cfg, dev, _ = setup(clock, chunk_timeout_s=0.5)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, isolation="process"))
+    dev.arm, dev.arm_factory, dev.kin_factory = None, make_recording_arm, PointKinematics
+    quick = GuidanceConfig(speed_m_s=1.0, v_max=1.0, a_max=4.0, dwell_s=0.05, min_segment_s=0.05, approach_m=0.05)
+    out = Pipeline(cfg, dev, guidance_config=quick, settle_s=0.3).run("pick and place", max_seconds=15.0)
+    assert out.success, out.reason
+    assert out.loop["sent"] > 100 and out.loop["rejections"] == {}

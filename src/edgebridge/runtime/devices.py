@@ -14,6 +14,7 @@ default: the shipped model in ``assets/expert``), ``trt`` (runtime.expert.tensor
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     def success():
         return check_success(world, resolve_steps(world, instruction))
 
+    if cfg.loop.isolation == "process":
+        notes.append("loop: isolation 'process' does not apply to the lock-step simulator; the loop runs in-process")
     notes.insert(0, f"world: simulated Panda + RGB-D camera (PyBullet), task {spec.slug}, seed {choices.seed}")
     return Devices(arm=arm, camera=camera, kinematics=arm.kin, planner=planner, expert=expert, clock=world.clock,
                    T_base_cam=camera.T_base_cam, workspace=workspace(), success=success, notes=notes,
@@ -176,7 +179,6 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
 
 def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):
     from ..clock import MonotonicClock
-    from ..drivers.kinematics import Kinematics, KinematicsConfig
     from ..kernels import WorkspaceBox
 
     if cfg.arm.driver not in ARM_DRIVERS:
@@ -186,16 +188,23 @@ def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):
     kin_opts = dict(cfg.kinematics)
     if "urdf" in kin_opts and not Path(kin_opts["urdf"]).is_absolute() and not Path(kin_opts["urdf"]).is_file():
         kin_opts["urdf"] = str(ROBOTS_DIR / kin_opts["urdf"])  # shipped robot descriptions by relative name
-    kin = Kinematics(from_dict(KinematicsConfig, kin_opts, prefix="kinematics."))
+    kin = _make_kinematics(kin_opts)
     if kin.n_joints != cfg.limits.n_joints:
         raise ConfigError(f"limits: {cfg.limits.n_joints} joints, but the kinematics chain has {kin.n_joints}")
     camera = _build(CAMERA_DRIVERS[cfg.camera.driver], cfg.camera.options, "camera", "realsense")
     camera.connect()
     closers.append(camera.disconnect)
     T = np.asarray(cfg.camera.T_base_cam, dtype=np.float64) if cfg.camera.T_base_cam else camera.T_base_cam
-    arm = _build(ARM_DRIVERS[cfg.arm.driver], cfg.arm.options, "arm", "dev")
-    arm.connect()
-    closers.append(arm.disconnect)
+    arm_factory = kin_factory = None
+    if cfg.loop.isolation == "process":  # the arm is opened in the loop's own process, not here
+        arm = None
+        arm_factory = functools.partial(_build, ARM_DRIVERS[cfg.arm.driver], dict(cfg.arm.options), "arm", "dev")
+        kin_factory = functools.partial(_make_kinematics, kin_opts)
+        notes.append("loop: in its own process (arm opened there; chunks and state through shared memory)")
+    else:
+        arm = _build(ARM_DRIVERS[cfg.arm.driver], cfg.arm.options, "arm", "dev")
+        arm.connect()
+        closers.append(arm.disconnect)
     planner = make_planner(cfg, planner_name, choices.vlm, None)
     closers.append(planner.close)
     expert = make_expert(cfg, expert_name, notes)
@@ -204,4 +213,10 @@ def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):
     notes.insert(0, f"robot: {cfg.name} ({cfg.arm.driver} arm, {cfg.camera.driver} camera)")
     return Devices(arm=arm, camera=camera, kinematics=kin, planner=planner, expert=expert, clock=MonotonicClock(
         spin_ns=int(cfg.loop.spin_us * 1e3)), T_base_cam=T, workspace=WorkspaceBox.from_bounds(p.crop_min, p.crop_max),
-        success=None, notes=notes, closers=closers), choices.task
+        success=None, notes=notes, closers=closers, arm_factory=arm_factory, kin_factory=kin_factory), choices.task
+
+
+def _make_kinematics(options: dict):
+    from ..drivers.kinematics import Kinematics, KinematicsConfig
+
+    return Kinematics(from_dict(KinematicsConfig, dict(options), prefix="kinematics."))

@@ -56,6 +56,10 @@ class Devices:
     workspace: Any = None
     success: Callable[[], tuple[bool, str]] | None = None
     notes: list[str] = field(default_factory=list)
+    # loop isolation "process": the arm is opened in the loop's own process from these picklable
+    # factories (``arm`` is then None in this process)
+    arm_factory: Callable[[], Any] | None = None
+    kin_factory: Callable[[], Any] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -164,12 +168,25 @@ class Pipeline:
         limit = float(max_seconds if max_seconds is not None else cfg.task_timeout_s)
         cam_timeout = cfg.camera.max_frame_age_s if self.needs_cloud else None
         watchdog = Watchdog(cfg.loop.chunk_timeout_s, camera_timeout_s=cam_timeout)
-        loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
-                           profiler=self.profiler, dry_run=self.dry_run)
-        self.last_loop = loop
         rec = Recorder(self.record_dir)
         t_start = clock.now_ns()
         outcome: EpisodeOutcome | None = None
+        if dev.arm is None:
+            if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
+                raise ValueError("Pipeline: devices have no arm; a loop in its own process needs arm_factory, "
+                                 "kin_factory and a real-time clock")
+            try:
+                res = self._run_process(instruction, watchdog, rec, t_start + int(limit * 1e9))
+                if res is None:
+                    res = LoopResult("the control-loop process did not report a result (killed or wedged)",
+                                     0, 0, {}, 0, fault=True)
+                ok, why = self._judge(res)
+                outcome = EpisodeOutcome(task or instruction, seed, ok, (clock.now_ns() - t_start) / 1e9, why,
+                                         {"cycles": res.cycles, "sent": res.sent, "holds": res.holds,
+                                          "rejections": res.rejections, **res.stats})
+                return outcome
+            finally:
+                rec.close(outcome)
 
         def finish(success: bool, reason: str, res: LoopResult | None = None) -> EpisodeOutcome:
             nonlocal outcome
@@ -180,6 +197,9 @@ class Pipeline:
                                      loop_info, timings)
             return outcome
 
+        loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
+                           profiler=self.profiler, dry_run=self.dry_run)
+        self.last_loop = loop
         try:
             loop.prepare()
             try:
@@ -199,6 +219,53 @@ class Pipeline:
             return finish(*self._judge(res), res)
         finally:
             rec.close(outcome)
+
+    def _run_process(self, instruction: str, watchdog: Watchdog, rec: Recorder, limit_ns: int) -> LoopResult:
+        """Real time with the loop in its own process (``loop.isolation = "process"``): no GIL shared with
+        the planner and the expert. The parent supervises: camera/expert faults and signals become a stop
+        request through shared memory."""
+        from .loop_process import LoopProcess
+        from .watchdog import Health
+
+        cfg, dev, clock = self.cfg, self.dev, self.dev.clock
+        lp = LoopProcess(dev.arm_factory, dev.kin_factory, cfg.limits, cfg.loop, dry_run=self.dry_run).start()
+        stop = threading.Event()
+        t = None
+        try:
+            state, t_wait = None, time.monotonic() + 10.0
+            while state is None and time.monotonic() < t_wait:
+                state = lp.latest_state()
+                time.sleep(0.005)
+            if state is None:
+                lp.request_stop("no arm state from the control-loop process within 10 s")
+                return lp.join(15.0)
+            try:
+                frame = self.capture(watchdog)
+                spline, guidance = self.plan_guidance(frame, instruction, state, clock.now_ns())
+            except (PlanError, ValueError) as e:
+                lp.request_stop(f"plan rejected: {e}")
+                return lp.join(15.0)
+            end_ns = guidance.stamp_ns + int((spline.duration + self.settle_s) * 1e9)
+            worker = _ExpertWorker(self, _LoopProxy(lp), watchdog, guidance, rec)
+            t = threading.Thread(target=worker.run_periodic, name="expert-worker", daemon=True,
+                                 args=(self.cfg.expert.every_k_ticks / cfg.loop.rate_hz, stop))
+            t.start()
+            with SignalGuard(watchdog):
+                while lp.join(0.02) is None:
+                    now = clock.now_ns()
+                    health, why = watchdog.check(now)
+                    if health is Health.STOP:
+                        lp.request_stop(why)
+                    elif now >= end_ns:
+                        lp.request_stop(GUIDANCE_COMPLETE)
+                    elif now >= limit_ns:
+                        lp.request_stop("time limit reached")
+            return lp.result
+        finally:
+            stop.set()
+            if t is not None:
+                t.join(5.0)
+            lp.close()
 
     def _judge(self, res: LoopResult) -> tuple[bool, str]:
         if res.reason != GUIDANCE_COMPLETE:
@@ -245,6 +312,21 @@ class Pipeline:
             if t.is_alive():
                 log.warning("expert worker still busy after the loop stopped (a stalled expert call)")
         return loop.join()
+
+
+class _LoopProxy:
+    """What the expert worker needs from a loop (latest state, chunk inbox), for a loop in its own process."""
+
+    def __init__(self, lp) -> None:
+        self.states = self
+        self.inbox = self
+        self._lp = lp
+
+    def latest(self) -> ArmState | None:
+        return self._lp.latest_state()
+
+    def put(self, chunk: ActionChunk) -> None:
+        self._lp.put(chunk)
 
 
 class _ExpertWorker:

@@ -374,6 +374,8 @@ class _ExpertWorker:
             return
         self.failures = 0
         self.steps += 1
+        if pipe.profiler is not None:
+            pipe.profiler.chunk_observed(chunk, frame.stamp_ns if frame is not None else state.stamp_ns)
         self.loop.inbox.put(chunk)
         self.rec.step((state.stamp_ns - self.guidance.stamp_ns) / 1e9, state, chunk)
 

@@ -1,7 +1,8 @@
 """Latency profiling for ``edge-run --profile``: per-stage timings, loop jitter, CPU and memory.
 
 Stages (milliseconds): capture, cloud (kernels), planner, lift_spline, expert, loop_compute, driver_io
-and end_to_end (camera frame stamp -> first command sent from the chunk computed on that frame).
+and end_to_end (observation stamp -> first command sent from the chunk computed on it; the observation
+is the camera frame when the expert uses the cloud, else the arm state; in lock-step it is simulated time).
 When profiling is off the runtime holds ``None`` instead of a :class:`Profiler`, so the only cost is an
 ``is not None`` test per stage. Samples go to preallocated arrays (no allocation in the loop).
 
@@ -47,7 +48,7 @@ class Profiler:
     def __init__(self, capacity: int = 1 << 16) -> None:
         self._s = {name: _Samples(capacity) for name in STAGES}
         self._lock = threading.Lock()
-        self._last_chunk = None
+        self._obs: dict[int, int] = {}
         self._t0_wall = time.perf_counter()
         self._t0_cpu = time.process_time()
 
@@ -62,12 +63,19 @@ class Profiler:
         """``with profiler.time("expert"): ...``"""
         return _Timer(self, stage)
 
+    def chunk_observed(self, chunk, observed_ns: int) -> None:
+        """The expert worker registers the stamp of the observation (camera frame, else arm state) a chunk
+        was computed from; the first command sent from that chunk closes the end-to-end measurement."""
+        self._obs[id(chunk)] = int(observed_ns)
+        if len(self._obs) > 64:  # chunks that were never used (superseded before the next tick)
+            self._obs.pop(next(iter(self._obs)), None)
+
     def command_sent(self, now_ns: int, chunk) -> None:
-        """Called by the loop after each sent command; records end-to-end latency once per new chunk
-        (``chunk.start_ns`` is the stamp of the frame the chunk was computed from)."""
-        if chunk is not None and chunk is not self._last_chunk:
-            self._last_chunk = chunk
-            self._s["end_to_end"].add(int(now_ns - chunk.start_ns))
+        """Called by the loop after each sent command: end-to-end latency, once per chunk."""
+        if chunk is not None:
+            obs = self._obs.pop(id(chunk), None)
+            if obs is not None:
+                self._s["end_to_end"].add(int(now_ns - obs))
 
     def stage_table(self) -> dict[str, dict]:
         out = {}

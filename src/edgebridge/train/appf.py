@@ -260,14 +260,14 @@ class Trainer:
             now = time.monotonic()
             self.elapsed += now - t_last
             t_last = now
-            row = {"stage": stage, "step": self.step, "global_step": offset + self.step, "loss": float(loss),
+            row = {"stage": stage, "step": self.step, "global_step": offset + self.step, "loss": loss.item(),
                    "lr": lr, "time_s": round(self.elapsed, 2)}
             if self.step % self.cfg.eval_every == 0 or self.step == st.steps:
                 m = evaluate(self.ema, self.val_data, self.norm, use_cloud=st.use_cloud, k=self.cfg.eval_k,
                              seed=self.cfg.seed + 1)
                 row.update(val_loss=m["loss"], val_pos_err_mm=m["pos_err_mm"], val_gripper_err=m["gripper_err"])
                 log.info("stage %d step %d/%d loss %.4f val %.4f pos err %.1f mm (%.0f s)", stage, self.step,
-                         st.steps, float(loss), m["loss"], m["pos_err_mm"], self.elapsed)
+                         st.steps, row["loss"], m["loss"], m["pos_err_mm"], self.elapsed)
             self.rows.append(row)
             if self.step % self.cfg.ckpt_every == 0 or self.step == st.steps:
                 self._save()

@@ -121,7 +121,7 @@ def load_demos(dirs: list[Path] | Path, spec: FeatureSpec | None = None, *,
     metas, n_ep, n_skipped = [], 0, 0
     for d in dirs:
         meta = read_meta(d)
-        metas.append(meta)
+        metas.append({k: (len(v) if k == "episodes" and isinstance(v, list) else v) for k, v in meta.items()})
         spec = spec or spec_from_meta(meta)
         files = sorted(d.glob("episode_*.npz"))
         if not files:

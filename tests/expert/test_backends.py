@@ -1,0 +1,125 @@
+"""Runtime backends: OnnxExpert end to end, error handling, provider choice, no torch at run time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import observation
+from edgebridge.contracts import ActionChunk, PointCloud
+from edgebridge.errors import ExpertError
+from edgebridge.interfaces import ActionExpert
+from edgebridge.runtime.expert import ExpertConfig, OnnxExpert, choose_providers
+
+
+def test_act_returns_an_absolute_chunk(tiny_onnx):
+    cloud, state, guidance, ep = observation()
+    with OnnxExpert(ExpertConfig(str(tiny_onnx), seed=3)) as ex:
+        assert isinstance(ex, ActionExpert)
+        chunk = ex.act(cloud, state, guidance)
+        assert isinstance(chunk, ActionChunk) and chunk.poses.shape == (16, 8)
+        assert chunk.inference_ms > 0 and chunk.dt == pytest.approx(0.1)
+        assert chunk.start_ns == state.stamp_ns + 100_000_000
+        assert np.max(np.linalg.norm(chunk.poses[:, :3] - state.ee_pose.position, axis=1)) < 1.0
+    # the initial noise is seeded: a second backend with the same seed gives the same chunk
+    with OnnxExpert(ExpertConfig(str(tiny_onnx), seed=3)) as ex2:
+        np.testing.assert_allclose(ex2.act(cloud, state, guidance).poses, chunk.poses, atol=1e-6)
+
+
+def test_wrong_shapes_and_types_are_rejected(tiny_onnx):
+    cloud, state, guidance, _ = observation()
+    with OnnxExpert(ExpertConfig(str(tiny_onnx))) as ex:
+        feeds = ex.features(cloud, state, guidance)
+        feeds["noise"] = np.zeros((1, 16, 10), np.float32)
+        assert ex.run(feeds).shape == (1, 16, 10)
+        bad = dict(feeds, cloud=np.zeros((1, 100, 3), np.float32))
+        with pytest.raises(ExpertError, match=r"'cloud' has shape \(1, 100, 3\), expected \(1, 512, 3\)"):
+            ex.run(bad)
+        with pytest.raises(ExpertError, match="dtype float64"):
+            ex.run(dict(feeds, proprio=feeds["proprio"].astype(np.float64)))
+        with pytest.raises(ExpertError, match="missing network inputs"):
+            ex.run({k: v for k, v in feeds.items() if k != "guidance"})
+        with pytest.raises(ExpertError, match="must be a PointCloud"):
+            ex.act(np.zeros((512, 3)), state, guidance)
+        with pytest.raises(ExpertError, match="frame 'cam'"):
+            ex.act(PointCloud(cloud.xyz, frame="cam"), state, guidance)
+        with pytest.raises(ExpertError, match="no valid points"):
+            ex.act(PointCloud(cloud.xyz, n_valid=0), state, guidance)
+    with pytest.raises(ExpertError, match="closed"):
+        ex.run(feeds)
+
+
+def _nan_model(path, meta_src):
+    """An ONNX graph with the expert's I/O whose output is noise * NaN."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", *s])
+           for n, s in (("cloud", [512, 3]), ("proprio", [10]), ("guidance", [17, 10]), ("noise", [16, 10]))]
+    out = helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", 16, 10])
+    nan = helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")])
+    graph = helper.make_graph([helper.make_node("Mul", ["noise", "nan"], ["action"])], "nan", ins, [out], [nan])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    shutil.copy(meta_src, path.with_suffix(".json"))
+    return path
+
+
+def test_nan_output_is_an_expert_error(tiny_onnx, tmp_path):
+    pytest.importorskip("onnx")
+    path = _nan_model(tmp_path / "nan.onnx", tiny_onnx.with_suffix(".json"))
+    cloud, state, guidance, _ = observation()
+    with OnnxExpert(ExpertConfig(str(path))) as ex:
+        with pytest.raises(ExpertError, match="non-finite"):
+            ex.act(cloud, state, guidance)
+
+
+def test_implausible_chunk_is_rejected(tiny_onnx):
+    cloud, state, guidance, _ = observation()
+    with OnnxExpert(ExpertConfig(str(tiny_onnx), max_offset_m=1e-4)) as ex:
+        with pytest.raises(ExpertError, match="max_offset_m"):
+            ex.act(cloud, state, guidance)
+
+
+def test_missing_or_bad_metadata(tiny_onnx, tmp_path):
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(tiny_onnx, lone)
+    with pytest.raises(ExpertError, match="metadata not found"):
+        OnnxExpert(ExpertConfig(str(lone)))
+    meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    meta["n_points"] = 256
+    lone.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ExpertError, match="metadata says"):
+        OnnxExpert(ExpertConfig(str(lone)))
+    del meta["normalization"]
+    lone.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ExpertError, match="normalization"):
+        OnnxExpert(ExpertConfig(str(lone)))
+    with pytest.raises(ExpertError, match="not found"):
+        OnnxExpert(ExpertConfig(str(tmp_path / "absent.onnx"), metadata=str(tiny_onnx.with_suffix(".json"))))
+
+
+def test_provider_preference():
+    assert choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]) == \
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(ExpertError, match="not available"):
+        choose_providers(["CPUExecutionProvider"], ["CUDAExecutionProvider"])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="threads"):
+        ExpertConfig("m.onnx", threads=0)
+    with pytest.raises(ValueError, match="providers"):
+        ExpertConfig("m.onnx", providers=())
+
+
+def test_runtime_expert_does_not_import_torch():
+    code = ("import sys, edgebridge.runtime.expert as e, edgebridge.runtime.expert.tensorrt; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,133 @@
+"""Featurisation shared by training and runtime: inverse pairs both ways, sampling, normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from edgebridge.contracts import quat_to_matrix
+from edgebridge.errors import ExpertError
+from edgebridge.runtime.expert.features import (FeatureSpec, Normalizer, absolute_from_relative, action_targets,
+                                                decode_action, goal_index, matrix_from_rot6d, matrix_to_quat_np,
+                                                raw_features, relative_features, resample_cloud, rot6d_from_matrix,
+                                                sample_guidance)
+
+
+def _random_poses(rng, shape):
+    q = Rotation.random(int(np.prod(shape)), random_state=rng.integers(1 << 31)).as_quat().reshape(*shape, 4)
+    return rng.normal(0, 0.3, shape + (3,)), q
+
+
+def test_rot6d_round_trip():
+    rng = np.random.default_rng(0)
+    r = Rotation.random(50, random_state=1).as_matrix()
+    np.testing.assert_allclose(matrix_from_rot6d(rot6d_from_matrix(r)), r, atol=1e-12)
+    # Gram-Schmidt turns a perturbed 6-D vector into a proper rotation
+    m = matrix_from_rot6d(rot6d_from_matrix(r) + rng.normal(0, 0.05, (50, 6)))
+    np.testing.assert_allclose(m @ np.swapaxes(m, -1, -2), np.broadcast_to(np.eye(3), m.shape), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(m), 1.0, atol=1e-12)
+
+
+def test_degenerate_rot6d_is_an_expert_error():
+    with pytest.raises(ExpertError, match="degenerate"):
+        matrix_from_rot6d(np.zeros(6))
+
+
+def test_matrix_to_quat_matches_scipy_up_to_sign():
+    r = Rotation.random(200, random_state=3)
+    q = matrix_to_quat_np(r.as_matrix())
+    ref = r.as_quat()
+    ref = np.where(ref[:, 3:4] < 0, -ref, ref)
+    np.testing.assert_allclose(q, ref, atol=1e-9)
+
+
+def test_relative_absolute_round_trip():
+    rng = np.random.default_rng(1)
+    ref_p, ref_q = _random_poses(rng, (4,))
+    p, q = _random_poses(rng, (4, 16))
+    g = rng.uniform(0, 1, (4, 16))
+    rel = relative_features(ref_p, ref_q, p, q, g)
+    assert rel.shape == (4, 16, 10)
+    back = absolute_from_relative(ref_p, ref_q, rel)
+    np.testing.assert_allclose(back[..., :3], p, atol=1e-12)
+    np.testing.assert_allclose(quat_to_matrix(back[..., 3:7]), quat_to_matrix(q), atol=1e-9)
+    np.testing.assert_allclose(back[..., 7], g, atol=1e-12)
+    # the relative encoding of the reference pose itself is the identity
+    same = relative_features(ref_p, ref_q, ref_p[:, None], ref_q[:, None], np.ones((4, 1)))
+    np.testing.assert_allclose(same[..., :9], np.tile([0, 0, 0, 1, 0, 0, 0, 1, 0], (4, 1, 1)), atol=1e-12)
+
+
+def test_decode_inverts_normalised_targets():
+    rng = np.random.default_rng(2)
+    ee_p, ee_q = _random_poses(rng, (3,))
+    p, q = _random_poses(rng, (3, 16))
+    action = np.concatenate([p, q, rng.uniform(0, 1, (3, 16, 1))], axis=-1)
+    ee = np.concatenate([ee_p, ee_q], axis=-1)
+    targets = action_targets(ee, action)
+    norm = Normalizer.fit({"cloud": rng.normal(size=(10, 3)), "proprio": rng.normal(size=(10, 10)),
+                           "guidance": rng.normal(size=(10, 10)), "action": targets})
+    back = decode_action(norm, ee, norm.normalize("action", targets))
+    np.testing.assert_allclose(back[..., :3], p, atol=1e-5)
+    np.testing.assert_allclose(np.abs(np.sum(back[..., 3:7] * q, axis=-1)), 1.0, atol=1e-5)
+
+
+def test_sample_guidance_interpolates_and_clamps():
+    t = np.array([0.0, 1.0, 2.0])
+    poses = np.zeros((3, 8))
+    poses[:, 0] = [0.0, 1.0, 3.0]
+    poses[:, 6] = 1.0
+    poses[:, 7] = [1.0, 1.0, 0.0]
+    s = sample_guidance(t, poses, np.array([-1.0, 0.5, 1.5, 5.0]))
+    np.testing.assert_allclose(s[:, 0], [0.0, 0.5, 2.0, 3.0])
+    np.testing.assert_allclose(s[:, 7], [1.0, 1.0, 0.5, 0.0])
+    np.testing.assert_allclose(np.linalg.norm(s[:, 3:7], axis=1), 1.0)
+
+
+def test_goal_is_the_next_gripper_event_else_the_end():
+    t = np.arange(6) * 0.1
+    grip = np.array([1, 1, 0, 0, 1, 1.0])
+    np.testing.assert_array_equal(goal_index(t, grip, np.array([0.0, 0.25, 0.45])), [2, 4, 5])
+
+
+def test_resample_cloud_uses_only_valid_points():
+    xyz = np.arange(30, dtype=np.float32).reshape(10, 3)
+    out = resample_cloud(xyz, 4, 8)
+    assert out.shape == (8, 3)
+    assert set(map(tuple, out)) <= set(map(tuple, xyz[:4]))
+    assert resample_cloud(xyz, 10, 5).shape == (5, 3)
+    with pytest.raises(ExpertError, match="no valid points"):
+        resample_cloud(xyz, 0, 8)
+
+
+def test_raw_features_shapes_and_frame():
+    spec = FeatureSpec(n_points=8, guidance_steps=4, horizon=4, action_dt=0.1)
+    rng = np.random.default_rng(4)
+    ee = np.concatenate([rng.normal(size=(2, 3)), np.tile([0, 0, 0, 1.0], (2, 1))], axis=1)
+    gt = np.linspace(0, 1, 11)
+    g = np.zeros((11, 8))
+    g[:, 0] = gt
+    g[:, 6] = 1
+    g[:, 7] = 1
+    raw = raw_features(spec, rng.normal(size=(2, 8, 3)), ee, np.ones(2), gt, g, np.array([0.0, 0.5]))
+    assert raw["cloud"].shape == (2, 8, 3) and raw["proprio"].shape == (2, 10) and raw["guidance"].shape == (2, 5, 10)
+    # guidance token k is the guidance at now + (k+1) dt, relative to the end effector
+    np.testing.assert_allclose(raw["guidance"][1, :4, 0], 0.5 + 0.1 * np.arange(1, 5) - ee[1, 0], atol=1e-12)
+    np.testing.assert_allclose(raw["guidance"][:, 4, 0], 1.0 - ee[:, 0], atol=1e-12)  # goal: the end
+
+
+def test_normalizer_round_trip_and_validation():
+    rng = np.random.default_rng(5)
+    data = {"cloud": rng.normal(size=(100, 3)), "proprio": rng.normal(size=(100, 10)),
+            "guidance": rng.normal(size=(100, 10)), "action": rng.normal(size=(100, 10)) * 0.0 + 1.0}
+    n = Normalizer.fit(data)
+    assert np.all(n.std["action"] > 0)  # constant channels get the std floor, not a division by zero
+    again = Normalizer.from_dict(n.to_dict())
+    x = rng.normal(size=(5, 10))
+    np.testing.assert_allclose(again.unnormalize("proprio", again.normalize("proprio", x)), x, atol=1e-5)
+    bad = n.to_dict()
+    bad["action"]["std"][0] = 0.0
+    with pytest.raises(ExpertError, match="action"):
+        Normalizer.from_dict(bad)
+    with pytest.raises(ExpertError, match="keys"):
+        Normalizer.from_dict({"cloud": {}})

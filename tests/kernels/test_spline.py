@@ -134,3 +134,30 @@ def test_sample_returns_guidance():
     np.testing.assert_allclose(g2.positions[-1], s.position(1.5), atol=1e-12)  # holds the end
     with pytest.raises(ValueError, match="dt"):
         s.sample(0.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 9), seed=st.integers(0, 10**6), shuffle=st.booleans())
+def test_position_at_matches_position(m, seed, shuffle):
+    """The pure-Python cursor tick equals the numpy path bit for bit, on a monotone clock (the control
+    loop) and in random order (cursor misses), at knots, and before / after the ends (hold)."""
+    s = GuidanceSpline.fit(_waypoints(m, seed))
+    ts = np.concatenate([[-1.0, 0.0], np.linspace(-0.2, s.duration + 0.2, 211), s.knots, [s.duration, 1e9]])
+    ts = np.sort(ts)
+    if shuffle:
+        ts = np.random.default_rng(seed).permutation(ts)
+    got = np.array([s.position_at(float(t)) for t in ts])
+    np.testing.assert_array_equal(got, s.position(ts))
+    assert all(type(v) is float for v in s.position_at(0.5 * s.duration))
+
+
+def test_position_at_rejects_non_finite_and_holds_ends():
+    s = GuidanceSpline.fit(_waypoints(4, 2))
+    s.position_at(0.0)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="t: expected a finite"):
+            s.position_at(bad)
+    np.testing.assert_array_equal(s.position_at(s.duration + 5.0), s.position(s.duration))
+    np.testing.assert_array_equal(s.position_at(-5.0), s.position(0.0))
+    one = GuidanceSpline.fit(Waypoints([[0.3, 0.1, 0.2]], [[0, 0, 0, 1]], [0.5]))
+    assert one.position_at(-1e6) == one.position_at(7.0) == (0.3, 0.1, 0.2)

@@ -10,9 +10,14 @@ Orientation: per segment, slerp along the shortest arc with the smoothstep ``3s^
 quaternions, interpolates every waypoint, zero angular velocity at waypoints, and closed-form peaks
 (angular speed 1.5 theta/h, angular acceleration 6 theta/h^2). Gripper: linear in time per segment.
 Outside [0, duration] the trajectory holds its end values with zero velocity.
+Per-tick evaluation: ``position_at`` (pure Python, a cached segment cursor, no Numba dispatch: the
+cheapest call) and ``evaluate_at`` (Numba, the full pose + gripper row).
 """
 
 from __future__ import annotations
+
+import bisect
+import sys
 
 import numpy as np
 
@@ -63,6 +68,26 @@ def _complete_spline_slopes(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     return m
 
 
+def _position_pieces(tab: np.ndarray, knots: np.ndarray) -> tuple[list[tuple], list[float]]:
+    """Per-piece tuples ``(lo, hi, t0, a0 a1 a2, b0 b1 b2, c0 c1 c2, d0 d1 d2)`` of Python floats for
+    :meth:`GuidanceSpline.position_at`: the position on ``lo <= t < hi`` is ``a + x (b + x (c + x d))``
+    with ``x = t - t0``. Constant hold pieces cover the times before the start and from the end on;
+    their bounds are the largest finite floats, so a non-finite time always misses the cursor."""
+    big = sys.float_info.max
+    rows = [tuple(float(v) for v in r) for r in tab]
+    first = rows[0]
+    z3 = (0.0,) * 9
+    if knots.size == 1:
+        return [(-big, big, 0.0, *first[C_A:C_A + 3], *z3)], [-big]
+    t_end = float(knots[-1])  # segment bounds are the knots themselves, as in ``_locate``
+    end = tuple(float(v) for v in tab[-1, C_A:C_A + 3] + tab[-1, C_H] * (
+        tab[-1, C_B:C_B + 3] + tab[-1, C_H] * (tab[-1, C_C:C_C + 3] + tab[-1, C_H] * tab[-1, C_D:C_D + 3])))
+    pieces = [(-big, first[C_T0], first[C_T0], *first[C_A:C_A + 3], *z3)]
+    pieces += [(r[C_T0], float(hi), r[C_T0], *r[C_A:C_D + 3]) for r, hi in zip(rows, knots[1:])]
+    pieces.append((t_end, big, t_end, *end, *z3))
+    return pieces, [p[0] for p in pieces]
+
+
 _TICK = None
 
 
@@ -107,6 +132,8 @@ class GuidanceSpline:
             tab[:, C_G0], tab[:, C_G1] = self._g[:-1], self._g[1:]
         self._tab = np.ascontiguousarray(tab)
         self._tab.flags.writeable = False
+        self._pieces, self._starts = _position_pieces(self._tab, self._t)
+        self._cur = self._pieces[0]  # position_at's segment cursor (a cache; any piece is valid)
 
     # ------------------------------------------------------------------ construction
 
@@ -275,6 +302,24 @@ class GuidanceSpline:
         if t - t != 0.0:  # NaN or +-Inf
             raise ValueError(f"t: expected a finite time, got {t}")
         return (_TICK or _load_tick())(t, self._tab)
+
+    def position_at(self, t: float) -> tuple[float, float, float]:
+        """The cheapest per-tick call: the position ``(x, y, z)`` at time ``t`` as Python floats, like
+        :meth:`position` (holding the ends outside ``[0, duration]``). Pure Python with a cached segment
+        cursor, so a monotone clock (the control loop) almost never searches; no Numba dispatch."""
+        lo, hi, t0, a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2 = self._cur
+        if not lo <= t < hi:
+            lo, hi, t0, a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2 = self._seek(t)
+        x = t - t0
+        return a0 + x * (b0 + x * (c0 + x * d0)), a1 + x * (b1 + x * (c1 + x * d1)), a2 + x * (b2 + x * (c2 + x * d2))
+
+    def _seek(self, t) -> tuple:
+        t = float(t)
+        if t - t != 0.0:  # NaN or +-Inf
+            raise ValueError(f"t: expected a finite time, got {t}")
+        piece = self._pieces[bisect.bisect_right(self._starts, t) - 1]
+        self._cur = piece
+        return piece
 
     def evaluate_many(self, t) -> np.ndarray:
         """(T, 8) rows like :meth:`evaluate_at` for (T,) times, in one compiled call."""

@@ -6,7 +6,7 @@
 
 from .base import ExpertBackend, ExpertConfig, load_metadata
 from .features import FeatureSpec, Normalizer
-from .onnx import OnnxExpert, choose_providers
+from .onnx import OnnxExpert, choose_providers, load_shipped, shipped_model_path
 
 
 def __getattr__(name: str):
@@ -18,4 +18,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["ExpertBackend", "ExpertConfig", "FeatureSpec", "Normalizer", "OnnxExpert", "TensorRTExpert",
-           "choose_providers", "load_metadata"]
+           "choose_providers", "load_metadata", "load_shipped", "shipped_model_path"]

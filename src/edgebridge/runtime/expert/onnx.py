@@ -82,3 +82,14 @@ class OnnxExpert(ExpertBackend):
     def close(self) -> None:
         self.session = None
         super().close()
+
+
+def shipped_model_path() -> Path:
+    """The ONNX shipped in ``edgebridge/assets/expert/`` (reproduced by ``make weights``)."""
+    return Path(__file__).resolve().parents[2] / "assets" / "expert" / "expert.onnx"
+
+
+def load_shipped(**overrides) -> OnnxExpert:
+    """An :class:`OnnxExpert` on the shipped weights; ``overrides`` go to :class:`ExpertConfig`
+    (e.g. ``seed``, ``threads``, ``providers``). A factory for name-based expert registries."""
+    return OnnxExpert(ExpertConfig(str(shipped_model_path()), **overrides))

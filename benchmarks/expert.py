@@ -1,0 +1,126 @@
+"""Action expert: one action chunk (batch 1) at K DDIM steps, three ways.
+
+* ORT unrolled: one ONNX Runtime call on the graph with the K steps unrolled (what the runtime ships);
+* ORT K calls: the encoder graph once + K calls of a one-step denoiser graph, DDIM updates in numpy;
+* torch eager: the same network in torch (the baseline).
+
+All three use the shipped architecture (``src/edgebridge/assets/expert/expert.json``'s model config when
+present, else the default) with the same weights; timing does not depend on the weight values. Both
+runtimes get 2 threads. Also times ``OnnxExpert.act`` end to end (featurise + network + decode) on the
+shipped weights when they are present.
+
+    python benchmarks/expert.py [--repeats 50] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_json_arg, fmt_ms, fmt_ratio, machine_line, print_table, ratio, time_call, write_json  # noqa: E402
+
+ASSET = Path(__file__).resolve().parents[1] / "src" / "edgebridge" / "assets" / "expert" / "expert.onnx"
+KS = (1, 2, 4, 10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=50)
+    add_json_arg(ap)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from edgebridge.export.expert import export_expert, export_step_graphs, ort_session
+    from edgebridge.runtime.expert.features import Normalizer
+    from edgebridge.train.model import DDIMSampler, ExpertConfig, count_parameters, make_net
+
+    torch.set_num_threads(2)
+    cfg = ExpertConfig()
+    if ASSET.with_suffix(".json").exists():
+        cfg = ExpertConfig.from_dict(json.loads(ASSET.with_suffix(".json").read_text())["model_config"])
+    net = make_net(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(1, cfg.n_points, 3, generator=g), torch.randn(1, cfg.pose_dim, generator=g),
+              torch.randn(1, cfg.guidance_tokens, cfg.pose_dim, generator=g),
+              torch.randn(1, cfg.horizon, cfg.pose_dim, generator=g))
+    feeds = {n: a.numpy() for n, a in zip(("cloud", "proprio", "guidance", "noise"), inputs)}
+    record = {"norm": Normalizer.identity().to_dict()}
+    results: dict = {"parameters": count_parameters(net)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        enc_path, den_path = export_step_graphs(net, Path(tmp))
+        enc, den = ort_session(enc_path), ort_session(den_path)
+        for k in KS:
+            path = export_expert(net, record, Path(tmp) / f"k{k}", k=k)
+            results[f"onnx_mb_k{k}"] = path.stat().st_size / 1e6
+            sess = ort_session(path)
+            sampler = DDIMSampler(net, k).eval()
+            steps = [(np.array([t], np.int64), np.float32(np.sqrt(a)), np.float32(np.sqrt(1 - a)),
+                      np.float32(np.sqrt(p)), np.float32(np.sqrt(1 - p))) for t, (a, p) in
+                     zip(sampler.timesteps, sampler.coeffs)]
+
+            def unrolled():
+                return sess.run(["action"], feeds)[0]
+
+            def kcalls():
+                cond = enc.run(None, {"cloud": feeds["cloud"], "proprio": feeds["proprio"],
+                                      "guidance": feeds["guidance"]})[0]
+                x = feeds["noise"]
+                for t, sa, s1a, sp, s1p in steps:
+                    x0 = den.run(None, {"sample": x, "t": t, "cond": cond})[0]
+                    x = sp * x0 + s1p * ((x - sa * x0) / s1a)
+                return x
+
+            def eager():
+                with torch.no_grad():
+                    return sampler(*inputs)
+
+            err = float(np.max(np.abs(kcalls() - unrolled())))
+            if err > 1e-4:
+                raise RuntimeError(f"K={k}: the K-call path differs from the unrolled graph by {err:.2e}")
+            t_u = time_call(unrolled, repeats=args.repeats, warmup=5)["median_ms"]
+            t_k = time_call(kcalls, repeats=args.repeats, warmup=5)["median_ms"]
+            t_t = time_call(eager, repeats=max(args.repeats // 2, 5), warmup=3)["median_ms"]
+            results.update({f"chunk_ms_ort_unrolled_k{k}": t_u, f"chunk_ms_ort_kcalls_k{k}": t_k,
+                            f"chunk_ms_torch_k{k}": t_t, f"ort_unrolled_vs_torch_k{k}": ratio(t_t, t_u),
+                            f"ort_unrolled_vs_kcalls_k{k}": ratio(t_k, t_u)})
+            rows.append([f"K={k}", fmt_ms(t_u), fmt_ms(t_k), fmt_ms(t_t), fmt_ratio(ratio(t_t, t_u)),
+                         fmt_ratio(ratio(t_k, t_u))])
+    act_ms = float("nan")
+    if ASSET.exists():
+        act_ms = _time_act(args.repeats)
+    results["act_ms_shipped"] = act_ms
+    print_table("action expert: one chunk, batch 1 (median ms)",
+                ["K", "ORT unrolled", "ORT K calls", "torch eager", "unrolled vs torch", "unrolled vs K calls"],
+                rows, caption=f"{machine_line()}; {results['parameters']:,} parameters; "
+                              f"OnnxExpert.act end to end (shipped weights, K=10): {fmt_ms(act_ms)} ms")
+    ok = results["chunk_ms_ort_unrolled_k10"] < 10 and results["ort_unrolled_vs_torch_k10"] >= 3
+    print(f"targets (K=10: ORT unrolled < 10 ms and >= 3x torch eager): {'met' if ok else 'NOT met'}")
+    results["targets_met"] = ok
+    write_json(args.json, results)
+    return 0
+
+
+def _time_act(repeats: int) -> float:
+    from edgebridge.contracts import ArmState, Guidance, PointCloud, Pose
+    from edgebridge.runtime.expert import ExpertConfig, OnnxExpert
+
+    rng = np.random.default_rng(0)
+    cloud = PointCloud(rng.uniform(-0.3, 0.3, (2000, 3)).astype(np.float32) + np.float32([0.5, 0, 0.1]))
+    state = ArmState(np.zeros(7), Pose(np.array([0.45, 0.0, 0.3]), np.array([1.0, 0, 0, 0])), 1.0, stamp_ns=10**9)
+    t = np.arange(60) * 0.1
+    pos = np.stack([0.45 + 0.002 * np.arange(60), np.zeros(60), 0.3 - 0.004 * np.arange(60)], axis=1)
+    guidance = Guidance(t, pos, np.tile([1.0, 0, 0, 0], (60, 1)), np.ones(60), stamp_ns=10**9 - 10**8)
+    with OnnxExpert(ExpertConfig(str(ASSET), max_offset_m=10.0)) as ex:
+        return time_call(lambda: ex.act(cloud, state, guidance), repeats=repeats, warmup=5)["median_ms"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

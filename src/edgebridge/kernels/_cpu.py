@@ -278,6 +278,24 @@ def _cloud_voxel_kernel(depth, stride, colx, rowy, rays, dmin, dmax, A, bl, half
 
 
 @njit(cache=True)
+def _finish_kernel(sums, cnt, csum, box):
+    """Contract: ``_ref.voxel_finish`` (same operations in the same order)."""
+    K = sums.shape[0]
+    has_rgb = csum.shape[0] > 0
+    out = np.empty((K, 3), np.float32)
+    col = np.empty((K if has_rgb else 0, 3), np.uint8)
+    for k in range(K):
+        n = cnt[k]
+        m0, m1, m2 = sums[k, 0] / n, sums[k, 1] / n, sums[k, 2] / n
+        for r in range(3):
+            out[k, r] = box[r] + (box[6 + 3 * r] * m0 + box[7 + 3 * r] * m1 + box[8 + 3 * r] * m2)
+        if has_rgb:
+            for a in range(3):
+                col[k, a] = (csum[k, a] + n // 2) // n
+    return out, col
+
+
+@njit(cache=True)
 def _group_kernel(cell, loc, rgb, ncell):
     """Ordered grouping of precomputed cell ids (contract: ``_ref.group_cells``)."""
     N = cell.shape[0]
@@ -366,4 +384,5 @@ def cloud_voxel(depth, intr, T, box, dmin, dmax, stride, rgb, voxel):
     colx, rowy, rays, A, bl, half, inv_v, dims = voxel_args(depth, intr, T, box, stride, voxel)
     sums, cnt, csum = _cloud_voxel_kernel(depth, stride, colx, rowy, rays, dmin, dmax, A, bl, half, inv_v, dims,
                                           _rgb_arg(rgb))
-    return _ref.voxel_finish(sums, cnt, None if rgb is None else csum, box)
+    out, col = _finish_kernel(sums, cnt, csum, box)
+    return out, None if rgb is None else col

@@ -6,7 +6,8 @@ llama.cpp generation loop on the tiny GGUF from ``edgebridge.export.tiny_gguf`` 
 imports, else a CPU-bound Python thread). The table says which.
 
 Each case runs the loop in-process (a thread sharing the GIL with the workers: the baseline) and in its
-own process (``LoopProcess``: chunks in / state out through shared memory). The arm is a null arm (it
+own process (``LoopProcess``: chunks in / state out through shared memory). A "floor" row per rate runs a
+bare sleep/wake loop (no runtime work) at the same priority: the misses the machine itself causes. The arm is a null arm (it
 follows commands exactly) on point kinematics, so the numbers are the runtime's own overhead.
 
     python benchmarks/loop.py --seconds 60 --json benchmarks/results/loop.json
@@ -155,6 +156,51 @@ def planner_worker(stop: threading.Event, info: dict) -> None:
                 x += i * i
 
 
+# --------------------------------------------------------------------------- the environment's floor
+
+
+def _bare_child(rate: float, seconds: float, rt: int, cpu: int, conn) -> None:
+    """Absolute-deadline sleep/spin with nothing else in the cycle: what the OS (and hypervisor) allow."""
+    from edgebridge.clock import MonotonicClock
+    from edgebridge.runtime.loop import PeriodStats, apply_realtime
+
+    apply_realtime(rt, cpu)
+    clock = MonotonicClock()
+    period = int(round(1e9 / rate))
+    stats = PeriodStats(period)
+    t_next = clock.now_ns()
+    end = t_next + int(seconds * 1e9)
+    while t_next < end:
+        woke = clock.now_ns()
+        stats.wake(woke, t_next)
+        now = clock.now_ns()
+        stats.done(now - woke)
+        t_next += period
+        late = now - t_next
+        if late > stats.miss_ns:
+            k = late // period + 1
+            t_next += k * period
+            stats.skipped += int(k)
+            stats.misses += int(k)
+        clock.sleep_until(t_next)
+    conn.send(stats.summary())
+
+
+def run_floor(rate: float, seconds: float, rt: int, cpu: int) -> dict:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_bare_child, args=(rate, seconds, rt, cpu, child), daemon=True)
+    proc.start()
+    s = parent.recv() if parent.poll(seconds + 60) else {}
+    proc.join(10)
+    return {"p50": s.get("period_err_p50_ms", float("nan")), "p99": s.get("period_err_p99_ms", float("nan")),
+            "max": s.get("period_err_max_ms", float("nan")), "misses": s.get("misses", -1),
+            "cycles": s.get("cycles", 0), "compute_p99": s.get("compute_p99_ms", float("nan")),
+            "planner": "-", "expert": "-", "reason": "bare sleep/wake loop"}
+
+
 # --------------------------------------------------------------------------- one case
 
 
@@ -205,12 +251,20 @@ def main(argv=None) -> int:
     ap.add_argument("--rt", type=int, default=0, help="SCHED_FIFO priority for the loop (0 = off)")
     ap.add_argument("--cpu", type=int, default=-1, help="pin the loop to this CPU (-1 = no pinning)")
     ap.add_argument("--isolation", choices=["both", "thread", "process"], default="both")
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare sleep/wake loop (the environment's floor)")
     add_json_arg(ap)
     args = ap.parse_args(argv)
     isolations = ["thread", "process"] if args.isolation == "both" else [args.isolation]
     rows, flat, loads_used = [], {}, set()
     results = {}
     for rate in args.rates:
+        if not args.no_floor:
+            r = run_floor(rate, args.seconds, args.rt, args.cpu)
+            results[(rate, "floor", "bare")] = r
+            rows.append([f"{int(rate)} Hz", "floor", "bare loop", f"{r['p50']:.3f}", f"{r['p99']:.3f}",
+                         f"{r['max']:.3f}", r["misses"], r["cycles"], f"{r['compute_p99']:.3f}", "-"])
+            print(f"{int(rate)} Hz floor (bare sleep/wake loop): p99 {r['p99']:.3f} ms, max {r['max']:.3f} ms, "
+                  f"misses {r['misses']}", flush=True)
         for load in ("idle", "loaded"):
             for iso in isolations:
                 r = run_case(rate, args.seconds, load == "loaded", iso, args.rt, args.cpu)
@@ -226,6 +280,9 @@ def main(argv=None) -> int:
     primary = "process" if "process" in isolations else isolations[0]
     for (rate, load, iso), r in results.items():
         tag = f"loop_{int(rate)}hz_{load}"
+        if iso == "bare":
+            flat.update({f"{tag}_p99_ms": r["p99"], f"{tag}_max_ms": r["max"], f"{tag}_misses": r["misses"]})
+            continue
         if iso == primary:
             flat.update({f"{tag}_p99_ms": r["p99"], f"{tag}_max_ms": r["max"], f"{tag}_misses": r["misses"]})
         flat.update({f"{tag}_{iso}_p99_ms": r["p99"], f"{tag}_{iso}_max_ms": r["max"], f"{tag}_{iso}_misses": r["misses"]})
@@ -234,7 +291,9 @@ def main(argv=None) -> int:
     flat["loop_rt_priority"] = args.rt
     caption = (f"{machine_line()}; {args.seconds:g} s per case; SCHED_FIFO {args.rt or 'off'}; "
                f"loaded = {'; '.join(sorted(loads_used)) or '-'}. Period error = |actual period - nominal|; "
-               f"miss = a tick run > half a period late or skipped. 'vs thread' = thread p99 / process p99.")
+               f"miss = a tick run > half a period late or skipped. 'vs thread' = thread p99 / process p99. "
+               f"floor = a bare absolute-deadline sleep/wake loop in its own process at the same priority "
+               f"(no runtime work): the stalls the OS/hypervisor alone cause.")
     print_table("control loop period error (ms)", ["rate", "load", "loop in", "p50", "p99", "max", "misses", "cycles",
                                                    "compute p99", "vs thread"], rows, caption=caption)
     write_json(args.json, flat)

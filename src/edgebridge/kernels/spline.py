@@ -69,22 +69,20 @@ def _complete_spline_slopes(t: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _position_pieces(tab: np.ndarray, knots: np.ndarray) -> tuple[list[tuple], list[float]]:
-    """Per-piece tuples ``(lo, hi, t0, a0 a1 a2, b0 b1 b2, c0 c1 c2, d0 d1 d2)`` of Python floats for
-    :meth:`GuidanceSpline.position_at`: the position on ``lo <= t < hi`` is ``a + x (b + x (c + x d))``
-    with ``x = t - t0``. Constant hold pieces cover the times before the start and from the end on;
-    their bounds are the largest finite floats, so a non-finite time always misses the cursor."""
+    """Per-piece tuples ``(lo, hi, a0 a1 a2, b0 b1 b2, c0 c1 c2, d0 d1 d2)`` of Python floats for
+    :meth:`GuidanceSpline.position_at`: on ``lo <= t < hi`` the position is ``a + x (b + x (c + x d))``
+    with ``x = t - lo``. Constant hold pieces (b = c = d = 0) cover the times before the start and from
+    the end on; their outer bounds are the largest finite floats, so a non-finite time always misses."""
     big = sys.float_info.max
-    rows = [tuple(float(v) for v in r) for r in tab]
-    first = rows[0]
-    z3 = (0.0,) * 9
+    z9 = (0.0,) * 9
     if knots.size == 1:
-        return [(-big, big, 0.0, *first[C_A:C_A + 3], *z3)], [-big]
-    t_end = float(knots[-1])  # segment bounds are the knots themselves, as in ``_locate``
-    end = tuple(float(v) for v in tab[-1, C_A:C_A + 3] + tab[-1, C_H] * (
-        tab[-1, C_B:C_B + 3] + tab[-1, C_H] * (tab[-1, C_C:C_C + 3] + tab[-1, C_H] * tab[-1, C_D:C_D + 3])))
-    pieces = [(-big, first[C_T0], first[C_T0], *first[C_A:C_A + 3], *z3)]
-    pieces += [(r[C_T0], float(hi), r[C_T0], *r[C_A:C_D + 3]) for r, hi in zip(rows, knots[1:])]
-    pieces.append((t_end, big, t_end, *end, *z3))
+        return [(-big, big, *(float(v) for v in tab[0, C_A:C_A + 3]), *z9)], [-big]
+    h = tab[-1, C_H]  # the end value exactly as ``position`` computes it (clamped to the last knot)
+    end = tab[-1, C_A:C_A + 3] + h * (tab[-1, C_B:C_B + 3] + h * (tab[-1, C_C:C_C + 3] + h * tab[-1, C_D:C_D + 3]))
+    pieces = [(-big, float(knots[0]), *(float(v) for v in tab[0, C_A:C_A + 3]), *z9)]
+    pieces += [(float(knots[i]), float(knots[i + 1]), *(float(v) for v in tab[i, C_A:C_D + 3]))
+               for i in range(tab.shape[0])]  # segment bounds are the knots themselves, as in ``_locate``
+    pieces.append((float(knots[-1]), big, *(float(v) for v in end), *z9))
     return pieces, [p[0] for p in pieces]
 
 
@@ -307,10 +305,10 @@ class GuidanceSpline:
         """The cheapest per-tick call: the position ``(x, y, z)`` at time ``t`` as Python floats, like
         :meth:`position` (holding the ends outside ``[0, duration]``). Pure Python with a cached segment
         cursor, so a monotone clock (the control loop) almost never searches; no Numba dispatch."""
-        lo, hi, t0, a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2 = self._cur
+        lo, hi, a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2 = self._cur
         if not lo <= t < hi:
-            lo, hi, t0, a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2 = self._seek(t)
-        x = t - t0
+            lo, hi, a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2 = self._seek(t)
+        x = t - lo
         return a0 + x * (b0 + x * (c0 + x * d0)), a1 + x * (b1 + x * (c1 + x * d1)), a2 + x * (b2 + x * (c2 + x * d2))
 
     def _seek(self, t) -> tuple:

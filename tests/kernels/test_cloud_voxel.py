@@ -152,3 +152,19 @@ def test_fps_ties_go_to_lowest_index(backend):
     assert k == 9
     np.testing.assert_array_equal(_backend.module(backend).fps(xyz, 9, 0), [0, 1, 2, 3, 4, 0, 0, 0, 0])
     np.testing.assert_array_equal(out[:5], base)
+
+
+def test_auto_voxel_keeps_fps_coverage():
+    """FPS over the auto-sized voxel centroids covers the cropped cloud about as well as FPS over every
+    cropped point (coverage radius: farthest cropped point from its nearest pick)."""
+    rgbd, T, box = _scene(h=90, w=120)
+    pts, _ = _ref.cloud(rgbd.depth, rgbd.intrinsics.as_array(), T, box.as_array(), 0.05, 3.0, 1, None)
+
+    def radius(xyz):
+        d2 = ((pts[:, None, :].astype(np.float64) - xyz[None, :, :]) ** 2).sum(axis=2)
+        return float(np.sqrt(d2.min(axis=1).max()))
+
+    auto = depth_to_cloud(rgbd, T, box, 48, backend="cpu")
+    full = depth_to_cloud(rgbd, T, box, 48, voxel_size=0.0, backend="cpu")
+    assert auto.n_valid == full.n_valid == 48
+    assert radius(auto.xyz) <= 1.25 * radius(full.xyz)

@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from itertools import repeat
 from pathlib import Path
 
@@ -120,7 +119,8 @@ def main(argv=None) -> dict:
 
     args_cloud = (rgbd.depth, rgbd.intrinsics.as_array(), T, box.as_array(), 0.05, 3.0, 1, rgbd.rgb)
     vox, _ = _cpu.cloud_voxel(*args_cloud, vs_auto)
-    case(f"  fused deproject+transform+crop+voxel [{vox.shape[0]} voxels]", lambda: _cpu.cloud_voxel(*args_cloud, vs_auto),
+    case(f"  fused deproject+transform+crop+voxel [{vox.shape[0]} voxels]",
+         lambda: _cpu.cloud_voxel(*args_cloud, vs_auto),
          lambda: _ref.cloud_voxel(*args_cloud, vs_auto), "numpy twin")
     case(f"  FPS 512 of {vox.shape[0]}", lambda: _cpu.fps(vox, 512, 0), lambda: _ref.fps(vox, 512, 0), "numpy twin")
     cropped, col = _cpu.cloud(*args_cloud)

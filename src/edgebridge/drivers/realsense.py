@@ -7,11 +7,20 @@ recommends), aligns the streams (``align = "color"``: depth resampled into the c
 default; ``"depth"``: colour into the depth image; ``"none"``: streams already share one image) and
 returns an ``RGBD`` with depth in metres (float32; 0 = no measurement) and the intrinsics of the
 image both now share, librealsense's distortion model included.
+
+Live cameras stream through ``rs.pipeline``. Recordings are read through the playback device's own
+sensors (``_RecordingReader``), frame-exact by default (``playback_real_time = False``): the player
+waits for each frame to be taken, no frame is read before both sensors run, and ``read()`` returns
+every recorded frameset once, in order, however slowly it is called. Past the end it raises
+``DeviceFaultError`` after ``timeout_ms`` (or starts over with ``playback_repeat``).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +47,9 @@ class RealSenseConfig:
     ``serial``: device serial number (None: the first device). ``playback``: a ``.bag``/``.db3``
     recording to play instead of a device. ``depth_units``: metres per depth count to set on the
     sensor (None: leave the device default, usually 0.001). ``decimation``: 1 (off) to 8.
-    ``calibration``: edge-calib TOML file giving ``T_base_cam``.
+    ``calibration``: edge-calib TOML file giving ``T_base_cam``. ``playback_real_time``: play at the
+    recorded rate, dropping frames the consumer misses (False: every frame, at the consumer's pace).
+    ``playback_repeat``: start over at the end. ``timeout_ms``: longest wait for a frameset in ``read()``.
     """
 
     serial: str | None = None
@@ -116,6 +127,146 @@ def frames_to_rgbd(rs: Any, depth_frame: Any, color_frame: Any, depth_scale: flo
                 stamp_ns=now_ns() if stamp_ns is None else stamp_ns)
 
 
+class _RecordingReader:
+    """Frame-exact reader of a librealsense recording through its playback sensors.
+
+    ``pipeline.start`` on a recording starts the playback sensors one after another, and the player
+    reads the file as soon as the first one runs (in real-time mode until ``set_real_time(False)``,
+    which can only come after ``start``): frames of a stream whose sensor is not started yet are
+    discarded, so under CPU load the first framesets lost a stream or were paired with the wrong
+    frame. (``playback.pause()`` before ``start`` avoids that but its ``resume()`` can stall for the
+    player's 10 s flush timeout.) Here the timing mode is set before any sensor starts, and every
+    frame callback waits until both sensors run; in non-real-time mode the player waits for each
+    callback, so a bounded queue per stream gives back-pressure and no frame is ever dropped.
+    Depth and colour frames are paired by timestamp and joined into a frameset for the filters and
+    ``rs.align``.
+    """
+
+    def __init__(self, rs: Any, path: str, real_time: bool, name: str) -> None:
+        self.rs, self.name, self.real_time = rs, name, real_time
+        self._ctx = rs.context()
+        self.device = self._ctx.load_device(path)
+        self.player = self.device.as_playback()
+        self.player.set_real_time(real_time)
+        self._profiles = []  # (sensor, profile) for the depth and colour streams
+        for kind in (rs.stream.depth, rs.stream.color):
+            found = [(sn, p) for sn in self.device.query_sensors() for p in sn.get_stream_profiles()
+                     if p.stream_type() == kind]
+            if not found:
+                raise DeviceFaultError(f"{name}: the recording has no {kind} stream; record both depth and colour")
+            self._profiles.append(found[0])
+        self._queues = {rs.stream.depth: queue.Queue(maxsize=2), rs.stream.color: queue.Queue(maxsize=2)}
+        self._all_started = threading.Event()
+        self._closing = threading.Event()
+        self._composed: dict = {}
+        self._composer = rs.processing_block(self._compose)
+        self._out = rs.frame_queue(1)
+        self._composer.start(self._out)
+        half = [500.0 / max(1, p.fps()) for _, p in self._profiles]
+        self.pair_tolerance_ms = max(half)
+        self._streaming: list = []
+        self._received = False
+
+    def start(self) -> None:
+        self._all_started.clear()
+        self._received = False
+        sensors = []
+        for sensor, _ in self._profiles:
+            if not any(sensor is s for s in sensors):
+                sensors.append(sensor)
+        for sensor in sensors:
+            sensor.open([p for s, p in self._profiles if s is sensor])
+        for sensor in sensors:
+            sensor.start(self._on_frame)
+            self._streaming.append(sensor)
+        self._all_started.set()
+
+    def stop(self) -> None:
+        self._closing.set()
+        self._all_started.set()  # release callbacks still waiting
+        for q in self._queues.values():
+            _drain(q)
+        for sensor in self._streaming:
+            for action in (sensor.stop, sensor.close):
+                try:
+                    action()
+                except RuntimeError as e:  # already stopped by the player at the end of the file
+                    log.debug("%s: %s: %s", self.name, action.__name__, e)
+        self._streaming = []
+        for q in self._queues.values():
+            _drain(q)
+        self._closing.clear()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def exhausted(self) -> bool:
+        """The player reached the end of the file and every frame it gave has been taken."""
+        return (self._received and all(q.empty() for q in self._queues.values())
+                and self.player.current_status() == self.rs.playback_status.stopped)
+
+    def _on_frame(self, frame: Any) -> None:
+        """Sensor callback (librealsense thread): hand the frame over, waiting while the queue is full."""
+        self._all_started.wait()
+        q = self._queues.get(frame.profile.stream_type())
+        if q is None:
+            return
+        while not self._closing.is_set():
+            try:
+                q.put(frame, timeout=0.05)
+                self._received = True
+                return
+            except queue.Full:
+                if self.real_time:  # real-time playback keeps the newest frames, like a live camera
+                    _drain(q, keep=q.maxsize - 1)
+
+    def _compose(self, depth: Any, source: Any) -> None:
+        source.frame_ready(source.allocate_composite_frame([depth, self._composed.pop("color")]))
+
+    def next_frameset(self, timeout_s: float) -> Any | None:
+        """The next depth + colour pair as a frameset; None after ``timeout_s`` or once ``exhausted()``."""
+        rs = self.rs
+        deadline = time.monotonic() + timeout_s
+        depth = self._get(rs.stream.depth, deadline)
+        color = self._get(rs.stream.color, deadline)
+        while depth is not None and color is not None:
+            dt = depth.get_timestamp() - color.get_timestamp()
+            if abs(dt) <= self.pair_tolerance_ms:
+                break
+            log.debug("%s: unpaired %s frame at %.3f ms dropped", self.name, "colour" if dt > 0 else "depth",
+                      min(depth.get_timestamp(), color.get_timestamp()))
+            if dt > 0:
+                color = self._get(rs.stream.color, deadline)
+            else:
+                depth = self._get(rs.stream.depth, deadline)
+        if depth is None or color is None:
+            return None
+        self._composed["color"] = color
+        self._composer.invoke(depth)
+        return self._out.wait_for_frame(1000).as_frameset()
+
+    def _get(self, stream: Any, deadline: float) -> Any | None:
+        q = self._queues[stream]
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return q.get(timeout=min(0.05, max(0.0, left)))
+            except queue.Empty:
+                if left <= 0 or self.exhausted():
+                    return None
+
+
+
+
+def _drain(q: queue.Queue, keep: int = 0) -> None:
+    while q.qsize() > keep:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
 class RealSenseCamera(CameraPose, DeviceBase):
     """RealSense RGB-D camera implementing ``Camera`` (see module docstring)."""
 
@@ -126,6 +277,7 @@ class RealSenseCamera(CameraPose, DeviceBase):
         self.name = f"RealSense camera ({src})"
         self._load_pose(config.calibration)
         self._pipe = None
+        self._rec: _RecordingReader | None = None
         self._align = None
         self._filters: list = []
         self._depth_scale = 0.001
@@ -137,31 +289,10 @@ class RealSenseCamera(CameraPose, DeviceBase):
             return
         rs = _rs()
         c = self.config
-        pipe, cfg = rs.pipeline(), rs.config()
         if c.playback:
-            cfg.enable_device_from_file(c.playback, repeat_playback=c.playback_repeat)
+            self._connect_recording(rs)
         else:
-            if c.serial:
-                cfg.enable_device(c.serial)
-            cfg.enable_stream(rs.stream.depth, c.width, c.height, rs.format.z16, c.fps)
-            cfg.enable_stream(rs.stream.color, c.width, c.height, rs.format.rgb8, c.fps)
-        try:
-            profile = pipe.start(cfg)
-        except RuntimeError as e:
-            raise DeviceFaultError(
-                f"{self.name}: cannot start streaming ({e}); check the USB-3 cable and port, that the serial "
-                f"is right (rs-enumerate-devices), and that {c.width}x{c.height}@{c.fps} is a supported mode") from e
-        try:
-            dev = profile.get_device()
-            if c.playback:
-                dev.as_playback().set_real_time(c.playback_real_time)
-            sensor = dev.first_depth_sensor()
-            if c.depth_units is not None and not c.playback:
-                sensor.set_option(rs.option.depth_units, c.depth_units)
-            self._depth_scale = float(sensor.get_depth_scale())
-        except RuntimeError as e:
-            pipe.stop()
-            raise DeviceFaultError(f"{self.name}: cannot configure the depth sensor ({e})") from e
+            self._connect_live(rs)
         self._filters = []
         if c.decimation > 1:
             f = rs.decimation_filter()
@@ -174,9 +305,45 @@ class RealSenseCamera(CameraPose, DeviceBase):
         if c.hole_filling:
             self._filters.append(rs.hole_filling_filter())
         self._align = {"color": rs.align(rs.stream.color), "depth": rs.align(rs.stream.depth)}.get(c.align)
-        self._pipe = pipe
         self._connected = True
         log.info("%s streaming; depth scale %.6g m/count", self.name, self._depth_scale)
+
+    def _connect_live(self, rs: Any) -> None:
+        c = self.config
+        pipe, cfg = rs.pipeline(), rs.config()
+        if c.serial:
+            cfg.enable_device(c.serial)
+        cfg.enable_stream(rs.stream.depth, c.width, c.height, rs.format.z16, c.fps)
+        cfg.enable_stream(rs.stream.color, c.width, c.height, rs.format.rgb8, c.fps)
+        try:
+            profile = pipe.start(cfg)
+        except RuntimeError as e:
+            raise DeviceFaultError(
+                f"{self.name}: cannot start streaming ({e}); check the USB-3 cable and port, that the serial "
+                f"is right (rs-enumerate-devices), and that {c.width}x{c.height}@{c.fps} is a supported mode") from e
+        try:
+            sensor = profile.get_device().first_depth_sensor()
+            if c.depth_units is not None:
+                sensor.set_option(rs.option.depth_units, c.depth_units)
+            self._depth_scale = float(sensor.get_depth_scale())
+        except RuntimeError as e:
+            pipe.stop()
+            raise DeviceFaultError(f"{self.name}: cannot configure the depth sensor ({e})") from e
+        self._pipe = pipe
+
+    def _connect_recording(self, rs: Any) -> None:
+        c = self.config
+        rec = None
+        try:
+            rec = _RecordingReader(rs, c.playback, c.playback_real_time, self.name)
+            self._depth_scale = float(rec.device.first_depth_sensor().get_depth_scale())
+            rec.start()
+        except RuntimeError as e:
+            if rec is not None:
+                rec.stop()
+            raise DeviceFaultError(f"{self.name}: cannot play the recording ({e}); check that it was written by "
+                                   f"librealsense (rs.recorder, RealSense Viewer) and is complete") from e
+        self._rec = rec
 
     def disconnect(self) -> None:
         if self._pipe is not None:
@@ -185,6 +352,9 @@ class RealSenseCamera(CameraPose, DeviceBase):
             except RuntimeError as e:
                 log.warning("%s: error while stopping: %s", self.name, e)
             self._pipe = None
+        if self._rec is not None:
+            self._rec.stop()
+            self._rec = None
         self._connected = False
 
     @property
@@ -195,18 +365,7 @@ class RealSenseCamera(CameraPose, DeviceBase):
         """Wait for the next frameset (``timeout_ms``) and return it as an aligned ``RGBD``."""
         self._require_connected()
         rs = _rs()
-        for _ in range(8):  # a frameset may lack a stream right after start; try a few
-            try:
-                frames = self._pipe.wait_for_frames(self.config.timeout_ms)
-            except RuntimeError as e:
-                raise DeviceFaultError(f"{self.name}: no frames within {self.config.timeout_ms} ms ({e}); "
-                                       f"check the cable / USB bandwidth, or the recording ended") from e
-            stamp = now_ns()
-            depth, color = frames.get_depth_frame(), frames.get_color_frame()
-            if depth and color:
-                break
-        else:
-            raise DeviceFaultError(f"{self.name}: framesets keep missing the depth or colour stream")
+        frames, stamp = self._next_frameset()
         try:
             for f in self._filters:  # post-processing blocks act on the depth frame of a frameset
                 frames = f.process(frames).as_frameset()
@@ -220,3 +379,28 @@ class RealSenseCamera(CameraPose, DeviceBase):
         return frames_to_rgbd(rs, depth, color, self._depth_scale,
                               intrinsics_of="depth" if self.config.align == "depth" else "color", stamp_ns=stamp)
 
+    def _next_frameset(self) -> tuple[Any, int]:
+        """One frameset holding both depth and colour, and the host time it arrived."""
+        ms = self.config.timeout_ms
+        if self._rec is not None:
+            frames = self._rec.next_frameset(ms / 1000.0)
+            if frames is None and self.config.playback_repeat and self._rec.exhausted():
+                log.info("%s: end of the recording, starting over", self.name)
+                self._rec.restart()
+                frames = self._rec.next_frameset(ms / 1000.0)
+            if frames is None:
+                if self._rec.exhausted():
+                    raise DeviceFaultError(f"{self.name}: the recording ended after {self.frames_read} framesets "
+                                           f"(set playback_repeat = true to loop it)")
+                raise DeviceFaultError(f"{self.name}: no frames within {ms} ms while the recording is still playing; "
+                                       f"raise timeout_ms, or check that it holds paired depth and colour frames")
+            return frames, now_ns()
+        for _ in range(8):  # a live frameset may lack a stream right after start; try a few
+            ok, frames = self._pipe.try_wait_for_frames(ms)
+            if not ok:
+                raise DeviceFaultError(f"{self.name}: no frames within {ms} ms; check the USB-3 cable and bandwidth, "
+                                       f"and that no other process holds the camera")
+            if frames.get_depth_frame() and frames.get_color_frame():
+                return frames, now_ns()
+        raise DeviceFaultError(f"{self.name}: 8 framesets in a row lack the depth or colour stream; "
+                               f"check that both streams are enabled")

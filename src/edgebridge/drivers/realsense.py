@@ -148,9 +148,10 @@ class _RecordingReader:
         self.device = self._ctx.load_device(path)
         self.player = self.device.as_playback()
         self.player.set_real_time(real_time)
-        self._profiles = []  # (sensor, profile) for the depth and colour streams
+        self._sensors = list(self.device.query_sensors())
+        self._profiles = []  # (sensor index, profile) for the depth and colour streams
         for kind in (rs.stream.depth, rs.stream.color):
-            found = [(sn, p) for sn in self.device.query_sensors() for p in sn.get_stream_profiles()
+            found = [(i, p) for i, sn in enumerate(self._sensors) for p in sn.get_stream_profiles()
                      if p.stream_type() == kind]
             if not found:
                 raise DeviceFaultError(f"{name}: the recording has no {kind} stream; record both depth and colour")
@@ -170,12 +171,10 @@ class _RecordingReader:
     def start(self) -> None:
         self._all_started.clear()
         self._received = False
-        sensors = []
-        for sensor, _ in self._profiles:
-            if not any(sensor is s for s in sensors):
-                sensors.append(sensor)
-        for sensor in sensors:
-            sensor.open([p for s, p in self._profiles if s is sensor])
+        used = sorted({i for i, _ in self._profiles})  # depth and colour may share one sensor
+        sensors = [self._sensors[i] for i in used]
+        for i, sensor in zip(used, sensors):
+            sensor.open([p for j, p in self._profiles if j == i])
         for sensor in sensors:
             sensor.start(self._on_frame)
             self._streaming.append(sensor)

@@ -1,6 +1,7 @@
 """RealSenseCamera through librealsense itself: a software device (z16 depth + rgb8 colour) read via
-``rs.syncer``, recorded with ``rs.recorder`` and played back through ``rs.pipeline`` by the driver.
-Playback is frame-exact, so the tests expect exact frames in order (no timing tolerance)."""
+``rs.syncer``, recorded with ``rs.recorder`` and played back by the driver through the playback
+device's sensors. Playback is frame-exact, so the tests expect exact frames in order (no timing tolerance);
+the only clocks checked are loose upper bounds that tell "returned" from "hung or waited out a timeout"."""
 
 import time
 
@@ -182,13 +183,13 @@ def test_playback_aligned_and_filtered(recording):
 
 
 def test_end_of_recording_is_a_fault(recording):
-    with RealSenseCamera(RealSenseConfig(playback=str(recording), align="none", timeout_ms=3000)) as cam:
+    with RealSenseCamera(RealSenseConfig(playback=str(recording), align="none", timeout_ms=20000)) as cam:
         t0 = time.monotonic()
         with pytest.raises(DeviceFaultError, match="the recording ended after 20 framesets"):
             for _ in range(N_FRAMES + 2):
                 cam.read()
         assert cam.frames_read == N_FRAMES
-        assert time.monotonic() - t0 < 2.5  # the end is known: no need to wait out the timeout
+        assert time.monotonic() - t0 < 15  # the end is known: it does not wait out the 20 s timeout
 
 
 def test_playback_repeat_starts_over(recording):
@@ -210,7 +211,7 @@ def test_disconnect_while_the_player_waits(recording):
         time.sleep(0.1)
         t0 = time.monotonic()
         cam.disconnect()
-        assert time.monotonic() - t0 < 2.0 and not cam.is_connected
+        assert time.monotonic() - t0 < 8 and not cam.is_connected  # librealsense gives up a stuck flush at 10 s
 
 
 def test_config_validation(tmp_path):

@@ -25,7 +25,7 @@ def emu():
 
 
 def _arm(emu, **kw) -> SerialArm:
-    return SerialArm(SerialArmConfig(port=emu.port, timeout_s=0.02, retries=0, **kw))
+    return SerialArm(SerialArmConfig(port=emu.port, timeout_s=0.25, retries=0, **kw))
 
 
 def _barrier(arm):

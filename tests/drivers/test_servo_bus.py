@@ -20,7 +20,7 @@ def emu():
 
 @pytest.fixture
 def bus(emu):
-    with ServoBus(ServoBusConfig(emu.port, timeout_s=0.02, retries=0)) as b:
+    with ServoBus(ServoBusConfig(emu.port, timeout_s=0.25, retries=0)) as b:
         yield b
 
 

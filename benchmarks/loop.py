@@ -84,7 +84,6 @@ def build_expert_session():
     shipped = sorted((Path(__file__).resolve().parents[1] / "src/edgebridge/assets/expert").glob("*.onnx"))
     if shipped:
         return ort.InferenceSession(str(shipped[0]), opts, providers=["CPUExecutionProvider"]), f"shipped {shipped[0].name}"
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -173,3 +173,23 @@ def test_period_stats_summary():
         s.done(100)
     out = s.summary()
     assert out["cycles"] == 20 and out["misses"] == 1
+
+
+class NoIK(PointKinematics):
+    def ik(self, target, q_seed):
+        raise ValueError("IK did not converge (residual 0.3 m)")
+
+
+def test_ik_failure_is_a_rejection_never_a_command():
+    clock = FakeClock()
+    arm = RecordingArm()
+    cfg = loop_cfg(max_rejections=5, chunk_timeout_s=10.0)
+    loop = ControlLoop(arm, LIMITS, cfg, NoIK(), clock=clock)
+    loop.prepare()
+    # an expert that keeps sending chunks (every 10 ticks) the IK cannot follow
+    loop.hooks.append(lambda c: loop.inbox.put(chunk_line(clock.now_ns(), (0, 0, 0.3), (0.05, 0, 0.3), n=11,
+                                                          dt=0.05)) if c % 10 == 1 else None)
+    res = loop.run(duration_s=2.0)
+    assert arm.commands == []
+    assert res.rejections["ik_failed"] >= 5 and "IK failed" in res.reason
+    assert arm.holds == 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import time
 from multiprocessing import shared_memory
 from typing import Callable
 
@@ -180,8 +181,6 @@ class LoopProcess:
                                  args=(self._shm.names, self.limits.n_joints, self.hmax, self.arm_factory,
                                        self.kin_factory, self.limits, self.cfg, self.dry_run, child))
         self._proc.start()
-        import time
-
         t_end = time.monotonic() + self.start_timeout_s
         while not parent.poll(0.1):
             if not self._proc.is_alive() or time.monotonic() > t_end:

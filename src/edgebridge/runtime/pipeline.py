@@ -202,13 +202,16 @@ class Pipeline:
         self.last_loop = loop
         try:
             loop.prepare()
+            if clock.realtime:
+                loop.start()  # the loop already runs (holding) while the planner thinks
             try:
                 frame = self.capture(watchdog)
                 state = loop.states.latest()
                 spline, guidance = self.plan_guidance(frame, instruction, state, clock.now_ns())
             except (PlanError, ValueError) as e:
                 loop.request_stop(f"plan rejected: {e}")
-                return finish(False, f"plan rejected: {e}", loop.run())
+                res = loop.join() if clock.realtime else loop.run()
+                return finish(False, f"plan rejected: {e}", res)
             end_ns = guidance.stamp_ns + int((spline.duration + self.settle_s) * 1e9)
             worker = _ExpertWorker(self, loop, watchdog, guidance, rec)
             with SignalGuard(watchdog):
@@ -297,7 +300,6 @@ class Pipeline:
         period_s = self.cfg.expert.every_k_ticks / self.cfg.loop.rate_hz
         stop = threading.Event()
         t = threading.Thread(target=worker.run_periodic, args=(period_s, stop), name="expert-worker", daemon=True)
-        loop.start()
         t.start()
         try:
             while loop.join(0.02) is None:

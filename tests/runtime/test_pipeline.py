@@ -160,3 +160,17 @@ def test_realtime_episode_with_the_loop_in_its_own_process():
     out = Pipeline(cfg, dev, guidance_config=quick, settle_s=0.3).run("pick and place", max_seconds=15.0)
     assert out.success, out.reason
     assert out.loop["sent"] > 100 and out.loop["rejections"] == {}
+
+
+class OffImagePlanner(ScriptedPlanner):
+    def plan(self, rgbd, instruction):
+        return Plan(instruction, (Anchor(500, 24, 1.0),), source="scripted")  # u beyond the 64-px image
+
+
+def test_rejected_plan_ends_the_episode_with_the_reason_and_sends_nothing():
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock)
+    dev.planner = OffImagePlanner()
+    out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place")
+    assert not out.success and out.reason.startswith("plan rejected:")
+    assert arm.commands == []

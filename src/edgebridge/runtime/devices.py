@@ -83,7 +83,7 @@ def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict 
         model = vlm or cfg.planner.model
         if not model:
             raise ConfigError("planner gguf: no model given; pass --vlm PATH.gguf or set planner.model")
-        opts["model"] = model
+        opts["model_path"] = model
         return GGUFPlanner(from_dict(GGUFPlannerConfig, opts, prefix="planner.options."))
     if backend == "remote":
         from .planner.remote import RemotePlanner, RemotePlannerConfig

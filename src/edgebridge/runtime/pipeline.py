@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..contracts import RGBD, ActionChunk, ArmState
-from ..errors import EdgebridgeError, PlanError
+from ..errors import EdgebridgeError
 from .config import RobotConfig
 from .loop import ControlLoop, LoopResult
 from .profiling import Profiler, timer
@@ -208,7 +208,7 @@ class Pipeline:
                 frame = self.capture(watchdog)
                 state = loop.states.latest()
                 spline, guidance = self.plan_guidance(frame, instruction, state, clock.now_ns())
-            except (PlanError, ValueError) as e:
+            except (EdgebridgeError, ValueError) as e:  # PlanError, ExpertError, a driver fault
                 loop.request_stop(f"plan rejected: {e}")
                 res = loop.join() if clock.realtime else loop.run()
                 return finish(False, f"plan rejected: {e}", res)
@@ -245,7 +245,7 @@ class Pipeline:
             try:
                 frame = self.capture(watchdog)
                 spline, guidance = self.plan_guidance(frame, instruction, state, clock.now_ns())
-            except (PlanError, ValueError) as e:
+            except (EdgebridgeError, ValueError) as e:  # PlanError, ExpertError, a driver fault
                 lp.request_stop(f"plan rejected: {e}")
                 return lp.join(15.0)
             end_ns = guidance.stamp_ns + int((spline.duration + self.settle_s) * 1e9)

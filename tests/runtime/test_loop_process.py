@@ -45,3 +45,14 @@ def test_loop_process_reports_a_child_failure():
 
 def _broken_arm():
     raise ConnectionError("no such port /dev/ttyNOPE")
+
+
+def test_killed_loop_process_is_reported_as_a_fault():
+    import os
+    import signal
+
+    cfg = loop_cfg(rate_hz=100.0)
+    with LoopProcess(make_arm, PointKinematics, LIMITS, cfg) as lp:
+        os.kill(lp._proc.pid, signal.SIGKILL)
+        res = lp.join(10)
+    assert res is not None and res.fault and "died" in res.reason

@@ -236,7 +236,13 @@ class LoopProcess:
 
     def join(self, timeout: float | None = None) -> LoopResult | None:
         if self._conn is not None and self.result is None and self._conn.poll(timeout):
-            kind, payload = self._conn.recv()
+            try:
+                kind, payload = self._conn.recv()
+            except (EOFError, OSError):  # the child died without reporting (killed, crashed interpreter)
+                self._proc.join(1.0)
+                kind, payload = "result", LoopResult(
+                    reason=f"control-loop process died (exit code {self._proc.exitcode}) without reporting",
+                    cycles=0, sent=0, rejections={}, holds=0, fault=True)
             if kind == "result":
                 self.result = payload
         if self._proc is not None:

@@ -9,7 +9,12 @@ present, else the default) with the same weights; timing does not depend on the 
 runtimes get 2 threads. Also times ``OnnxExpert.act`` end to end (featurise + network + decode) on the
 shipped weights when they are present.
 
-    python benchmarks/expert.py [--repeats 50] [--json FILE]
+    python benchmarks/expert.py [--repeats 50] [--json FILE] [--success-seeds 5]
+
+``--success-seeds N`` also runs the shipped ONNX expert and the plain-IK expert (the baseline) in the
+embedded world on N *held-out* seeds (from 1000 up; the shipped weights were trained on demonstrations
+with seeds 0..39), task ``put_cup_in_tray``, conditions ``clean`` and ``plan_3cm`` (3 cm anchor offset),
+and adds ``success.<expert>.<task>.<condition>`` keys.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ KS = (1, 2, 4, 10)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--success-seeds", type=int, default=0, help="held-out sim episodes per cell (0: skip)")
+    ap.add_argument("--seed-base", type=int, default=1000, help="first held-out sim seed")
     add_json_arg(ap)
     args = ap.parse_args(argv)
 
@@ -104,8 +111,41 @@ def main(argv: list[str] | None = None) -> int:
     ok = results["chunk_ms_ort_unrolled_k10"] < 10 and results["ort_unrolled_vs_torch_k10"] >= 3
     print(f"targets (K=10: ORT unrolled < 10 ms and >= 3x torch eager): {'met' if ok else 'NOT met'}")
     results["targets_met"] = ok
+    if args.success_seeds > 0:
+        results.update(_success(args.success_seeds, args.seed_base))
     write_json(args.json, results)
     return 0
+
+
+SUCCESS_CONDITIONS = {"clean": 0.0, "plan_3cm": 0.03}
+
+
+def _rate_ratio(rate: float, base: float) -> str:
+    return fmt_ratio(rate / base) if base > 0 else "n/a"
+
+
+def _success(n: int, base: int, task: str = "put_cup_in_tray") -> dict:
+    """Success of the shipped ONNX expert vs the plain-IK expert on held-out seeds."""
+    import logging
+
+    from edgebridge.runtime.expert import load_shipped
+    from edgebridge.sim.episode import register_expert, run_episode
+
+    logging.getLogger("edgebridge").setLevel(logging.ERROR)
+    register_expert("onnx", load_shipped)
+    out, rows = {}, []
+    for expert in ("ik", "onnx"):
+        for cond, plan_m in SUCCESS_CONDITIONS.items():
+            res = [run_episode(task, base + s, "oracle", expert, plan_noise_m=plan_m) for s in range(n)]
+            rate = sum(r.success for r in res) / n
+            out[f"success.{expert}.{task}.{cond}"] = rate
+            fails = [r.reason for r in res if not r.success]
+            rows.append([expert, cond, f"{rate:.2f}", f"{sum(r.success for r in res)}/{n}",
+                         _rate_ratio(rate, out[f"success.ik.{task}.{cond}"]),
+                         (max(set(fails), key=fails.count)[:40] if fails else "")])
+    print_table(f"sim success, {task}, oracle planner, held-out seeds {base}..{base + n - 1}",
+                ["expert", "condition", "success", "n", "vs ik (rate ratio)", "typical failure"], rows)
+    return out
 
 
 def _time_act(repeats: int) -> float:

@@ -102,14 +102,17 @@ def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool = True, int8:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if fp16:
-        if not builder.platform_has_fast_fp16:
+        if not getattr(builder, "platform_has_fast_fp16", True):  # deprecated in TensorRT 10
             log.warning("this GPU has no fast FP16; building with FP16 allowed anyway")
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     bmin, bopt, bmax = batch
     for i in range(network.num_inputs):
         inp = network.get_input(i)
-        rest = tuple(int(d) for d in inp.shape[1:])
+        dims = inp.shape
+        rest = tuple(int(dims[j]) for j in range(1, len(dims)))
+        if any(d < 0 for d in rest):
+            raise EngineBuildError(f"{onnx_path}: input {inp.name!r} has dynamic non-batch dims {tuple(dims)}")
         profile.set_shape(inp.name, (bmin, *rest), (bopt, *rest), (bmax, *rest))
     config.add_optimization_profile(profile)
     if int8:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,77 +35,109 @@ ASSET = Path(__file__).resolve().parents[1] / "src" / "edgebridge" / "assets" / 
 KS = (1, 2, 4, 10)
 
 
+def _inputs(cfg, torch):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, cfg.n_points, 3, generator=g), torch.randn(1, cfg.pose_dim, generator=g),
+            torch.randn(1, cfg.guidance_tokens, cfg.pose_dim, generator=g),
+            torch.randn(1, cfg.horizon, cfg.pose_dim, generator=g))
+
+
+def _worker(kind: str, k: int, tmp: Path, repeats: int) -> float:
+    """Time one case in this (fresh) process, so no other runtime's thread pool competes for the cores."""
+    if kind == "act":
+        return _time_act(repeats)
+    import torch
+
+    from edgebridge.export.expert import ort_session
+    from edgebridge.train.model import DDIMSampler, ExpertConfig, make_net
+
+    torch.set_num_threads(2)
+    rec = torch.load(tmp / "net.pt", weights_only=False)
+    net = make_net(ExpertConfig.from_dict(rec["config"])).eval()
+    net.load_state_dict(rec["state"])
+    inputs = _inputs(net.cfg, torch)
+    feeds = {n: a.numpy() for n, a in zip(("cloud", "proprio", "guidance", "noise"), inputs)}
+    sampler = DDIMSampler(net, k).eval()
+    if kind == "torch":
+        def fn():
+            with torch.no_grad():
+                return sampler(*inputs)
+        return time_call(fn, repeats=repeats, warmup=5)["median_ms"]
+    if kind == "unrolled":
+        sess = ort_session(tmp / f"k{k}" / "expert.onnx")
+        return time_call(lambda: sess.run(["action"], feeds), repeats=repeats, warmup=5)["median_ms"]
+    enc, den = ort_session(tmp / "encode.onnx"), ort_session(tmp / "denoise.onnx")
+    steps = [(np.array([t], np.int64), np.float32(np.sqrt(a)), np.float32(np.sqrt(1 - a)), np.float32(np.sqrt(p)),
+              np.float32(np.sqrt(1 - p))) for t, (a, p) in zip(sampler.timesteps, sampler.coeffs)]
+
+    def kcalls():
+        cond = enc.run(None, {"cloud": feeds["cloud"], "proprio": feeds["proprio"], "guidance": feeds["guidance"]})[0]
+        x = feeds["noise"]
+        for t, sa, s1a, sp, s1p in steps:
+            x0 = den.run(None, {"sample": x, "t": t, "cond": cond})[0]
+            x = sp * x0 + s1p * ((x - sa * x0) / s1a)
+        return x
+
+    if kind == "check":  # the K-call path must compute what the unrolled graph computes
+        sess = ort_session(tmp / f"k{k}" / "expert.onnx")
+        return float(np.max(np.abs(kcalls() - sess.run(["action"], feeds)[0])))
+    return time_call(kcalls, repeats=repeats, warmup=5)["median_ms"]
+
+
+def _spawn(kind: str, k: int, tmp: Path, repeats: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--worker", kind, str(k), str(tmp), "--repeats", str(repeats)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark worker {kind} K={k} failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--success-seeds", type=int, default=0, help="held-out sim episodes per cell (0: skip)")
     ap.add_argument("--seed-base", type=int, default=1000, help="first held-out sim seed")
+    ap.add_argument("--worker", nargs=3, metavar=("KIND", "K", "DIR"), help=argparse.SUPPRESS)
     add_json_arg(ap)
     args = ap.parse_args(argv)
+    if args.worker:
+        print(_worker(args.worker[0], int(args.worker[1]), Path(args.worker[2]), args.repeats))
+        return 0
 
     import torch
 
-    from edgebridge.export.expert import export_expert, export_step_graphs, ort_session
+    from edgebridge.export.expert import export_expert, export_step_graphs
     from edgebridge.runtime.expert.features import Normalizer
-    from edgebridge.train.model import DDIMSampler, ExpertConfig, count_parameters, make_net
+    from edgebridge.train.model import ExpertConfig, count_parameters, make_net
 
-    torch.set_num_threads(2)
     cfg = ExpertConfig()
     if ASSET.with_suffix(".json").exists():
         cfg = ExpertConfig.from_dict(json.loads(ASSET.with_suffix(".json").read_text())["model_config"])
     net = make_net(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    inputs = (torch.randn(1, cfg.n_points, 3, generator=g), torch.randn(1, cfg.pose_dim, generator=g),
-              torch.randn(1, cfg.guidance_tokens, cfg.pose_dim, generator=g),
-              torch.randn(1, cfg.horizon, cfg.pose_dim, generator=g))
-    feeds = {n: a.numpy() for n, a in zip(("cloud", "proprio", "guidance", "noise"), inputs)}
     record = {"norm": Normalizer.identity().to_dict()}
     results: dict = {"parameters": count_parameters(net)}
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        enc_path, den_path = export_step_graphs(net, Path(tmp))
-        enc, den = ort_session(enc_path), ort_session(den_path)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        torch.save({"config": cfg.to_dict(), "state": net.state_dict()}, tmp / "net.pt")
+        export_step_graphs(net, tmp)
         for k in KS:
-            path = export_expert(net, record, Path(tmp) / f"k{k}", k=k)
-            results[f"onnx_mb_k{k}"] = path.stat().st_size / 1e6
-            sess = ort_session(path)
-            sampler = DDIMSampler(net, k).eval()
-            steps = [(np.array([t], np.int64), np.float32(np.sqrt(a)), np.float32(np.sqrt(1 - a)),
-                      np.float32(np.sqrt(p)), np.float32(np.sqrt(1 - p))) for t, (a, p) in
-                     zip(sampler.timesteps, sampler.coeffs)]
-
-            def unrolled():
-                return sess.run(["action"], feeds)[0]
-
-            def kcalls():
-                cond = enc.run(None, {"cloud": feeds["cloud"], "proprio": feeds["proprio"],
-                                      "guidance": feeds["guidance"]})[0]
-                x = feeds["noise"]
-                for t, sa, s1a, sp, s1p in steps:
-                    x0 = den.run(None, {"sample": x, "t": t, "cond": cond})[0]
-                    x = sp * x0 + s1p * ((x - sa * x0) / s1a)
-                return x
-
-            def eager():
-                with torch.no_grad():
-                    return sampler(*inputs)
-
-            err = float(np.max(np.abs(kcalls() - unrolled())))
+            results[f"onnx_mb_k{k}"] = export_expert(net, record, tmp / f"k{k}", k=k).stat().st_size / 1e6
+        for k in KS:
+            err = _spawn("check", k, tmp, 1)
             if err > 1e-4:
                 raise RuntimeError(f"K={k}: the K-call path differs from the unrolled graph by {err:.2e}")
-            t_u = time_call(unrolled, repeats=args.repeats, warmup=5)["median_ms"]
-            t_k = time_call(kcalls, repeats=args.repeats, warmup=5)["median_ms"]
-            t_t = time_call(eager, repeats=max(args.repeats // 2, 5), warmup=3)["median_ms"]
+            t_u = _spawn("unrolled", k, tmp, args.repeats)
+            t_k = _spawn("kcalls", k, tmp, args.repeats)
+            t_t = _spawn("torch", k, tmp, args.repeats)
             results.update({f"chunk_ms_ort_unrolled_k{k}": t_u, f"chunk_ms_ort_kcalls_k{k}": t_k,
                             f"chunk_ms_torch_k{k}": t_t, f"ort_unrolled_vs_torch_k{k}": ratio(t_t, t_u),
                             f"ort_unrolled_vs_kcalls_k{k}": ratio(t_k, t_u)})
             rows.append([f"K={k}", fmt_ms(t_u), fmt_ms(t_k), fmt_ms(t_t), fmt_ratio(ratio(t_t, t_u)),
                          fmt_ratio(ratio(t_k, t_u))])
-    act_ms = float("nan")
-    if ASSET.exists():
-        act_ms = _time_act(args.repeats)
+        act_ms = _spawn("act", 10, tmp, args.repeats) if ASSET.exists() else float("nan")
     results["act_ms_shipped"] = act_ms
-    print_table("action expert: one chunk, batch 1 (median ms)",
+    print_table("action expert: one chunk, batch 1 (median ms; each case in a fresh process, 2 threads)",
                 ["K", "ORT unrolled", "ORT K calls", "torch eager", "unrolled vs torch", "unrolled vs K calls"],
                 rows, caption=f"{machine_line()}; {results['parameters']:,} parameters; "
                               f"OnnxExpert.act end to end (shipped weights, K=10): {fmt_ms(act_ms)} ms")

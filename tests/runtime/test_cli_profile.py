@@ -49,4 +49,4 @@ def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
     assert rc == (0 if row["success"] else 1)
     assert row["success"], row["reason"]
     prof = json.loads((tmp_path / "prof" / "profile.json").read_text())
-    assert {"loop_compute", "driver_io", "expert", "planner", "lift_spline"} <= set(prof["stages"])
+    assert {"loop_compute", "driver_io", "expert", "planner", "lift", "spline", "planner_wait", "planner_hold"} <= set(prof["stages"])

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--planner", choices=["oracle", "gguf", "remote"], default=None,
                     help="planner backend (default: the setup's; sim_panda uses the oracle)")
     ap.add_argument("--vlm", metavar="PATH", default=None, help="GGUF model for --planner gguf")
+    ap.add_argument("--mmproj", metavar="PATH", default=None, help="vision projector GGUF of the --vlm model; "
+                    "without one the GGUF planner plans from the instruction alone (text-only; sim only)")
     ap.add_argument("--expert", choices=["onnx", "trt", "ik"], default=None,
                     help="action expert (default: the setup's; the shipped ONNX model, else ik)")
     ap.add_argument("--rate", type=float, default=None, help="control-loop rate in Hz (default: the setup's)")
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.episodes):
             seed = args.seed + i
-            choices = RunChoices(task=args.task, seed=seed, planner=args.planner, vlm=args.vlm, expert=args.expert)
+            choices = RunChoices(task=args.task, seed=seed, planner=args.planner, vlm=args.vlm, mmproj=args.mmproj,
+                                 expert=args.expert)
             t0 = time.perf_counter()
             try:
                 devices, instruction = build_devices(cfg, choices)
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"task {out.task} | seed {seed} | {out.duration:.1f} s | {out.reason} | loop "
                  f"{lp.get('cycles', 0)} cycles, {lp.get('misses', 0)} misses, {lp.get('sent', 0)} sent | "
                  f"wall {time.perf_counter() - t0:.1f} s")
+            if pipe.last_planning is not None:
+                _say(f"[edge-run] planning {i + 1}/{args.episodes}: {pipe.last_planning.summary()}")
             if json_out is not None:
                 json_out.write(json.dumps({"task": out.task, "seed": seed, "success": out.success,
                                            "duration": round(out.duration, 3), "reason": out.reason}) + "\n")

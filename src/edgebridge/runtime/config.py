@@ -145,15 +145,28 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """``backend``: oracle (simulator state; sim only), gguf (local VLM) or remote. ``model``: GGUF path."""
+    """``backend``: oracle (simulator state; sim only), gguf (local VLM) or remote. ``model``: GGUF path.
+    ``max_attempts``: plans tried per planning round (first plan, or a sub-task boundary) before the
+    episode fails (first plan) or keeps the previous plan (boundary). ``replan_subtasks``: ask the
+    planner again from a fresh frame at each sub-task boundary of the plan. ``timeout_s``: a request
+    not answered within this wall time counts as a rejected plan. ``replan_s``: periodic re-planning
+    is not implemented; only 0 (re-plan once per sub-task) is accepted."""
 
     backend: Literal["oracle", "gguf", "remote"] = "oracle"
     model: str = ""
     options: dict = field(default_factory=dict)
     replan_s: float = 0.0
+    max_attempts: int = 3
+    replan_subtasks: bool = True
+    timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        check(self.replan_s >= 0, "replan_s", f"must be >= 0 (0 = once per sub-task), got {self.replan_s}")
+        check(self.replan_s == 0, "replan_s", f"periodic re-planning is not implemented; use 0 (re-plan at each "
+              f"sub-task boundary), got {self.replan_s}")
+        check(self.max_attempts >= 1, "max_attempts", f"must be >= 1, got {self.max_attempts}")
+        check(isinstance(self.replan_subtasks, bool), "replan_subtasks",
+              f"expected true or false, got {self.replan_subtasks!r}")
+        check(self.timeout_s > 0, "timeout_s", f"must be > 0 s, got {self.timeout_s}")
 
 
 @dataclass(frozen=True)

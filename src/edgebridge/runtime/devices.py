@@ -45,6 +45,7 @@ class RunChoices:
     seed: int = 0
     planner: str | None = None   # None: the setup's planner.backend
     vlm: str | None = None       # GGUF model path (planner gguf)
+    mmproj: str | None = None    # its vision projector GGUF
     expert: str | None = None    # None: the setup's expert.backend
 
 
@@ -68,7 +69,12 @@ def _build(spec: tuple[str, str, str], options: dict, what: str, extra: str):
     return getattr(mod, cls_name)(cfg)
 
 
-def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict | None):
+def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict | None, *,
+                 mmproj: str | None = None, notes: list[str] | None = None):
+    """The planner ``backend`` names. A GGUF model without a vision projector (no ``--mmproj`` and no
+    ``planner.options.mmproj_path``) cannot see the camera image: in the simulator it then plans from
+    the instruction alone (``text_only``, stated in the notes and the log); on a real setup that is a
+    configuration error unless ``planner.options.text_only = true`` says so explicitly."""
     if backend == "oracle":
         if sim_ctx is None:
             raise ConfigError("planner oracle: reads the simulator's state, so it only works with arm.driver = "
@@ -84,6 +90,19 @@ def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict 
         if not model:
             raise ConfigError("planner gguf: no model given; pass --vlm PATH.gguf or set planner.model")
         opts["model_path"] = model
+        if mmproj:
+            opts["mmproj_path"] = mmproj
+        if not opts.get("mmproj_path") and not opts.get("text_only"):
+            if sim_ctx is None:
+                raise ConfigError(f"planner gguf: {Path(model).name} has no vision projector, so it cannot see the "
+                                  f"camera; pass --mmproj PATH (or set planner.options.mmproj_path), or set "
+                                  f"planner.options.text_only = true to plan blind from the instruction alone")
+            opts["text_only"] = True
+            msg = (f"planner: GGUF {Path(model).name} has no vision projector (--mmproj): it plans from the "
+                   f"instruction alone (text-only, blind to the camera image)")
+            log.warning(msg)
+            if notes is not None:
+                notes.append(msg)
         return GGUFPlanner(from_dict(GGUFPlannerConfig, opts, prefix="planner.options."))
     if backend == "remote":
         from .planner.remote import RemotePlanner, RemotePlannerConfig
@@ -158,7 +177,8 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     arm.connect()
     closers.append(arm.disconnect)
     instruction = spec.instruction if get_task(choices.task) is spec else choices.task
-    planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed})
+    planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed},
+                           mmproj=choices.mmproj, notes=notes)
     closers.append(planner.close)
     if planner_name == "oracle":
         notes.append("planner: oracle (privileged simulator state, not a VLM); run a GGUF VLM with "
@@ -205,7 +225,7 @@ def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):
         arm = _build(ARM_DRIVERS[cfg.arm.driver], cfg.arm.options, "arm", "dev")
         arm.connect()
         closers.append(arm.disconnect)
-    planner = make_planner(cfg, planner_name, choices.vlm, None)
+    planner = make_planner(cfg, planner_name, choices.vlm, None, mmproj=choices.mmproj, notes=notes)
     closers.append(planner.close)
     expert = make_expert(cfg, expert_name, notes)
     closers.append(expert.close)

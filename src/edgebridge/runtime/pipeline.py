@@ -6,11 +6,16 @@ this module never imports the simulator. Two ways to run, picked by the clock:
 
 - **real time** (``MonotonicClock``): the control loop runs in its own thread at its fixed rate; the
   expert runs in a worker thread every ``every_k_ticks`` loop periods (capture -> cloud -> act -> chunk
-  queue); the caller's thread plans and then supervises the episode. Neither the planner nor the expert
-  can stall the loop: a late chunk is only late (the loop interpolates at *now*), a missing one makes
-  the loop decelerate and hold.
-- **lock-step** (``SimClock``): the same loop and the same stages, but the expert step is a hook of the
-  loop's cycle, so simulated physics, the expert and the loop advance deterministically together.
+  queue); the planner runs in its own worker (:class:`~edgebridge.runtime.plan_session.PlanSession`
+  around an ``AsyncPlanner``); the caller's thread supervises the episode. Neither the planner nor the
+  expert can stall the loop: a late chunk is only late (the loop interpolates at *now*), a missing one
+  makes the loop decelerate and hold; while a plan is awaited the arm holds.
+- **lock-step** (``SimClock``): the same loop and the same stages, but planning and the expert step are
+  a hook of the loop's cycle (a planning request is waited for in wall time while simulated time stands
+  still), so simulated physics, the planner, the expert and the loop advance deterministically together.
+
+Planning: the first plan, a re-plan at each sub-task boundary from a fresh frame, a bounded number of
+retries after a rejected plan (see ``plan_session.py``).
 
 Faults: the expert raising or returning an unusable chunk ``max_expert_failures`` times in a row, the
 camera failing for longer than ``camera.max_frame_age_s``, an arm driver fault, SIGINT/SIGTERM -> a
@@ -33,12 +38,13 @@ from ..contracts import RGBD, ActionChunk, ArmState
 from ..errors import EdgebridgeError
 from .config import RobotConfig
 from .loop import ControlLoop, LoopResult
+from .plan_session import GUIDANCE_COMPLETE, PlanSession
 from .profiling import Profiler, timer
 from .watchdog import SignalGuard, Watchdog
 
 log = logging.getLogger(__name__)
 
-GUIDANCE_COMPLETE = "guidance complete"
+__all__ = ["GUIDANCE_COMPLETE", "Devices", "EpisodeOutcome", "Pipeline"]
 
 
 @dataclass
@@ -80,10 +86,11 @@ class EpisodeOutcome:
     reason: str
     loop: dict = field(default_factory=dict)
     timings_ms: dict = field(default_factory=dict)
+    planning: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"task": self.task, "seed": self.seed, "success": self.success, "duration": round(self.duration, 3),
-                "reason": self.reason, "loop": self.loop, "timings_ms": self.timings_ms}
+                "reason": self.reason, "loop": self.loop, "timings_ms": self.timings_ms, "planning": self.planning}
 
 
 class Recorder:
@@ -127,10 +134,12 @@ class Pipeline:
         self.guidance_config = guidance_config
         self.needs_cloud = bool(getattr(devices.expert, "needs_cloud", True))
         self.last_loop: ControlLoop | None = None
+        self.last_planning = None  # PlanningStats of the last episode
+        self._camera_lock = threading.Lock()
 
     # ------------------------------------------------------------------ stages
     def capture(self, watchdog: Watchdog | None) -> RGBD:
-        with timer(self.profiler, "capture"):
+        with self._camera_lock, timer(self.profiler, "capture"):  # the planner and the expert both read
             frame = self.dev.camera.read()
         if not isinstance(frame, RGBD):
             raise EdgebridgeError(f"camera returned {type(frame).__name__}, not an RGBD frame")
@@ -138,20 +147,30 @@ class Pipeline:
             watchdog.feed_camera(self.dev.clock.now_ns())
         return frame
 
-    def plan_guidance(self, frame: RGBD, instruction: str, state: ArmState, stamp_ns: int):
-        """planner -> lift -> approach path -> spline; returns (spline, guidance sampled at the expert dt)."""
-        from .ik_expert import GuidanceConfig, approach_waypoints, fit_guidance
+    def lift(self, plan, frame: RGBD):
+        """Plan validation (runs in the planner worker): anchors -> base-frame waypoints, or PlanError."""
         from .lift import lift_plan
 
-        with timer(self.profiler, "planner"):
-            plan = self.dev.planner.plan(frame, instruction)
-        with timer(self.profiler, "lift_spline"):
-            lifted = lift_plan(plan, frame, self.dev.T_base_cam, self.dev.workspace)
+        with timer(self.profiler, "lift"):
+            return lift_plan(plan, frame, self.dev.T_base_cam, self.dev.workspace)
+
+    def build_guidance(self, lifted, state: ArmState, stamp_ns: int):
+        """Lifted waypoints -> approach path -> spline from the arm's state; returns (duration_s, guidance
+        sampled at ``perception.guidance_dt`` and stamped ``stamp_ns`` for its t = 0)."""
+        from .ik_expert import GuidanceConfig, approach_waypoints, fit_guidance
+
+        with timer(self.profiler, "spline"):
             gcfg = self.guidance_config or GuidanceConfig()
             path, durations = approach_waypoints(lifted, state, config=gcfg)
             spline = fit_guidance(path, durations, gcfg)
-            guidance = spline.sample(self.cfg.perception.guidance_dt, stamp_ns=stamp_ns)
-        return spline, guidance
+            return spline.duration, spline.sample(self.cfg.perception.guidance_dt, stamp_ns=stamp_ns)
+
+    def plan_session(self, instruction: str, watchdog: Watchdog | None, *, blocking: bool) -> PlanSession:
+        pc = self.cfg.planner
+        return PlanSession(self.dev.planner, instruction, capture=lambda: self.capture(watchdog), lift=self.lift,
+                           build=self.build_guidance, max_attempts=pc.max_attempts,
+                           replan_subtasks=pc.replan_subtasks, timeout_s=pc.timeout_s, settle_s=self.settle_s,
+                           blocking=blocking, profiler=self.profiler)
 
     def cloud(self, frame: RGBD):
         from ..kernels import WorkspaceBox, depth_to_cloud
@@ -170,63 +189,50 @@ class Pipeline:
         watchdog = Watchdog(cfg.loop.chunk_timeout_s, camera_timeout_s=cam_timeout)
         rec = Recorder(self.record_dir)
         t_start = clock.now_ns()
+        limit_ns = t_start + int(limit * 1e9)
         outcome: EpisodeOutcome | None = None
-        if dev.arm is None:
-            if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
-                raise ValueError("Pipeline: devices have no arm; a loop in its own process needs arm_factory, "
-                                 "kin_factory and a real-time clock")
-            try:
-                res = self._run_process(instruction, watchdog, rec, t_start + int(limit * 1e9))
-                if res is None:
-                    res = LoopResult("the control-loop process did not report a result (killed or wedged)",
-                                     0, 0, {}, 0, fault=True)
-                ok, why = self._judge(res)
-                outcome = EpisodeOutcome(task or instruction, seed, ok, (clock.now_ns() - t_start) / 1e9, why,
-                                         {"cycles": res.cycles, "sent": res.sent, "holds": res.holds,
-                                          "rejections": res.rejections, **res.stats})
-                return outcome
-            finally:
-                rec.close(outcome)
+        session = self.plan_session(instruction, watchdog, blocking=not clock.realtime)
+        self.last_planning = session.stats
 
-        def finish(success: bool, reason: str, res: LoopResult | None = None) -> EpisodeOutcome:
+        def finish(success: bool, reason: str, res: LoopResult | None) -> EpisodeOutcome:
             nonlocal outcome
             loop_info = {} if res is None else {"cycles": res.cycles, "sent": res.sent, "holds": res.holds,
                                                  "rejections": res.rejections, **res.stats}
             timings = {k: round(v["p50_ms"], 3) for k, v in self.profiler.stage_table().items()} if self.profiler else {}
             outcome = EpisodeOutcome(task or instruction, seed, success, (clock.now_ns() - t_start) / 1e9, reason,
-                                     loop_info, timings)
+                                     loop_info, timings, session.stats.to_dict())
             return outcome
 
-        loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
-                           profiler=self.profiler, dry_run=self.dry_run)
-        self.last_loop = loop
         try:
+            if dev.arm is None:
+                if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
+                    raise ValueError("Pipeline: devices have no arm; a loop in its own process needs arm_factory, "
+                                     "kin_factory and a real-time clock")
+                res = self._run_process(session, watchdog, rec, limit_ns)
+                if res is None:
+                    res = LoopResult("the control-loop process did not report a result (killed or wedged)",
+                                     0, 0, {}, 0, fault=True)
+                return finish(*self._judge(res), res)
+            loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
+                               profiler=self.profiler, dry_run=self.dry_run)
+            self.last_loop = loop
             loop.prepare()
-            if clock.realtime:
-                loop.start()  # the loop already runs (holding) while the planner thinks
-            try:
-                frame = self.capture(watchdog)
-                state = loop.states.latest()
-                spline, guidance = self.plan_guidance(frame, instruction, state, clock.now_ns())
-            except (EdgebridgeError, ValueError) as e:  # PlanError, ExpertError, a driver fault
-                loop.request_stop(f"plan rejected: {e}")
-                res = loop.join() if clock.realtime else loop.run()
-                return finish(False, f"plan rejected: {e}", res)
-            end_ns = guidance.stamp_ns + int((spline.duration + self.settle_s) * 1e9)
-            worker = _ExpertWorker(self, loop, watchdog, guidance, rec)
+            worker = _ExpertWorker(self, loop, watchdog, session, rec)
             with SignalGuard(watchdog):
                 if clock.realtime:
-                    res = self._run_realtime(loop, worker, watchdog, end_ns, t_start + int(limit * 1e9))
+                    loop.start()  # the loop runs (holding) while the planner thinks
+                    res = self._run_realtime(loop, worker, session, watchdog, limit_ns)
                 else:
-                    res = self._run_lockstep(loop, worker, end_ns, t_start + int(limit * 1e9))
+                    res = self._run_lockstep(loop, worker, session, limit_ns)
             return finish(*self._judge(res), res)
         finally:
+            session.close()
             rec.close(outcome)
 
-    def _run_process(self, instruction: str, watchdog: Watchdog, rec: Recorder, limit_ns: int) -> LoopResult:
+    def _run_process(self, session: PlanSession, watchdog: Watchdog, rec: Recorder, limit_ns: int) -> LoopResult:
         """Real time with the loop in its own process (``loop.isolation = "process"``): no GIL shared with
-        the planner and the expert. The parent supervises: camera/expert faults and signals become a stop
-        request through shared memory."""
+        the planner and the expert. The parent supervises: planning, camera/expert faults and signals
+        become a stop request through shared memory."""
         from .loop_process import LoopProcess
         from .watchdog import Health
 
@@ -242,28 +248,25 @@ class Pipeline:
             if state is None:
                 lp.request_stop("no arm state from the control-loop process within 10 s")
                 return lp.join(15.0)
-            try:
-                frame = self.capture(watchdog)
-                spline, guidance = self.plan_guidance(frame, instruction, state, clock.now_ns())
-            except (EdgebridgeError, ValueError) as e:  # PlanError, ExpertError, a driver fault
-                lp.request_stop(f"plan rejected: {e}")
-                return lp.join(15.0)
-            end_ns = guidance.stamp_ns + int((spline.duration + self.settle_s) * 1e9)
-            worker = _ExpertWorker(self, _LoopProxy(lp), watchdog, guidance, rec)
+            worker = _ExpertWorker(self, _LoopProxy(lp), watchdog, session, rec)
             t = threading.Thread(target=worker.run_periodic, name="expert-worker", daemon=True,
                                  args=(self.cfg.expert.every_k_ticks / cfg.loop.rate_hz, stop))
             t.start()
+            stopping = None  # monotonic time of the stop request
             with SignalGuard(watchdog):
-                while lp.join(0.02) is None:
+                # poll alive() (LoopProcess.join waits for the process to exit once called)
+                while lp.alive and (stopping is None or time.monotonic() - stopping < 15.0):
+                    time.sleep(0.01)
+                    if stopping is not None:
+                        continue
                     now = clock.now_ns()
                     health, why = watchdog.check(now)
-                    if health is Health.STOP:
+                    if health is not Health.STOP:
+                        why = "time limit reached" if now >= limit_ns else session.tick(now, lp.latest_state())
+                    if why:
                         lp.request_stop(why)
-                    elif now >= end_ns:
-                        lp.request_stop(GUIDANCE_COMPLETE)
-                    elif now >= limit_ns:
-                        lp.request_stop("time limit reached")
-            return lp.result
+                        stopping = time.monotonic()
+            return lp.join(15.0)
         finally:
             stop.set()
             if t is not None:
@@ -278,36 +281,44 @@ class Pipeline:
         ok, why = self.dev.success()
         return bool(ok), why
 
-    def _run_lockstep(self, loop: ControlLoop, worker: "_ExpertWorker", end_ns: int, limit_ns: int) -> LoopResult:
+    def _run_lockstep(self, loop: ControlLoop, worker: "_ExpertWorker", session: PlanSession,
+                      limit_ns: int) -> LoopResult:
         k = self.cfg.expert.every_k_ticks
         clock = self.dev.clock
+        stopping = False
 
         def hook(cycle: int) -> None:
+            nonlocal stopping
+            if stopping:
+                return
             now = clock.now_ns()
-            if now >= end_ns:
-                loop.request_stop(GUIDANCE_COMPLETE)
-            elif now >= limit_ns:
-                loop.request_stop("time limit reached")
+            why = "time limit reached" if now >= limit_ns else session.tick(now, loop.states.latest())
+            if why:
+                loop.request_stop(why)
+                stopping = True
             elif (cycle - 1) % k == 0:
                 worker.step()
 
         loop.hooks.append(hook)
         return loop.run()
 
-    def _run_realtime(self, loop: ControlLoop, worker: "_ExpertWorker", watchdog: Watchdog, end_ns: int,
+    def _run_realtime(self, loop: ControlLoop, worker: "_ExpertWorker", session: PlanSession, watchdog: Watchdog,
                       limit_ns: int) -> LoopResult:
         clock = self.dev.clock
         period_s = self.cfg.expert.every_k_ticks / self.cfg.loop.rate_hz
         stop = threading.Event()
         t = threading.Thread(target=worker.run_periodic, args=(period_s, stop), name="expert-worker", daemon=True)
         t.start()
+        stopping = False
         try:
-            while loop.join(0.02) is None:
+            while loop.join(0.01) is None:
+                if stopping:
+                    continue
                 now = clock.now_ns()
-                if now >= end_ns:
-                    watchdog.request_stop(GUIDANCE_COMPLETE)
-                elif now >= limit_ns:
-                    watchdog.request_stop("time limit reached")
+                why = "time limit reached" if now >= limit_ns else session.tick(now, loop.states.latest())
+                if why:
+                    watchdog.request_stop(why)
+                    stopping = True
         finally:
             stop.set()
             t.join(5.0)
@@ -332,10 +343,12 @@ class _LoopProxy:
 
 
 class _ExpertWorker:
-    """One expert step: latest state (+ frame -> cloud) -> act -> check -> chunk queue."""
+    """One expert step: latest state (+ frame -> cloud) -> act on the session's current guidance ->
+    check -> chunk queue."""
 
-    def __init__(self, pipe: Pipeline, loop: ControlLoop, watchdog: Watchdog, guidance, rec: Recorder) -> None:
-        self.pipe, self.loop, self.watchdog, self.guidance, self.rec = pipe, loop, watchdog, guidance, rec
+    def __init__(self, pipe: Pipeline, loop: ControlLoop, watchdog: Watchdog, session: PlanSession,
+                 rec: Recorder) -> None:
+        self.pipe, self.loop, self.watchdog, self.session, self.rec = pipe, loop, watchdog, session, rec
         self.failures = 0
         self.camera_failures = 0
         self.steps = 0
@@ -355,6 +368,9 @@ class _ExpertWorker:
                     log.warning("camera read failed: %s: %s (the loop holds if this continues)", type(e).__name__, e)
                 return
             self.camera_failures = 0
+        guidance = self.session.guidance  # swapped by the planning side at sub-task boundaries
+        if guidance is None:  # no plan yet: nothing to follow (frames above still feed the camera watchdog)
+            return
         try:
             cloud = None
             if frame is not None:
@@ -362,7 +378,7 @@ class _ExpertWorker:
                 if cloud.n_valid == 0:
                     raise EdgebridgeError("the workspace crop of the camera frame is empty (camera blocked or moved?)")
             with timer(pipe.profiler, "expert"):
-                chunk = pipe.dev.expert.act(cloud, state, self.guidance)
+                chunk = pipe.dev.expert.act(cloud, state, guidance)
             if not isinstance(chunk, ActionChunk):
                 raise EdgebridgeError(f"expert returned {type(chunk).__name__}, not an ActionChunk")
             if not np.all(np.isfinite(chunk.poses)):
@@ -379,7 +395,7 @@ class _ExpertWorker:
         if pipe.profiler is not None:
             pipe.profiler.chunk_observed(chunk, frame.stamp_ns if frame is not None else state.stamp_ns)
         self.loop.inbox.put(chunk)
-        self.rec.step((state.stamp_ns - self.guidance.stamp_ns) / 1e9, state, chunk)
+        self.rec.step((state.stamp_ns - guidance.stamp_ns) / 1e9, state, chunk)
 
     def run_periodic(self, period_s: float, stop: threading.Event) -> None:
         t_next = time.monotonic()

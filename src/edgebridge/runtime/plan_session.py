@@ -1,0 +1,252 @@
+"""Planning during an episode: the planner off the control path, plan validation, retries, and
+re-planning at sub-task boundaries.
+
+A :class:`PlanSession` wraps the episode's planner in an :class:`~edgebridge.runtime.planner.AsyncPlanner`
+(a worker thread) whose ``validate`` step lifts the plan (``lift_plan``: depth, camera pose, workspace),
+so a plan that points off the table or into a depth hole is never published. The episode's supervisor
+calls :meth:`PlanSession.tick` (lock-step: a hook of every loop cycle; real time: the supervising
+thread), which never blocks on the model in real time:
+
+- **waiting** for a plan, the session publishes no new guidance: before the first plan the loop holds
+  (no chunks yet); at a sub-task boundary the expert keeps tracking the end of the finished sub-task
+  (the arm holds there) until the new plan is validated;
+- a **rejected** plan (planner error, unparsable answer, lift failure, a sub-task count that does not
+  fit the instruction, a planner that does not answer within ``timeout_s``) is re-requested from a fresh
+  frame, at most ``max_attempts`` times in all; then the episode stops with ``plan rejected: <reason>``
+  or, at a sub-task boundary, falls back to the previous plan's remaining sub-tasks (logged, counted);
+- with sub-task boundaries (``Plan.subtasks``) each sub-task gets its own guidance, and when it ends the
+  planner is asked again from a fresh frame, so a long task acts on the newest view. The planner plans
+  the whole instruction each time; a re-plan with as many sub-tasks as the first plan continues at the
+  first unfinished one, a re-plan with exactly the remaining count is taken whole.
+
+In lock-step (``blocking=True``) a request waits for its answer at once, in wall time, while simulated
+time stands still: deterministic, and the arm holds by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..contracts import RGBD, ArmState, Plan, Waypoints
+from ..errors import PlanError
+from .profiling import Profiler, timer
+
+log = logging.getLogger(__name__)
+
+GUIDANCE_COMPLETE = "guidance complete"
+
+
+@dataclass
+class PlanningStats:
+    """Per episode: requests, accepted/rejected plans, fall-backs to a previous plan, planner latency
+    (request -> answer, wall ms) and how long the arm held waiting for a plan (loop clock, s)."""
+
+    requests: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    fallbacks: int = 0
+    subtasks_done: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+    hold_s: float = 0.0
+    last_error: str | None = None
+
+    def to_dict(self) -> dict:
+        lat = np.asarray(self.latency_ms) if self.latency_ms else np.zeros(0)
+        return {"requests": self.requests, "accepted": self.accepted, "rejected": self.rejected,
+                "fallbacks": self.fallbacks, "subtasks_done": self.subtasks_done,
+                "latency_p50_ms": round(float(np.median(lat)), 3) if lat.size else None,
+                "latency_max_ms": round(float(lat.max()), 3) if lat.size else None,
+                "hold_s": round(self.hold_s, 3), "last_error": self.last_error}
+
+    def summary(self) -> str:
+        d = self.to_dict()
+        lat = f", latency p50 {d['latency_p50_ms']:.1f} ms max {d['latency_max_ms']:.1f} ms" if self.latency_ms else ""
+        return (f"planner {self.requests} requests, {self.accepted} accepted, {self.rejected} rejected"
+                f"{', ' + str(self.fallbacks) + ' fall-backs' if self.fallbacks else ''}{lat}, arm held "
+                f"{self.hold_s:.2f} s waiting")
+
+
+def subtask_bounds(plan: Plan) -> list[tuple[int, int]]:
+    """Anchor index ranges ``[a, b)`` of the plan's sub-tasks (one range when it has no boundaries)."""
+    starts = sorted({0, *plan.subtasks})
+    ends = starts[1:] + [len(plan.anchors)]
+    return list(zip(starts, ends))
+
+
+class _TimedPlanner:
+    """The episode's planner as the AsyncPlanner sees it: times ``plan`` as the ``planner`` stage; its
+    ``close`` does nothing (the device factory owns and closes the real planner)."""
+
+    def __init__(self, planner: Any, profiler: Profiler | None) -> None:
+        self.planner, self.profiler = planner, profiler
+
+    def plan(self, rgbd: RGBD, instruction: str) -> Plan:
+        with timer(self.profiler, "planner"):
+            return self.planner.plan(rgbd, instruction)
+
+    def close(self) -> None:
+        pass
+
+
+class PlanSession:
+    """One episode's planning. ``capture()`` returns a fresh frame; ``lift(plan, frame)`` validates a
+    plan into base-frame waypoints (one per anchor); ``build(waypoints, state, stamp_ns)`` makes the
+    guidance ``(duration_s, Guidance)`` starting at the arm state. ``guidance`` is what the expert follows
+    (None until the first plan is accepted)."""
+
+    def __init__(self, planner: Any, instruction: str, *, capture: Callable[[], RGBD],
+                 lift: Callable[[Plan, RGBD], Waypoints], build: Callable[[Waypoints, ArmState, int], tuple],
+                 max_attempts: int = 3, replan_subtasks: bool = True, timeout_s: float = 60.0,
+                 settle_s: float = 1.5, blocking: bool = False, profiler: Profiler | None = None) -> None:
+        from .planner.asynchronous import AsyncPlanner
+
+        self.instruction = instruction
+        self.capture, self.build = capture, build
+        self.max_attempts = int(max_attempts)
+        self.replan_subtasks = bool(replan_subtasks)
+        self.timeout_s = float(timeout_s)
+        self.settle_s = float(settle_s)
+        self.blocking = blocking
+        self.profiler = profiler
+        self.stats = PlanningStats()
+        self.guidance = None
+        self._ap = AsyncPlanner(_TimedPlanner(planner, profiler), validate=lift, name="episode-planner")
+        self._rid: int | None = None          # request in flight
+        self._t_req = 0.0                     # its wall start (perf_counter)
+        self._attempts = 0                    # attempts for the current planning round
+        self._wait_since: int | None = None   # loop-clock ns the arm started waiting for a plan
+        self._total: int | None = None        # sub-tasks of the instruction (from the first plan)
+        self._segments: list[tuple[Waypoints, int]] = []  # (waypoints, sub-tasks they cover) still to run
+        self._seg_end_ns: int | None = None   # end of the guidance being followed
+        self._seg_n = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self._ap.close()
+
+    @property
+    def waiting(self) -> bool:
+        return self._rid is not None
+
+    # ------------------------------------------------------------------ supervisor side
+    def tick(self, now_ns: int, state: ArmState | None) -> str | None:
+        """Advance planning at loop-clock time ``now_ns``; returns a stop reason (``GUIDANCE_COMPLETE`` or
+        ``plan rejected: ...``) or None to go on."""
+        if state is None:
+            return None
+        if self._total is None and self._rid is None and self._attempts == 0:
+            self._wait_since = now_ns
+            return self._request(now_ns, state, "new instruction")
+        if self._rid is not None:
+            return self._poll(now_ns, state)
+        if self._seg_end_ns is None or now_ns < self._seg_end_ns:
+            return None
+        # the guidance being followed has ended
+        if self._seg_n:
+            self.stats.subtasks_done += self._seg_n
+            self._seg_n = 0
+        if self._total is not None and self.stats.subtasks_done < self._total:
+            self._wait_since = now_ns
+            if self.replan_subtasks:
+                self._attempts = 0
+                return self._request(now_ns, state, f"sub-task {self.stats.subtasks_done} of {self._total} done")
+            return self._start_segment(now_ns, state)
+        if now_ns >= self._seg_end_ns + int(self.settle_s * 1e9):
+            return GUIDANCE_COMPLETE
+        return None
+
+    def _request(self, now_ns: int, state: ArmState, reason: str) -> str | None:
+        self._attempts += 1
+        self.stats.requests += 1
+        try:
+            frame = self.capture()
+        except Exception as e:  # a camera failure is a failed attempt (the watchdog supervises the camera)
+            return self._failed(now_ns, state, f"camera read failed: {type(e).__name__}: {e}")
+        self._rid = self._ap.request(frame, self.instruction, reason)
+        self._t_req = time.perf_counter()
+        log.info("planning (%s), attempt %d/%d", reason, self._attempts, self.max_attempts)
+        if self.blocking:
+            self._ap.wait(self._rid, self.timeout_s)
+            return self._poll(now_ns, state)
+        return None
+
+    def _poll(self, now_ns: int, state: ArmState) -> str | None:
+        rid = self._rid
+        waited = time.perf_counter() - self._t_req
+        if not self._ap.wait(rid, 0.0):
+            if waited < self.timeout_s:
+                return None
+            self._rid = None
+            return self._failed(now_ns, state, f"the planner did not answer within {self.timeout_s:g} s")
+        self._rid = None
+        self.stats.latency_ms.append(waited * 1e3)
+        if self.profiler is not None:
+            self.profiler.record_ns("planner_wait", int(waited * 1e9))
+        st = self._ap.status()
+        res = self._ap.latest_result()
+        if st.latest_request != rid or res is None:
+            return self._failed(now_ns, state, st.last_error or "the planner gave no plan")
+        plan, lifted = res
+        try:
+            self._adopt(plan, lifted)
+            stop = self._start_segment(now_ns, state)
+        except (PlanError, ValueError) as e:
+            return self._failed(now_ns, state, f"{type(e).__name__}: {e}")
+        self.stats.accepted += 1
+        return stop
+
+    def _failed(self, now_ns: int, state: ArmState, why: str) -> str | None:
+        self.stats.rejected += 1
+        self.stats.last_error = why
+        log.warning("plan rejected (attempt %d/%d): %s", self._attempts, self.max_attempts, why)
+        if self._attempts < self.max_attempts:
+            return self._request(now_ns, state, f"retry after a rejected plan: {why}")
+        if self._segments:  # a sub-task boundary: keep the previous plan's remaining sub-tasks
+            self.stats.fallbacks += 1
+            log.warning("re-planning failed %d times; continuing with the previous plan's remaining %d sub-task(s)",
+                        self._attempts, sum(n for _, n in self._segments))
+            return self._start_segment(now_ns, state)
+        return f"plan rejected: {why} ({self._attempts} attempt{'s' if self._attempts > 1 else ''})"
+
+    def _adopt(self, plan: Plan, lifted: Waypoints) -> None:
+        if not isinstance(lifted, Waypoints) or len(lifted) != len(plan.anchors):
+            raise PlanError(f"lifting gave {type(lifted).__name__} for a plan of {len(plan.anchors)} anchors")
+        bounds = subtask_bounds(plan)
+        n = len(bounds)
+        done = self.stats.subtasks_done
+        if self._total is None:
+            self._total, skip = n, 0
+        elif n == self._total:
+            skip = done
+        elif n == self._total - done:
+            skip = 0
+        else:
+            raise PlanError(f"the re-plan has {n} sub-tasks, but the instruction has {self._total} "
+                            f"({self._total - done} left); expected {self._total} or {self._total - done}")
+        segs = [(Waypoints(lifted.positions[a:b], lifted.quats[a:b], lifted.gripper[a:b], frame=lifted.frame,
+                           stamp_ns=lifted.stamp_ns), 1) for a, b in bounds[skip:]]
+        if not self.replan_subtasks and len(segs) > 1:  # one guidance for all of it
+            a = bounds[skip][0]
+            segs = [(Waypoints(lifted.positions[a:], lifted.quats[a:], lifted.gripper[a:], frame=lifted.frame,
+                               stamp_ns=lifted.stamp_ns), len(segs))]
+        self._segments = segs
+
+    def _start_segment(self, now_ns: int, state: ArmState) -> str | None:
+        wp, n = self._segments.pop(0)
+        duration_s, guidance = self.build(wp, state, now_ns)
+        self.guidance = guidance
+        self._seg_end_ns = now_ns + int(duration_s * 1e9)
+        self._seg_n = n
+        self._attempts = 0
+        if self._wait_since is not None:
+            held = now_ns - self._wait_since
+            self.stats.hold_s += held / 1e9
+            if self.profiler is not None:
+                self.profiler.record_ns("planner_hold", held)
+            self._wait_since = None
+        return None

@@ -182,8 +182,8 @@ class ExpertBackend:
         t3 = time.perf_counter()
         self.last_timings_ms = {"features": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3,
                                 "decode": (t3 - t2) * 1e3}
-        dt_ns = int(round(self.spec.action_dt * 1e9))
-        return ActionChunk(poses=poses.astype(np.float32), start_ns=state.stamp_ns + dt_ns,
+        # step k is for now + k * action_dt, as in the demonstrations (the demonstrator's chunk starts now)
+        return ActionChunk(poses=poses.astype(np.float32), start_ns=state.stamp_ns,
                            dt=self.spec.action_dt, inference_ms=(t3 - t0) * 1e3)
 
     # ------------------------------------------------------------------ lifetime

@@ -1,6 +1,6 @@
 """Latency profiling for ``edge-run --profile``: per-stage timings, loop jitter, CPU and memory.
 
-Stages (milliseconds): capture, cloud (kernels), planner, lift_spline, expert, loop_compute, driver_io
+Stages (milliseconds): capture, cloud (kernels), planner, planner_wait, planner_hold, lift, spline, expert, loop_compute, driver_io
 and end_to_end (observation stamp -> first command sent from the chunk computed on it; the observation
 is the camera frame when the expert uses the cloud, else the arm state; in lock-step it is simulated time).
 When profiling is off the runtime holds ``None`` instead of a :class:`Profiler`, so the only cost is an
@@ -24,7 +24,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-STAGES = ("capture", "cloud", "planner", "lift_spline", "expert", "loop_compute", "driver_io", "end_to_end")
+STAGES = ("capture", "cloud", "planner", "planner_wait", "planner_hold", "lift", "spline", "expert", "loop_compute",
+          "driver_io", "end_to_end")
 
 
 class _Samples:

@@ -7,7 +7,9 @@ Per episode (seed ``seed + i``), with a noise level drawn per episode:
    plan gets a 3-D anchor offset drawn in ``[0, plan_noise_max_m]``; lifted from the noisy frame, it
    gives the guidance the runtime would have computed -> ``guidance``, ``goal``;
 2. the *clean* plan (true poses, noise-free depth) drives a scripted privileged demonstrator (the
-   plain-IK executor on the clean guidance); its next ``H`` poses at every expert step -> ``action``;
+   plain-IK executor on the clean guidance); its next ``H`` poses at every expert step -> ``action``.
+   The clean guidance is timed like the noisy one (same segment durations, so the same phase at the
+   same time): ``action`` minus the noisy guidance at the same times is a purely spatial correction;
 3. at every expert step (``expert_dt``, 10 Hz) the noisy frame becomes a cropped base-frame cloud of
    ``n_points`` -> ``cloud``, and the arm state is logged.
 
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..contracts import RGBD
+from ..contracts import RGBD, Waypoints
 from ..errors import PlanError
 from ..runtime.ik_expert import GuidanceConfig, IKExpert, IKExpertConfig, approach_waypoints, fit_guidance
 from ..runtime.lift import lift_plan
@@ -49,13 +51,33 @@ class DemoConfig:
     max_seconds: float | None = None
 
 
-def _plan_to_guidance(world, camera, arm, frame: RGBD, instruction: str, offset_m: float, seed: int,
-                      gcfg: GuidanceConfig):
+def _plan_to_path(world, camera, arm, frame: RGBD, instruction: str, offset_m: float, seed: int,
+                  gcfg: GuidanceConfig):
     oracle = OraclePlanner(world, camera, OracleConfig(offset_m=offset_m, seed=seed))
     plan = oracle.plan(frame, instruction)
     lifted = lift_plan(plan, frame, camera.T_base_cam, workspace())
     path, durations = approach_waypoints(lifted, arm.state(), config=gcfg)
-    return lifted, fit_guidance(path, durations, gcfg)
+    return lifted, path, durations
+
+
+def fit_with_timing(path: Waypoints, ref):
+    """Spline pieces through ``path`` with exactly the segment durations of ``ref`` (a
+    ``PiecewiseGuidance`` through a path of the same length and gripper sequence), so both trajectories
+    reach each waypoint at the same time."""
+    from ..kernels import GuidanceSpline
+    from ..runtime.ik_expert import PiecewiseGuidance
+
+    seg = [np.diff(p.knots) for p in ref.pieces]
+    if sum(len(d) for d in seg) != len(path) - 1:
+        raise PlanError(f"clean and noisy plans expand to different paths ({len(path) - 1} segments vs "
+                        f"{sum(len(d) for d in seg)}); cannot time them alike")
+    pieces, a = [], 0
+    for d in seg:
+        b = a + len(d)
+        wp = Waypoints(path.positions[a:b + 1], path.quats[a:b + 1], path.gripper[a:b + 1], frame=path.frame)
+        pieces.append(GuidanceSpline.fit(wp, durations=d))
+        a = b
+    return PiecewiseGuidance(pieces)
 
 
 def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float, depth_noise: DepthNoiseConfig):
@@ -71,9 +93,13 @@ def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float
             rgb, depth, _ = camera.render()
             clean = RGBD(rgb, depth, camera.intrinsics, stamp_ns=world.clock.now_ns())
             noisy = camera.read()
-            _, clean_g = _plan_to_guidance(world, camera, arm, clean, instruction, 0.0, seed, ecfg.guidance)
-            noisy_lift, noisy_g = _plan_to_guidance(world, camera, arm, noisy, instruction, plan_noise_m,
-                                                    seed + 7919, ecfg.guidance)
+            _, clean_path, _ = _plan_to_path(world, camera, arm, clean, instruction, 0.0, seed, ecfg.guidance)
+            noisy_lift, noisy_path, noisy_d = _plan_to_path(world, camera, arm, noisy, instruction, plan_noise_m,
+                                                            seed + 7919, ecfg.guidance)
+            noisy_g = fit_guidance(noisy_path, noisy_d, ecfg.guidance)
+            if not np.array_equal(clean_path.gripper, noisy_path.gripper):
+                raise PlanError(f"demo {spec.slug} seed {seed}: clean and noisy plans differ in gripper events")
+            clean_g = fit_with_timing(clean_path, noisy_g)  # same phase at the same time as the noisy guidance
             guidance = noisy_g.sample(cfg.expert_dt)
             contacts = [i for i in range(len(noisy_lift)) if i == 0 and noisy_lift.gripper[0] < 0.5
                         or i > 0 and noisy_lift.gripper[i] != noisy_lift.gripper[i - 1]]

@@ -42,7 +42,7 @@ def make_episode(rng: np.random.Generator, *, horizon: int = 16, n_points: int =
     guidance_t, guidance = _path(waypoints(cup_hat), grips, seg_steps, dt)
     t, true = _path(waypoints(cup), grips, seg_steps, dt)
     T = len(t)
-    idx = np.minimum(np.arange(T)[:, None] + np.arange(1, horizon + 1)[None, :], T - 1)
+    idx = np.minimum(np.arange(T)[:, None] + np.arange(horizon)[None, :], T - 1)  # step k at t + k dt
     action = true[idx]
     # cloud: a cup (cylinder side) and the table plane; padded by repetition after n_valid real points
     n_cup, n_table = n_points // 2, n_points // 2

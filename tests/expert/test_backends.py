@@ -123,3 +123,46 @@ def test_runtime_expert_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _constant_model(path, meta_src, value):
+    """An ONNX graph with the expert's I/O whose output is ``value`` (16, 10) whatever the input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", *s])
+           for n, s in (("cloud", [512, 3]), ("proprio", [10]), ("guidance", [17, 10]), ("noise", [16, 10]))]
+    out = helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", 16, 10])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    c = helper.make_tensor("c", TensorProto.FLOAT, [16, 10], np.asarray(value, np.float32).ravel().tolist())
+    nodes = [helper.make_node("Mul", ["noise", "zero"], ["z"]), helper.make_node("Add", ["z", "c"], ["action"])]
+    graph = helper.make_graph(nodes, "const", ins, [out], [zero, c])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    shutil.copy(meta_src, path.with_suffix(".json"))
+    return path
+
+
+def test_zero_correction_reproduces_the_ik_expert(tiny_onnx, tmp_path):
+    pytest.importorskip("onnx")
+    from edgebridge.runtime.ik_expert import IKExpert
+
+    meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    assert meta["output"] == "guidance_residual"
+    norm = meta["normalization"]["action"]
+    zero = -np.asarray(norm["mean"]) / np.asarray(norm["std"])  # normalised "no correction"
+    path = _constant_model(tmp_path / "zero.onnx", tiny_onnx.with_suffix(".json"), np.tile(zero, (16, 1)))
+    with OnnxExpert(ExpertConfig(str(path))) as ex:
+        for step in (0, 5, 20):
+            cloud, state, guidance, _ = observation(step=step)
+            ik = IKExpert().act(cloud, state, guidance)
+            chunk = ex.act(cloud, state, guidance)
+            assert chunk.start_ns == ik.start_ns and chunk.dt == pytest.approx(ik.dt)
+            np.testing.assert_allclose(chunk.poses, ik.poses, atol=1e-5)
+    # a large constant correction is bounded by the metadata's correction limit
+    big = zero.copy()
+    big[0] += 1.0 / norm["std"][0]  # +1 m in x
+    path = _constant_model(tmp_path / "big.onnx", tiny_onnx.with_suffix(".json"), np.tile(big, (16, 1)))
+    with OnnxExpert(ExpertConfig(str(path))) as ex:
+        cloud, state, guidance, _ = observation(step=5)
+        d = ex.act(cloud, state, guidance).poses[:, :3] - IKExpert().act(cloud, state, guidance).poses[:, :3]
+        np.testing.assert_allclose(d, np.tile([meta["correction_limit"]["position_m"], 0, 0], (16, 1)), atol=1e-5)

@@ -131,3 +131,58 @@ def test_normalizer_round_trip_and_validation():
         Normalizer.from_dict(bad)
     with pytest.raises(ExpertError, match="keys"):
         Normalizer.from_dict({"cloud": {}})
+
+
+def test_residual_round_trip_and_zero_is_the_base():
+    from edgebridge.runtime.expert.features import CorrectionLimit, apply_residual, residual_features
+
+    rng = np.random.default_rng(7)
+    bp, bq = _random_poses(rng, (3, 16))
+    base = np.concatenate([bp, bq, rng.uniform(0, 1, (3, 16, 1))], axis=-1)
+    # a target within the bound: a few cm away, rotated by < 0.2 rad, other gripper value
+    small = Rotation.from_rotvec(rng.normal(0, 0.05, (48, 3))).as_matrix().reshape(3, 16, 3, 3)
+    r = np.einsum("bkij,bkjl->bkil", quat_to_matrix(bq), small)
+    action = np.concatenate([bp + rng.normal(0, 0.01, bp.shape), matrix_to_quat_np(r),
+                             rng.uniform(0, 1, (3, 16, 1))], axis=-1)
+    res = residual_features(base, action)
+    back = apply_residual(base, res, CorrectionLimit())
+    np.testing.assert_allclose(back[..., :3], action[..., :3], atol=1e-9)
+    np.testing.assert_allclose(np.abs(np.sum(back[..., 3:7] * action[..., 3:7], axis=-1)), 1.0, atol=1e-9)
+    np.testing.assert_allclose(back[..., 7], action[..., 7], atol=1e-9)
+    # zero correction = the base chunk, quaternion signs included (rows are interpolated linearly)
+    np.testing.assert_allclose(apply_residual(base, np.zeros((3, 16, 10))), base, atol=1e-9)
+    np.testing.assert_allclose(residual_features(base, base), 0.0, atol=1e-12)
+
+
+def test_correction_is_bounded():
+    from edgebridge.runtime.expert.features import CorrectionLimit, apply_residual
+
+    base = np.tile(np.r_[0.4, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0, 1.0], (1, 2, 1))  # top-down, w = 0
+    res = np.zeros((1, 2, 10))
+    res[0, 0, :3] = [0.3, 0.0, 0.4]  # 50 cm
+    r = Rotation.from_rotvec([0.0, 0.0, 1.0]).as_matrix()  # 1 rad about z
+    res[0, 1, 3:9] = np.r_[r[:, 0], r[:, 1]] - np.r_[1, 0, 0, 0, 1, 0]
+    out = apply_residual(base, res, CorrectionLimit(position_m=0.05, rotation_rad=0.2))
+    np.testing.assert_allclose(out[0, 0, :3] - base[0, 0, :3], [0.03, 0.0, 0.04], atol=1e-12)
+    ang = Rotation.from_quat(out[0, 1, 3:7]).inv() * Rotation.from_quat(base[0, 1, 3:7])
+    assert ang.magnitude() == pytest.approx(0.2, abs=1e-9)
+    with pytest.raises(ValueError, match="bounds"):
+        CorrectionLimit(position_m=0.0)
+
+
+def test_base_chunk_is_the_ik_chunk():
+    from edgebridge.contracts import ArmState, Guidance, Pose
+    from edgebridge.runtime.expert.features import base_chunk
+    from edgebridge.runtime.ik_expert import IKExpert
+
+    rng = np.random.default_rng(3)
+    gt = np.arange(30) * 0.1
+    p, q = _random_poses(rng, (30,))
+    p[:, 2] = np.abs(p[:, 2]) - 0.05  # some targets below the IK floor
+    q = np.where(q[:, 3:4] < 0, -q, q)
+    g = np.concatenate([p, q, rng.uniform(0, 1, (30, 1))], axis=1)
+    guidance = Guidance(gt, p, q, g[:, 7], stamp_ns=10**9)
+    for now in (0.0, 0.73, 2.5, 4.0):
+        state = ArmState(np.zeros(7), Pose(p[0], q[0]), 1.0, stamp_ns=10**9 + int(round(now * 1e9)))
+        ik = IKExpert().act(None, state, guidance).poses
+        np.testing.assert_allclose(base_chunk(FeatureSpec(), gt, g, np.array([now]))[0], ik, atol=1e-6)

@@ -14,6 +14,7 @@ import json
 import logging
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import EdgebridgeError, require
+from ..runtime.expert.features import OUTPUT_RELATIVE, CorrectionLimit
 
 if TYPE_CHECKING:  # torch is imported lazily so `edge-export --help` and other subcommands stay light
     import torch
@@ -174,6 +176,8 @@ def export_expert(net: ActionExpertNet, record: dict, out_dir: Path, *, k: int =
         "ddim_steps": k, "timesteps": sampler.timesteps, "train_steps": cfg.train_steps,
         "prediction": cfg.prediction, "action_dt": float(spec.get("action_dt", 0.1)),
         "normalization": record.get("norm"),
+        "output": record.get("output") or OUTPUT_RELATIVE,
+        "correction_limit": asdict(CorrectionLimit()),
         "model_config": cfg.to_dict(), "parameters": count_parameters(net),
         "training_command": record.get("command"), "train_config": train_cfg,
         "data_seed": train_cfg.get("seed"), "data": record.get("data"),

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..runtime.expert.features import FeatureSpec, Normalizer
+from ..runtime.expert.features import OUTPUT_RESIDUAL, FeatureSpec, Normalizer
 from .data import DemoSet, load_demos
 from .model import ActionExpertNet, DDIMSampler, ExpertConfig, count_parameters, make_net
 
@@ -123,7 +123,9 @@ def evaluate(net: ActionExpertNet, data: _Tensors, norm: Normalizer, *, use_clou
     a = norm.unnormalize("action", action.numpy())
     pos_err = np.linalg.norm(p[..., :3] - a[..., :3], axis=-1)
     net.train()
+    # the output is a correction of the guidance: a zero correction is the plain-IK executor
     return {"loss": loss, "pos_err_mm": float(pos_err.mean() * 1e3),
+            "ik_pos_err_mm": float(np.linalg.norm(a[..., :3], axis=-1).mean() * 1e3),
             "pos_err_first_mm": float(pos_err[:, 0].mean() * 1e3),
             "gripper_err": float(np.abs(p[..., 9] - a[..., 9]).mean())}
 
@@ -266,8 +268,9 @@ class Trainer:
                 m = evaluate(self.ema, self.val_data, self.norm, use_cloud=st.use_cloud, k=self.cfg.eval_k,
                              seed=self.cfg.seed + 1)
                 row.update(val_loss=m["loss"], val_pos_err_mm=m["pos_err_mm"], val_gripper_err=m["gripper_err"])
-                log.info("stage %d step %d/%d loss %.4f val %.4f pos err %.1f mm (%.0f s)", stage, self.step,
-                         st.steps, row["loss"], m["loss"], m["pos_err_mm"], self.elapsed)
+                log.info("stage %d step %d/%d loss %.4f val %.4f pos err %.1f mm (guidance alone %.1f mm) (%.0f s)",
+                         stage, self.step, st.steps, row["loss"], m["loss"], m["pos_err_mm"], m["ik_pos_err_mm"],
+                         self.elapsed)
             self.rows.append(row)
             if self.step % self.cfg.ckpt_every == 0 or self.step == st.steps:
                 self._save()
@@ -289,7 +292,8 @@ class Trainer:
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         torch.save({"model_config": self.cfg.model.to_dict(), "ema": self.ema.state_dict(),
                     "norm": self.norm.to_dict(), "spec": asdict(self.spec), "metrics": metrics,
-                    "train_config": self.cfg.to_dict(), "data": self.data_meta, "command": self.command},
+                    "train_config": self.cfg.to_dict(), "data": self.data_meta, "command": self.command,
+                    "output": OUTPUT_RESIDUAL},
                    self.run_dir / "final.pt")
         log.info("training done: %s", metrics)
         return metrics

@@ -1,7 +1,8 @@
 """Demonstration loading for APPF training (format: docs/demos_format.md). numpy only.
 
 Every expert step of every episode becomes one training sample, featurised with the same functions the
-runtime uses (:mod:`edgebridge.runtime.expert.features`).
+runtime uses (:mod:`edgebridge.runtime.expert.features`). The target is the demonstrated chunk as a
+correction of the recorded (noisy) guidance sampled at the chunk's times (``output = guidance_residual``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.expert.features import FeatureSpec, Normalizer, action_targets, raw_features
+from ..runtime.expert.features import FeatureSpec, Normalizer, raw_features, residual_targets
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class DemoSet:
     cloud: np.ndarray  # (S, N, 3)
     proprio: np.ndarray  # (S, 10)
     guidance: np.ndarray  # (S, G+1, 10)
-    action: np.ndarray  # (S, H, 10)
+    action: np.ndarray  # (S, H, 10): correction of the guidance's IK chunk
     episode: np.ndarray  # (S,) int
     meta: dict
 
@@ -144,7 +145,9 @@ def load_demos(dirs: list[Path] | Path, spec: FeatureSpec | None = None, *,
             feats["cloud"].append(raw["cloud"].astype(np.float32))
             feats["proprio"].append(raw["proprio"].astype(np.float32))
             feats["guidance"].append(raw["guidance"].astype(np.float32))
-            feats["action"].append(action_targets(ep["ee_pose"][valid], ep["action"][valid]).astype(np.float32))
+            # target: the demonstrated chunk as a correction of the noisy guidance's IK chunk at the same times
+            feats["action"].append(residual_targets(spec, ep["guidance_t"], ep["guidance"], ep["t"][valid],
+                                                    ep["action"][valid]).astype(np.float32))
             feats["episode"].append(np.full(int(np.sum(valid)), n_ep, dtype=np.int64))
             n_ep += 1
     if n_ep == 0:

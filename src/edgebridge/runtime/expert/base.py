@@ -17,8 +17,8 @@ import numpy as np
 
 from ...contracts import ActionChunk, ArmState, Guidance, PointCloud
 from ...errors import ExpertError
-from .features import (POSE_DIM, FeatureSpec, Normalizer, decode_action, normalize_inputs, raw_features,
-                       resample_cloud)
+from .features import (OUTPUT_RELATIVE, OUTPUT_RESIDUAL, POSE_DIM, CorrectionLimit, FeatureSpec, Normalizer,
+                       apply_residual, base_chunk, decode_action, normalize_inputs, raw_features, resample_cloud)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,15 @@ class ExpertBackend:
             raise ExpertError(f"{config.metadata_path}: bad sizes in expert metadata ({e})") from e
         self.norm = Normalizer.from_dict(self.meta["normalization"])
         self.k = int(self.meta["ddim_steps"])
+        self.output = str(self.meta.get("output", OUTPUT_RELATIVE))
+        if self.output not in (OUTPUT_RESIDUAL, OUTPUT_RELATIVE):
+            raise ExpertError(f"{config.metadata_path}: unknown output encoding {self.output!r} (expected "
+                              f"{OUTPUT_RESIDUAL!r} or {OUTPUT_RELATIVE!r}); re-export the model")
+        lim = self.meta.get("correction_limit") or {}
+        try:
+            self.limit = CorrectionLimit(**lim)
+        except (TypeError, ValueError) as e:
+            raise ExpertError(f"{config.metadata_path}: bad correction_limit {lim!r} ({e})") from e
         self._rng = np.random.default_rng(config.seed)
         self._closed = False
         self.last_timings_ms: dict = {}
@@ -173,8 +182,15 @@ class ExpertBackend:
         t1 = time.perf_counter()
         out = self.run(feeds)
         t2 = time.perf_counter()
-        ee = np.concatenate([state.ee_pose.position, state.ee_pose.quat])[None]
-        poses = decode_action(self.norm, ee, out)[0]
+        if now_s is None:
+            now_s = (state.stamp_ns - guidance.stamp_ns) * 1e-9
+        if self.output == OUTPUT_RESIDUAL:  # the IK chunk of the guidance, corrected (bounded)
+            g = np.concatenate([guidance.positions, guidance.quats, guidance.gripper[:, None]], axis=1)
+            base = base_chunk(self.spec, guidance.t, g, np.array([float(now_s)]))
+            poses = apply_residual(base, self.norm.unnormalize("action", out), self.limit)[0]
+        else:
+            ee = np.concatenate([state.ee_pose.position, state.ee_pose.quat])[None]
+            poses = decode_action(self.norm, ee, out)[0]
         offset = float(np.max(np.linalg.norm(poses[:, :3] - state.ee_pose.position, axis=1)))
         if offset > self.config.max_offset_m:
             raise ExpertError(f"{self.name}: chunk reaches {offset:.2f} m from the end effector "
@@ -182,8 +198,9 @@ class ExpertBackend:
         t3 = time.perf_counter()
         self.last_timings_ms = {"features": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3,
                                 "decode": (t3 - t2) * 1e3}
-        # step k is for now + k * action_dt, as in the demonstrations (the demonstrator's chunk starts now)
-        return ActionChunk(poses=poses.astype(np.float32), start_ns=state.stamp_ns,
+        # step k is for now + k * action_dt, as in the demonstrations and IKExpert (its chunk starts now)
+        start_ns = max(0, guidance.stamp_ns + int(round(float(now_s) * 1e9)))
+        return ActionChunk(poses=poses.astype(np.float32), start_ns=start_ns,
                            dt=self.spec.action_dt, inference_ms=(t3 - t0) * 1e3)
 
     # ------------------------------------------------------------------ lifetime

@@ -7,16 +7,23 @@ Frames and encodings (see docs/expert.md):
 
 * A *pose feature* is 10 numbers: position (3), 6-D rotation (the first two columns of the rotation
   matrix, Zhou et al. 2019) (6), gripper (1).
-* ``cloud`` (B, N, 3): base-frame points minus the current end-effector position (base-frame axes, not
-  rotated), then normalised per axis with the ``cloud`` statistics.
+* ``cloud`` (B, N, 3): base-frame points minus the position of the guidance's *goal* (its next grasp or
+  release pose, see below; base-frame axes, not rotated), then normalised per axis with the ``cloud``
+  statistics. Centred on the anchor the plan aims at, the object's offset from the plan is what the
+  encoder sees directly.
 * ``proprio`` (B, 10): the current end-effector pose feature in the base frame, normalised.
 * ``guidance`` (B, G + 1, 10): the guidance sampled at ``now + (k + 1) * action_dt`` for k < G, and the
   goal (the guidance pose at the next gripper event after ``now``, else the guidance's last pose), each
   *relative* to the current pose: position minus current position (base axes), rotation
   ``R_cur^T R``, absolute gripper; normalised with the ``guidance`` statistics.
-* network output ``action`` (B, H, 10): the next H poses relative to the current pose (same relative
-  encoding), normalised with the ``action`` statistics. :func:`decode_action` turns it back into
-  absolute (H, 8) rows ``x y z qx qy qz qw gripper``.
+* network output ``action`` (B, H, 10), normalised with the ``action`` statistics, is a *correction of
+  the guidance* (``output = "guidance_residual"``): the chunk is the **base chunk** — the guidance at
+  ``now + k * action_dt`` for k < H, exactly what the plain-IK executor outputs — plus, per step, a
+  position offset (base axes), a rotation ``R_base^T R`` as 6-D minus the identity's 6-D, and a
+  gripper offset. A zero correction reproduces the IK executor, so the expert's timing always comes
+  from the guidance. :func:`apply_residual` bounds the correction (``CorrectionLimit``).
+  The older encoding (``output = "ee_relative"``: the H poses relative to the current pose) is still
+  decoded by :func:`decode_action`.
 """
 
 from __future__ import annotations
@@ -31,6 +38,24 @@ from ...errors import ExpertError
 POSE_DIM = 10
 STATS_KEYS = ("cloud", "proprio", "guidance", "action")
 MIN_STD = 1e-2
+OUTPUT_RESIDUAL = "guidance_residual"
+OUTPUT_RELATIVE = "ee_relative"
+IK_MIN_Z = 0.005  # the plain-IK executor's floor on target height (IKExpertConfig.min_z)
+_I6 = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+@dataclass(frozen=True)
+class CorrectionLimit:
+    """Safety bound on the learned correction of the guidance: per step at most ``position_m`` of
+    translation and ``rotation_rad`` of rotation (larger ones are scaled down to the bound). The plan
+    noise the expert is trained to correct is a few centimetres; a bigger correction is not trusted."""
+
+    position_m: float = 0.05
+    rotation_rad: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (self.position_m > 0 and self.rotation_rad > 0):
+            raise ValueError(f"CorrectionLimit: bounds must be > 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -253,7 +278,8 @@ def raw_features(spec: FeatureSpec, clouds: np.ndarray, ee_pose: np.ndarray, gri
     """Un-normalised network inputs for B observations that share one guidance trajectory.
 
     clouds (B, N, 3) base frame; ee_pose (B, 7); gripper (B,); guidance_t (T,); guidance (T, 8);
-    now (B,) seconds on the guidance time base. Returns float64 ``cloud``, ``proprio``, ``guidance``."""
+    now (B,) seconds on the guidance time base. Returns float64 ``cloud`` (centred on the goal),
+    ``proprio``, ``guidance``."""
     ee_pose = np.asarray(ee_pose, np.float64)
     now = np.asarray(now, np.float64)
     pos, quat = ee_pose[:, :3], ee_pose[:, 3:7]
@@ -262,7 +288,7 @@ def raw_features(spec: FeatureSpec, clouds: np.ndarray, ee_pose: np.ndarray, gri
     goal = np.asarray(guidance, np.float64)[goal_index(guidance_t, np.asarray(guidance)[:, 7], now)]
     tokens = np.concatenate([future, goal[:, None, :]], axis=1)  # (B, G+1, 8)
     return {
-        "cloud": np.asarray(clouds, np.float64) - pos[:, None, :],
+        "cloud": np.asarray(clouds, np.float64) - goal[:, None, :3],
         "proprio": pose_features(pos, quat, gripper),
         "guidance": relative_features(pos, quat, tokens[..., :3], tokens[..., 3:7], tokens[..., 7]),
     }
@@ -281,7 +307,67 @@ def normalize_inputs(norm: Normalizer, raw: dict) -> dict:
 
 
 def decode_action(norm: Normalizer, ee_pose: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Network output (B, H, 10), normalised -> absolute (B, H, 8) poses + gripper."""
+    """``ee_relative`` network output (B, H, 10), normalised -> absolute (B, H, 8) poses + gripper."""
     rel = norm.unnormalize("action", out)
     ee_pose = np.asarray(ee_pose, np.float64)
     return absolute_from_relative(ee_pose[:, :3], ee_pose[:, 3:7], rel)
+
+
+# --------------------------------------------------------------------------- guidance residual
+
+
+def base_chunk(spec: FeatureSpec, guidance_t: np.ndarray, guidance: np.ndarray, now: np.ndarray) -> np.ndarray:
+    """The plain-IK chunk (B, H, 8): the guidance at ``now + k * action_dt`` for k < H (clamped to its
+    span), target height floored at ``IK_MIN_Z`` — what ``runtime.ik_expert.IKExpert`` outputs."""
+    from ...contracts import Guidance
+    from ..ik_expert import interpolate_guidance  # the IK executor's own interpolation, so they agree exactly
+
+    now = np.atleast_1d(np.asarray(now, np.float64))
+    g = np.asarray(guidance, np.float64)
+    gd = Guidance(np.asarray(guidance_t, np.float64), g[:, :3], g[:, 3:7], np.clip(g[:, 7], 0.0, 1.0))
+    steps = spec.action_dt * np.arange(spec.horizon)
+    rows = np.stack([interpolate_guidance(gd, n + steps) for n in now])
+    rows[..., 2] = np.maximum(rows[..., 2], IK_MIN_Z)
+    return rows
+
+
+def residual_features(base: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Correction (B, H, 10) that turns ``base`` (B, H, 8) into ``action`` (B, H, 8): position offset,
+    6-D of ``R_base^T R_action`` minus the identity's, gripper offset (zero = no correction)."""
+    base = np.asarray(base, np.float64)
+    action = np.asarray(action, np.float64)
+    rel = np.einsum("...ji,...jk->...ik", quat_to_matrix(base[..., 3:7]), quat_to_matrix(action[..., 3:7]))
+    return np.concatenate([action[..., :3] - base[..., :3], rot6d_from_matrix(rel) - _I6,
+                           (action[..., 7] - base[..., 7])[..., None]], axis=-1)
+
+
+def apply_residual(base: np.ndarray, residual: np.ndarray, limit: CorrectionLimit | None = None) -> np.ndarray:
+    """Inverse of :func:`residual_features`: ``base`` (B, H, 8) corrected by ``residual`` (B, H, 10) ->
+    absolute (B, H, 8), each step's correction bounded by ``limit`` and the gripper clipped to [0, 1]."""
+    base = np.asarray(base, np.float64)
+    res = np.asarray(residual, np.float64)
+    dp = res[..., :3]
+    if limit is not None:
+        n = np.linalg.norm(dp, axis=-1, keepdims=True)
+        dp = dp * np.minimum(1.0, limit.position_m / np.maximum(n, 1e-12))
+    q = matrix_to_quat_np(matrix_from_rot6d(res[..., 3:9] + _I6))  # (B, H, 4), w >= 0
+    if limit is not None:
+        half = np.arccos(np.clip(q[..., 3:4], -1.0, 1.0))  # half the rotation angle
+        axis_s = np.linalg.norm(q[..., :3], axis=-1, keepdims=True)
+        cap = np.minimum(half, 0.5 * limit.rotation_rad)
+        scale = np.where(axis_s > 1e-12, np.sin(cap) / np.maximum(axis_s, 1e-12), 0.0)
+        q = np.concatenate([q[..., :3] * scale, np.cos(cap)], axis=-1)
+    r = np.einsum("...ij,...jk->...ik", quat_to_matrix(base[..., 3:7]), quat_to_matrix(q))
+    quat = matrix_to_quat_np(r)
+    # keep the base chunk's hemisphere: consecutive rows are interpolated linearly by the executor, and a
+    # top-down grasp has w ~ 0, where the w >= 0 convention would flip signs from row to row
+    quat = np.where(np.sum(quat * base[..., 3:7], axis=-1, keepdims=True) < 0, -quat, quat)
+    return np.concatenate([base[..., :3] + dp, quat,
+                           np.clip(base[..., 7:8] + res[..., 9:10], 0.0, 1.0)], axis=-1)
+
+
+def residual_targets(spec: FeatureSpec, guidance_t: np.ndarray, guidance: np.ndarray, now: np.ndarray,
+                     action: np.ndarray) -> np.ndarray:
+    """Training targets: demonstrated absolute actions (B, H, 8) as corrections (B, H, 10) of the base
+    chunk of the (noisy) guidance at the same times."""
+    return residual_features(base_chunk(spec, guidance_t, guidance, now), action)

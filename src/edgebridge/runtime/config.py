@@ -193,15 +193,16 @@ class PerceptionConfig:
 
     crop_min: tuple[float, float, float] = (-1.0, -1.0, -0.05)
     crop_max: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    voxel_m: float = 0.01
-    n_points: int = 1024
+    voxel_m: float | str = "auto"   # "auto": the kernels size the voxel to ~4 x n_points cells (as the demos do)
+    n_points: int = 512
     guidance_dt: float = 0.05
     guidance_speed: float = 0.15
 
     def __post_init__(self) -> None:
         for i in range(3):
             check(self.crop_min[i] < self.crop_max[i], f"crop_max[{i}]", f"must exceed crop_min[{i}]")
-        check(self.voxel_m >= 0, "voxel_m", f"must be >= 0, got {self.voxel_m}")
+        check(self.voxel_m == "auto" or (isinstance(self.voxel_m, float) and self.voxel_m >= 0), "voxel_m",
+              f'must be "auto" or a size >= 0 in metres, got {self.voxel_m!r}')
         check(self.n_points >= 1, "n_points", f"must be >= 1, got {self.n_points}")
         check(self.guidance_dt > 0, "guidance_dt", f"must be > 0, got {self.guidance_dt}")
         check(self.guidance_speed > 0, "guidance_speed", f"must be > 0 m/s, got {self.guidance_speed}")

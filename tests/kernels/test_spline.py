@@ -161,3 +161,37 @@ def test_position_at_rejects_non_finite_and_holds_ends():
     np.testing.assert_array_equal(s.position_at(-5.0), s.position(0.0))
     one = GuidanceSpline.fit(Waypoints([[0.3, 0.1, 0.2]], [[0, 0, 0, 1]], [0.5]))
     assert one.position_at(-1e6) == one.position_at(7.0) == (0.3, 0.1, 0.2)
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(1, 9), seed=st.integers(0, 10**6), dt=st.sampled_from([0.002, 0.01, 1 / 300, 0.0137]),
+       block=st.sampled_from([1, 7, 256]))
+def test_cursor_equals_position_over_long_runs(m, seed, dt, block):
+    """The per-tick stepper returns position(t0 + dt k) exactly, across every segment change, past the
+    end (held), from a start before 0, over many refills: no drift however long it runs."""
+    s = GuidanceSpline.fit(_waypoints(m, seed)).time_scaled(0.5, 1.0, 2.0, 4.0)
+    t0 = -0.05 - 0.3 * dt
+    n = int((s.duration + 0.5 - t0) / dt) + 3
+    n = min(n, 60_000)
+    cur = s.cursor(t0, dt, block=block)
+    got = np.array([cur.next() for _ in range(n)])
+    want = s.position(t0 + dt * np.arange(n))
+    assert np.abs(got - want).max() <= 1e-12
+    np.testing.assert_array_equal(got, want)
+    assert cur.k == n and cur.t == pytest.approx(t0 + dt * n)
+    assert all(type(v) is float for v in next(cur))
+
+
+def test_cursor_crosses_knots_exactly_and_validates():
+    s = GuidanceSpline.fit(_waypoints(5, 3), durations=[0.1, 0.2, 0.3, 0.4])
+    cur = s.cursor(0.0, 0.05)  # lands on every knot (0.1, 0.3, 0.6, 1.0), the segment boundaries
+    got = np.array([v for _, v in zip(range(30), cur)])
+    np.testing.assert_allclose(got, s.position(0.05 * np.arange(30)), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(got[[2, 6, 12, 20]], _waypoints(5, 3).positions[1:], atol=1e-12)
+    assert s.cursor(0.0, 0.05).k == 0
+    for kw, match in [(dict(t0=float("nan"), dt=0.01), "t0"), (dict(t0=0.0, dt=0.0), "dt"),
+                      (dict(t0=0.0, dt=float("inf")), "dt")]:
+        with pytest.raises(ValueError, match=match):
+            s.cursor(**kw)
+    with pytest.raises(ValueError, match="block"):
+        s.cursor(0.0, 0.01, block=0)

@@ -10,14 +10,26 @@ Orientation: per segment, slerp along the shortest arc with the smoothstep ``3s^
 quaternions, interpolates every waypoint, zero angular velocity at waypoints, and closed-form peaks
 (angular speed 1.5 theta/h, angular acceleration 6 theta/h^2). Gripper: linear in time per segment.
 Outside [0, duration] the trajectory holds its end values with zero velocity.
-Per-tick evaluation: ``position_at`` (pure Python, a cached segment cursor, no Numba dispatch: the
-cheapest call) and ``evaluate_at`` (Numba, the full pose + gripper row).
+Per-tick evaluation, cheapest first:
+
+* ``cursor(t0, dt)`` -> :class:`PositionCursor`: the control loop's per-tick path for a fixed-rate
+  clock. ``nxt = spline.cursor(t0, dt).next`` once, then ``x, y, z = nxt()`` every tick gives the
+  position at ``t0 + k dt`` for tick ``k = 0, 1, 2, ...`` (holding the end past it; it never runs out).
+  Positions are computed ``CURSOR_BLOCK`` ticks ahead by one compiled call at the exact times
+  ``t0 + dt * k`` (no accumulated clock, no forward-difference drift: equal to ``position``), so a
+  tick is one C-level iterator step; every ``CURSOR_BLOCK``-th tick also refills (~10 us). After a
+  missed tick or a new plan, make a new cursor (``cursor(t_now, dt)``; costs one refill).
+* ``position_at(t)``: any time, pure Python with a cached segment cursor, no Numba dispatch.
+* ``evaluate_at(t)``: the full pose + gripper row (Numba).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import sys
+from itertools import chain
+from operator import length_hint
 
 import numpy as np
 
@@ -27,6 +39,7 @@ NOMINAL_SPEED_M_S = 0.1
 ROT_LENGTH_M_PER_RAD = 0.1
 GRIP_LENGTH_M = 0.02
 MERGE_TOL = 1e-9
+CURSOR_BLOCK = 256  # ticks a PositionCursor computes per refill
 
 # packed per-segment table columns (one row per segment; the evaluate_at kernel reads only this)
 C_T0, C_H, C_A, C_B, C_C, C_D, C_Q0, C_Q1, C_TH, C_G0, C_G1 = 0, 1, 2, 5, 8, 11, 14, 18, 22, 23, 24
@@ -311,6 +324,11 @@ class GuidanceSpline:
         x = t - lo
         return a0 + x * (b0 + x * (c0 + x * d0)), a1 + x * (b1 + x * (c1 + x * d1)), a2 + x * (b2 + x * (c2 + x * d2))
 
+    def cursor(self, t0: float, dt: float, *, block: int = CURSOR_BLOCK) -> "PositionCursor":
+        """A fixed-rate per-tick stepper: positions at ``t0, t0 + dt, t0 + 2 dt, ...``, one per
+        ``next()`` call (see :class:`PositionCursor`)."""
+        return PositionCursor(self, t0, dt, block=block)
+
     def _seek(self, t) -> tuple:
         t = float(t)
         if t - t != 0.0:  # NaN or +-Inf
@@ -330,3 +348,61 @@ class GuidanceSpline:
 
     def __repr__(self) -> str:
         return f"GuidanceSpline(waypoints={self._t.size}, duration={self.duration:.3f} s)"
+
+
+class PositionCursor:
+    """Positions of a :class:`GuidanceSpline` at the fixed-rate times ``t0 + dt * k``, ``k = 0, 1, ...``.
+
+    ``next()`` (also ``next(cursor)`` / iteration) returns ``(x, y, z)`` Python floats for the next
+    tick, equal to ``spline.position(t0 + dt * k)`` (same operations; the tests hold it to the bit on
+    long runs across segments and past the end, where the end is held). Endless. ``block`` ticks are
+    computed per compiled refill, so a tick costs one iterator step and every ``block``-th one also
+    the refill. ``k`` is the index of the next tick, ``t`` its time.
+    """
+
+    def __init__(self, spline: GuidanceSpline, t0: float, dt: float, *, block: int = CURSOR_BLOCK):
+        t0, dt = float(t0), float(dt)
+        if not math.isfinite(t0):
+            raise ValueError(f"t0: expected a finite start time in seconds, got {t0!r}")
+        if not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt: expected a tick period > 0 s, got {dt!r}")
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise ValueError(f"block: expected an int >= 1 ticks per refill, got {block!r}")
+        from ._spline_jit import positions_block
+
+        self.t0, self.dt, self.block = t0, dt, int(block)
+        self._fill = positions_block
+        self._tab, self._first, self._last = spline._tab, float(spline._t[0]), float(spline._t[-1])
+        self._buf = np.empty((3, self.block))
+        self._k0 = -self.block  # first tick of the current block
+        self._cur = iter(())
+        self._it = chain.from_iterable(self._blocks())
+        self.next = self._it.__next__  # the per-tick call: C-level, no Python frame per tick
+
+    def _blocks(self):
+        buf, n = self._buf, self.block
+        while True:
+            self._k0 += n
+            self._fill(self.t0, self.dt, self._k0, self._tab, self._first, self._last, buf)
+            x, y, z = buf.tolist()
+            self._cur = iter(list(zip(x, y, z)))
+            yield self._cur
+
+    def __iter__(self) -> "PositionCursor":
+        return self
+
+    def __next__(self) -> tuple[float, float, float]:
+        return self.next()
+
+    @property
+    def k(self) -> int:
+        """Index of the tick the next call returns."""
+        return self._k0 + self.block - length_hint(self._cur) if self._k0 >= 0 else 0
+
+    @property
+    def t(self) -> float:
+        """Time of the tick the next call returns (``t0 + dt * k``)."""
+        return self.t0 + self.dt * self.k
+
+    def __repr__(self) -> str:
+        return f"PositionCursor(t0={self.t0}, dt={self.dt}, k={self.k})"

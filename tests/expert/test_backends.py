@@ -166,3 +166,16 @@ def test_zero_correction_reproduces_the_ik_expert(tiny_onnx, tmp_path):
         cloud, state, guidance, _ = observation(step=5)
         d = ex.act(cloud, state, guidance).poses[:, :3] - IKExpert().act(cloud, state, guidance).poses[:, :3]
         np.testing.assert_allclose(d, np.tile([meta["correction_limit"]["position_m"], 0, 0], (16, 1)), atol=1e-5)
+
+
+def test_noise_scale_zero_is_deterministic_and_validated(tiny_onnx):
+    cloud, state, guidance, _ = observation()
+    chunks = []
+    for seed, scale in ((1, 0.0), (2, 0.0), (1, 1.0), (2, 1.0)):
+        with OnnxExpert(ExpertConfig(str(tiny_onnx), seed=seed, noise_scale=scale)) as ex:
+            chunks.append(ex.act(cloud, state, guidance).poses)
+    np.testing.assert_array_equal(chunks[0], chunks[1])  # default: DDIM from zero noise, seed irrelevant
+    assert not np.allclose(chunks[2], chunks[3])  # sampled noise: the seed matters
+    assert ExpertConfig(str(tiny_onnx)).noise_scale == 0.0
+    with pytest.raises(ValueError, match="noise_scale"):
+        ExpertConfig(str(tiny_onnx), noise_scale=2.0)

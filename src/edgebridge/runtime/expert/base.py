@@ -35,7 +35,8 @@ class ExpertConfig:
     ``providers``: "auto" (TensorRT EP > CUDA EP > CPU EP, whichever is available) or a list of ONNX
     Runtime provider names. ``seed``: seeds the initial diffusion noise, so a run is reproducible.
     ``max_offset_m``: a chunk whose targets lie farther than this from the current end effector is
-    rejected as implausible."""
+    rejected as implausible. ``noise_scale`` scales the initial diffusion noise (default 0: deterministic DDIM
+    from the mean, the same correction for the same observation)."""
 
     model: str
     metadata: str | None = None
@@ -43,6 +44,7 @@ class ExpertConfig:
     threads: int = 2
     seed: int = 0
     max_offset_m: float = 1.0
+    noise_scale: float = 0.0
     trt_fp16: bool = True
     trt_cache_dir: str | None = None
     extra: dict = field(default_factory=dict)
@@ -52,6 +54,8 @@ class ExpertConfig:
             raise ValueError(f"ExpertConfig.model: expected a file path, got {self.model!r}")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"ExpertConfig.threads: expected an int >= 1, got {self.threads!r}")
+        if not (0 <= self.noise_scale <= 1):
+            raise ValueError(f"ExpertConfig.noise_scale: expected a value in [0, 1], got {self.noise_scale!r}")
         if not (self.max_offset_m > 0):
             raise ValueError(f"ExpertConfig.max_offset_m: expected metres > 0, got {self.max_offset_m!r}")
         if self.providers != "auto" and not (isinstance(self.providers, (tuple, list)) and self.providers):
@@ -178,7 +182,8 @@ class ExpertBackend:
         """Refine ``guidance`` with the live cloud into an absolute chunk of H end-effector targets."""
         t0 = time.perf_counter()
         feeds = self.features(cloud, state, guidance, now_s)
-        feeds["noise"] = self._rng.standard_normal((1, self.spec.horizon, POSE_DIM)).astype(np.float32)
+        noise = self._rng.standard_normal((1, self.spec.horizon, POSE_DIM))
+        feeds["noise"] = (self.config.noise_scale * noise).astype(np.float32)
         t1 = time.perf_counter()
         out = self.run(feeds)
         t2 = time.perf_counter()

@@ -145,7 +145,7 @@ def test_residual_round_trip_and_zero_is_the_base():
     action = np.concatenate([bp + rng.normal(0, 0.01, bp.shape), matrix_to_quat_np(r),
                              rng.uniform(0, 1, (3, 16, 1))], axis=-1)
     res = residual_features(base, action)
-    back = apply_residual(base, res, CorrectionLimit())
+    back = apply_residual(base, res, CorrectionLimit(position_m=0.05, rotation_rad=0.2))
     np.testing.assert_allclose(back[..., :3], action[..., :3], atol=1e-9)
     np.testing.assert_allclose(np.abs(np.sum(back[..., 3:7] * action[..., 3:7], axis=-1)), 1.0, atol=1e-9)
     np.testing.assert_allclose(back[..., 7], action[..., 7], atol=1e-9)

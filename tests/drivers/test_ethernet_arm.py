@@ -85,7 +85,8 @@ def test_state_and_command_round_trip(ctl):
         assert arm.state().ee_pose.position[2] == pytest.approx(0.2 + 0.001)
         with pytest.raises(ValueError, match="6"):
             arm.command(ArmCommand(joints=np.zeros(3), gripper=0.5))
-    assert ep.MSG_HOLD in ctl.types_received()
+    # UDP: the hold datagram reaches the controller asynchronously after disconnect returns
+    assert _wait_for(lambda: ep.MSG_HOLD in ctl.types_received())
 
 
 def test_heartbeat_keeps_watchdog_quiet(ctl):

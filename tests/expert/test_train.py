@@ -79,7 +79,47 @@ def test_cli_parses_and_builds_config():
     from edgebridge.train.__main__ import build_parser, config_from_args
 
     args = build_parser().parse_args(["--demos", "d", "--run", "r", "--stage1-steps", "7", "--goal-noise", "0.2",
-                                      "--tiny"])
+                                      "--plan-shift", "0.03", "--tiny"])
     cfg = config_from_args(args)
     assert cfg.stage1.steps == 7 and not cfg.stage1.use_cloud and cfg.stage2.use_cloud
-    assert cfg.goal_noise == 0.2 and cfg.stage2.batch == 256
+    assert cfg.goal_noise == 0.2 and cfg.plan_shift_m == 0.03 and cfg.stage2.batch == 256
+    with pytest.raises(ValueError, match="plan_shift_m"):
+        TrainConfig(plan_shift_m=-0.01)
+
+
+def test_plan_shift_equals_featurising_a_shifted_plan():
+    """The in-batch augmentation is exactly what the featurisation gives for a plan moved by the shift."""
+    from edgebridge.runtime.expert.features import FeatureSpec, Normalizer, raw_features, residual_targets
+    from edgebridge.train.appf import shift_plan
+
+    spec = FeatureSpec(n_points=8, guidance_steps=4, horizon=4, action_dt=0.1)
+    rng = np.random.default_rng(3)
+    gt = np.linspace(0.0, 2.0, 21)
+    g = np.zeros((21, 8))
+    g[:, :3] = np.stack([0.3 + 0.1 * gt, 0.05 * np.sin(gt), 0.3 - 0.1 * gt], axis=1)
+    g[:, 3], g[:, 7] = 1.0, (gt < 1.0)  # gripper down, a grasp at t = 1
+    ee = np.concatenate([g[[2, 9], :3] + rng.normal(0, 0.01, (2, 3)), np.tile([1.0, 0, 0, 0], (2, 1))], axis=1)
+    now = gt[[2, 9]]
+    clouds = rng.normal(0.4, 0.1, (2, 8, 3))
+    actions = np.concatenate([g[None, 3:7, :3] + 0.01, np.tile(g[None, 3:7, 3:], (1, 1, 1))], axis=-1)
+    actions = np.repeat(actions, 2, axis=0)
+    shift = np.array([[0.02, -0.01, 0.015], [-0.03, 0.0, 0.01]])
+
+    def feats(plan_offset):
+        out = []
+        for b in range(2):
+            gb = g.copy()
+            gb[:, :3] += plan_offset[b]
+            raw = raw_features(spec, clouds[b:b + 1], ee[b:b + 1], np.ones(1), gt, gb, now[b:b + 1])
+            raw["action"] = residual_targets(spec, gt, gb, now[b:b + 1], actions[b:b + 1])
+            out.append(raw)
+        return {k: np.concatenate([o[k] for o in out]) for k in ("cloud", "guidance", "action")}
+
+    base, moved = feats(np.zeros((2, 3))), feats(shift)
+    norm = Normalizer.fit({"cloud": base["cloud"].reshape(-1, 3), "proprio": rng.normal(size=(4, 10)),
+                           "guidance": base["guidance"].reshape(-1, 10), "action": base["action"].reshape(-1, 10)})
+    t = {k: torch.from_numpy(norm.normalize(k, base[k])) for k in base}
+    cloud, guidance, action = shift_plan(norm, torch.from_numpy(shift).float(), t["cloud"], t["guidance"], t["action"])
+    for key, got in (("cloud", cloud), ("guidance", guidance), ("action", action)):
+        np.testing.assert_allclose(got.numpy(), norm.normalize(key, moved[key]), atol=1e-5, err_msg=key)
+    assert not np.allclose(t["action"].numpy(), action.numpy())  # the target really moved

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stage2-lr", type=float, default=d.stage2.lr)
     ap.add_argument("--goal-noise", type=float, default=d.goal_noise,
                     help="std of Gaussian noise on the guidance/goal tokens (normalised units)")
+    ap.add_argument("--plan-shift", type=float, default=d.plan_shift_m, metavar="M",
+                    help="std (metres, per axis) of the consistent plan-shift augmentation (0: off)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--threads", type=int, default=d.threads)
@@ -49,7 +51,8 @@ def config_from_args(args: argparse.Namespace):
     model = ExpertConfig()
     if args.tiny:
         model = ExpertConfig(cloud_channels=(16, 32), cloud_feat=32, obs_feat=32, step_embed=16, down_dims=(16, 32))
-    return replace(TrainConfig(), model=model, goal_noise=args.goal_noise, seed=args.seed,
+    return replace(TrainConfig(), model=model, goal_noise=args.goal_noise, plan_shift_m=args.plan_shift,
+                   seed=args.seed,
                    eval_every=args.eval_every, ckpt_every=args.eval_every, threads=args.threads,
                    stage1=StageConfig(args.stage1_steps, args.stage1_batch, args.stage1_lr, use_cloud=False),
                    stage2=StageConfig(args.stage2_steps, args.stage2_batch, args.stage2_lr, use_cloud=True))

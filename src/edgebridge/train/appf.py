@@ -6,6 +6,13 @@ fine-tuning") adds the PointNet cloud encoder and fine-tunes everything with clo
 guidance and goal tokens get Gaussian noise (``goal_noise``, in normalised units) so the expert learns
 to correct an imprecise plan instead of copying it.
 
+``plan_shift_m`` adds a second, *consistent* augmentation: each sample's whole plan is moved by a random
+3-D offset (Gaussian, std ``plan_shift_m`` per axis) as if the planner had missed by that much, and
+everything that depends on the plan moves with it — the guidance tokens by +offset, the goal-centred
+cloud by -offset, the target correction by -offset (the demonstrator still goes to the real object). A
+data set of a few dozen episodes holds only a few dozen plan errors; with the shift every batch shows
+new ones, and the only way to predict the correction is to find the object in the cloud.
+
 A run directory holds ``config.json``, ``norm.json``, ``log.csv`` / ``log.json`` (loss curves),
 ``curves.png``, ``ckpt.pt`` (latest, for resuming), ``final.pt`` (EMA weights + everything export needs)
 and ``metrics.json``. Rerunning on the same directory resumes where it stopped.
@@ -50,6 +57,7 @@ class TrainConfig:
     stage1: StageConfig = StageConfig(steps=1500, batch=1024, lr=1e-3, use_cloud=False)
     stage2: StageConfig = StageConfig(steps=2000, batch=256, lr=5e-4, use_cloud=True)
     goal_noise: float = 0.1
+    plan_shift_m: float = 0.0
     seed: int = 0
     val_fraction: float = 0.1
     eval_every: int = 250
@@ -63,6 +71,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.goal_noise < 0:
             raise ValueError(f"TrainConfig.goal_noise: must be >= 0, got {self.goal_noise}")
+        if not 0 <= self.plan_shift_m < 0.5:
+            raise ValueError(f"TrainConfig.plan_shift_m: metres in [0, 0.5), got {self.plan_shift_m}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"TrainConfig.val_fraction: must lie in [0, 1), got {self.val_fraction}")
         if not 0 <= self.ema_decay < 1:
@@ -77,6 +87,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["model"] = ExpertConfig.from_dict(d.get("model", {}))
+        d.setdefault("plan_shift_m", 0.0)
         for s in ("stage1", "stage2"):
             if s in d:
                 d[s] = StageConfig(**d[s])
@@ -105,6 +116,24 @@ class _Tensors:
     def batch(self, idx: np.ndarray, use_cloud: bool):
         i = torch.from_numpy(idx)
         return (self.cloud[i] if use_cloud else None), self.proprio[i], self.guidance[i], self.action[i]
+
+
+def shift_plan(norm: Normalizer, shift_m: torch.Tensor, cloud: torch.Tensor | None, guidance: torch.Tensor,
+               action: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Normalised tensors of a batch as if each sample's plan were moved by ``shift_m`` (B, 3) metres:
+    guidance positions (relative to the current pose) +shift, the goal-centred cloud -shift, the target
+    correction of every chunk step -shift. Exact for the raw features (a shift commutes with the
+    guidance interpolation); only the IK height floor is ignored."""
+    def scaled(key: str, dims: slice) -> torch.Tensor:
+        return shift_m / torch.as_tensor(norm.std[key][dims], dtype=shift_m.dtype)
+
+    guidance = guidance.clone()
+    guidance[..., :3] += scaled("guidance", slice(0, 3))[:, None, :]
+    action = action.clone()
+    action[..., :3] -= scaled("action", slice(0, 3))[:, None, :]
+    if cloud is not None:
+        cloud = cloud - scaled("cloud", slice(0, 3))[:, None, :]
+    return cloud, guidance, action
 
 
 @torch.no_grad()
@@ -250,6 +279,9 @@ class Trainer:
                 g["lr"] = lr
             idx = self.rng.integers(0, len(self.train_data), st.batch)
             cloud, proprio, guidance, action = self.train_data.batch(idx, st.use_cloud)
+            if self.cfg.plan_shift_m > 0:
+                shift = self.cfg.plan_shift_m * torch.randn((st.batch, 3), generator=self.gen)
+                cloud, guidance, action = shift_plan(self.norm, shift, cloud, guidance, action)
             if self.cfg.goal_noise > 0:
                 guidance = guidance + self.cfg.goal_noise * torch.randn(guidance.shape, generator=self.gen)
             loss = self.net.loss(cloud, proprio, guidance, action, generator=self.gen)

@@ -26,6 +26,9 @@ def test_loop_process_follows_chunks_and_stops_on_request():
         time.sleep(1.0)
         st = lp.latest_state()
         assert st.joints[0] > 0.04, st.joints  # the child followed the chunk
+        t0 = time.monotonic()
+        assert lp.join(0.05) is None and lp.alive  # still running: join returns after its timeout
+        assert time.monotonic() - t0 < 2.0
         lp.request_stop("test finished")
         res = lp.join(10)
     assert res is not None and res.reason == "test finished" and not res.fault

@@ -235,6 +235,8 @@ class LoopProcess:
         return self._proc is not None and self._proc.is_alive()
 
     def join(self, timeout: float | None = None) -> LoopResult | None:
+        """Wait up to ``timeout`` s (None: for ever) for the loop's result; None while it still runs."""
+        t_end = None if timeout is None else time.monotonic() + timeout
         if self._conn is not None and self.result is None and self._conn.poll(timeout):
             try:
                 kind, payload = self._conn.recv()
@@ -246,7 +248,10 @@ class LoopProcess:
             if kind == "result":
                 self.result = payload
         if self._proc is not None:
-            self._proc.join(5.0)
+            if self.result is not None:  # it has reported and is exiting
+                self._proc.join(5.0)
+            else:
+                self._proc.join(None if t_end is None else max(0.0, t_end - time.monotonic()))
         return self.result
 
     def close(self) -> None:

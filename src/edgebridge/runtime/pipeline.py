@@ -254,7 +254,7 @@ class Pipeline:
             t.start()
             stopping = None  # monotonic time of the stop request
             with SignalGuard(watchdog):
-                # poll alive() (LoopProcess.join waits for the process to exit once called)
+                # supervise until the loop process exits; it reports its result through the pipe
                 while lp.alive and (stopping is None or time.monotonic() - stopping < 15.0):
                     time.sleep(0.01)
                     if stopping is not None:

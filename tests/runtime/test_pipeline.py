@@ -157,9 +157,18 @@ def test_realtime_episode_with_the_loop_in_its_own_process():
     cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, isolation="process"))
     dev.arm, dev.arm_factory, dev.kin_factory = None, make_recording_arm, PointKinematics
     quick = GuidanceConfig(speed_m_s=1.0, v_max=1.0, a_max=4.0, dwell_s=0.05, min_segment_s=0.05, approach_m=0.05)
-    out = Pipeline(cfg, dev, guidance_config=quick, settle_s=0.3).run("pick and place", max_seconds=15.0)
+    from edgebridge.runtime.profiling import Profiler
+
+    prof = Profiler()
+    pipe = Pipeline(cfg, dev, guidance_config=quick, settle_s=0.3, profiler=prof)
+    out = pipe.run("pick and place", max_seconds=15.0)
     assert out.success, out.reason
     assert out.loop["sent"] > 100 and out.loop["rejections"] == {}
+    # the loop's own stages were profiled in the child and came back with its result
+    stages = prof.stage_table()
+    assert stages["loop_compute"]["n"] >= out.loop["cycles"] - 1 and stages["driver_io"]["n"] >= out.loop["sent"]
+    assert stages["end_to_end"]["n"] >= 1 and 0 < stages["end_to_end"]["p50_ms"] < 1000
+    assert pipe.last_period_stats is not None and pipe.last_period_stats.n == out.loop["cycles"]
 
 
 class OffImagePlanner(ScriptedPlanner):

@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 record = Path(args.record) / f"episode_{i:03d}_seed{seed}" if args.record else None
                 pipe = Pipeline(cfg, devices, dry_run=args.dry_run, profiler=profiler, record_dir=record)
                 out = pipe.run(instruction, task=args.task, seed=seed, max_seconds=args.max_seconds)
-                if pipe.last_loop is not None:
-                    loop_stats = pipe.last_loop.stats
+                if pipe.last_period_stats is not None:
+                    loop_stats = pipe.last_period_stats
             finally:
                 devices.close()
             results.append(out)

@@ -191,6 +191,9 @@ class LoopResult:
     holds: int
     stats: dict = field(default_factory=dict)
     fault: bool = False
+    # a loop in its own process sends these back when profiling: the loop's stage samples (ns) and its timing
+    profile: dict | None = None
+    period_stats: "PeriodStats | None" = None
 
 
 # --------------------------------------------------------------------------- the loop

@@ -36,7 +36,7 @@ SLOTS = 16
 
 def _chunk_dtype(hmax: int) -> np.dtype:
     return np.dtype([("seq", "i8"), ("start_ns", "i8"), ("n", "i8"), ("dt", "f8"), ("inference_ms", "f8"),
-                     ("poses", "f4", (hmax, 8))])
+                     ("observed_ns", "i8"), ("poses", "f4", (hmax, 8))])
 
 
 def _state_dtype(n_joints: int) -> np.dtype:
@@ -89,8 +89,8 @@ class _Shm:
 class ShmInbox:
     """Child side of the chunk ring; also polls the stop flag (forwarded to the watchdog)."""
 
-    def __init__(self, shm: _Shm, watchdog: Watchdog) -> None:
-        self.shm, self.watchdog = shm, watchdog
+    def __init__(self, shm: _Shm, watchdog: Watchdog, profiler=None) -> None:
+        self.shm, self.watchdog, self.profiler = shm, watchdog, profiler
         self.read_count = 0
         self.dropped = 0
 
@@ -108,9 +108,12 @@ class ShmInbox:
             n = int(slot["n"])
             poses = slot["poses"][:n].copy()
             start, dt, inf = int(slot["start_ns"]), float(slot["dt"]), float(slot["inference_ms"])
+            observed = int(slot["observed_ns"])
             if int(slot["seq"]) == self.read_count + 1:  # not overwritten while we copied
                 try:
                     out.append(ActionChunk(poses, start, dt, inf))
+                    if self.profiler is not None and observed:
+                        self.profiler.chunk_observed(out[-1], observed)
                 except ValueError as e:  # the parent validated it; a torn slot is dropped, not followed
                     log.warning("dropped a malformed chunk from shared memory: %s", e)
             else:
@@ -137,16 +140,27 @@ class ShmStatePublisher(StateBox):
         rec["seq"][0] = seq + 2
 
 
-def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run, conn) -> None:
+LOOP_STAGES = ("loop_compute", "driver_io", "end_to_end")  # what the child profiles and sends back
+
+
+def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run, profile, conn) -> None:
     shm = _Shm(n_joints, hmax, names)
     result = None
     try:
         watchdog = Watchdog(cfg.chunk_timeout_s)
+        prof = None
+        if profile:
+            from .profiling import Profiler
+
+            prof = Profiler()
         with arm_factory() as arm:
-            loop = ControlLoop(arm, limits, cfg, kin_factory(), inbox=ShmInbox(shm, watchdog),
-                               states=ShmStatePublisher(shm), watchdog=watchdog, dry_run=dry_run)
+            loop = ControlLoop(arm, limits, cfg, kin_factory(), inbox=ShmInbox(shm, watchdog, prof),
+                               states=ShmStatePublisher(shm), watchdog=watchdog, profiler=prof, dry_run=dry_run)
             conn.send(("ready", None))
             result = loop.run()
+            if prof is not None:
+                result.profile = prof.samples_ns(LOOP_STAGES)
+                result.period_stats = loop.stats
     except BaseException as e:  # report, never hang the parent
         result = LoopResult(reason=f"loop process failed: {type(e).__name__}: {e}", cycles=0, sent=0,
                             rejections={}, holds=0, fault=True)
@@ -161,8 +175,10 @@ class LoopProcess:
     """Runs :class:`ControlLoop` in a child process (``spawn``); see the module docstring."""
 
     def __init__(self, arm_factory: Callable, kin_factory: Callable, limits: SafetyLimits, cfg: LoopConfig,
-                 *, dry_run: bool = False, max_horizon: int = MAX_HORIZON, start_timeout_s: float = 60.0) -> None:
+                 *, dry_run: bool = False, max_horizon: int = MAX_HORIZON, start_timeout_s: float = 60.0,
+                 profile: bool = False) -> None:
         self.arm_factory, self.kin_factory = arm_factory, kin_factory
+        self.profile = bool(profile)
         self.limits, self.cfg, self.dry_run = limits, cfg, dry_run
         self.hmax = int(max_horizon)
         self.start_timeout_s = start_timeout_s
@@ -179,7 +195,7 @@ class LoopProcess:
         self._conn = parent
         self._proc = ctx.Process(target=_child, name="control-loop", daemon=True,
                                  args=(self._shm.names, self.limits.n_joints, self.hmax, self.arm_factory,
-                                       self.kin_factory, self.limits, self.cfg, self.dry_run, child))
+                                       self.kin_factory, self.limits, self.cfg, self.dry_run, self.profile, child))
         self._proc.start()
         t_end = time.monotonic() + self.start_timeout_s
         while not parent.poll(0.1):
@@ -196,7 +212,9 @@ class LoopProcess:
             raise RuntimeError(f"control-loop process failed to start: {payload.reason if payload else kind}")
         return self
 
-    def put(self, chunk: ActionChunk) -> None:
+    def put(self, chunk: ActionChunk, observed_ns: int = 0) -> None:
+        """Queue a chunk for the loop; ``observed_ns``: the stamp of the observation it was computed from
+        (camera frame or arm state), for the loop's end-to-end latency when profiling."""
         n = len(chunk)
         if n > self.hmax:
             raise ValueError(f"LoopProcess.put: chunk has {n} steps, the shared ring holds at most {self.hmax}; "
@@ -207,6 +225,7 @@ class LoopProcess:
         slot["seq"] = -1
         slot["poses"][:n] = chunk.poses
         slot["n"], slot["start_ns"], slot["dt"], slot["inference_ms"] = n, chunk.start_ns, chunk.dt, chunk.inference_ms
+        slot["observed_ns"] = int(observed_ns)
         slot["seq"] = wc + 1
         shm.ctrl["write_count"][0] = wc + 1
 

@@ -134,6 +134,7 @@ class Pipeline:
         self.guidance_config = guidance_config
         self.needs_cloud = bool(getattr(devices.expert, "needs_cloud", True))
         self.last_loop: ControlLoop | None = None
+        self.last_period_stats = None  # the last episode's loop timing (PeriodStats), in either isolation mode
         self.last_planning = None  # PlanningStats of the last episode
         self._camera_lock = threading.Lock()
 
@@ -216,6 +217,7 @@ class Pipeline:
             loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
                                profiler=self.profiler, dry_run=self.dry_run)
             self.last_loop = loop
+            self.last_period_stats = loop.stats
             loop.prepare()
             worker = _ExpertWorker(self, loop, watchdog, session, rec)
             with SignalGuard(watchdog):
@@ -237,7 +239,8 @@ class Pipeline:
         from .watchdog import Health
 
         cfg, dev, clock = self.cfg, self.dev, self.dev.clock
-        lp = LoopProcess(dev.arm_factory, dev.kin_factory, cfg.limits, cfg.loop, dry_run=self.dry_run).start()
+        lp = LoopProcess(dev.arm_factory, dev.kin_factory, cfg.limits, cfg.loop, dry_run=self.dry_run,
+                         profile=self.profiler is not None).start()
         stop = threading.Event()
         t = None
         try:
@@ -248,7 +251,7 @@ class Pipeline:
             if state is None:
                 lp.request_stop("no arm state from the control-loop process within 10 s")
                 return lp.join(15.0)
-            worker = _ExpertWorker(self, _LoopProxy(lp), watchdog, session, rec)
+            worker = _ExpertWorker(self, _LoopProxy(lp, self.profiler), watchdog, session, rec)
             t = threading.Thread(target=worker.run_periodic, name="expert-worker", daemon=True,
                                  args=(self.cfg.expert.every_k_ticks / cfg.loop.rate_hz, stop))
             t.start()
@@ -266,7 +269,12 @@ class Pipeline:
                     if why:
                         lp.request_stop(why)
                         stopping = time.monotonic()
-            return lp.join(15.0)
+            res = lp.join(15.0)
+            if res is not None:
+                self.last_period_stats = res.period_stats
+                if self.profiler is not None and res.profile:
+                    self.profiler.merge_samples(res.profile)  # loop_compute, driver_io, end_to_end
+            return res
         finally:
             stop.set()
             if t is not None:
@@ -330,16 +338,19 @@ class Pipeline:
 class _LoopProxy:
     """What the expert worker needs from a loop (latest state, chunk inbox), for a loop in its own process."""
 
-    def __init__(self, lp) -> None:
+    def __init__(self, lp, profiler: Profiler | None = None) -> None:
         self.states = self
         self.inbox = self
         self._lp = lp
+        self._profiler = profiler
 
     def latest(self) -> ArmState | None:
         return self._lp.latest_state()
 
     def put(self, chunk: ActionChunk) -> None:
-        self._lp.put(chunk)
+        # the loop process measures end-to-end itself: hand it the observation stamp with the chunk
+        observed = self._profiler.take_observed(chunk) if self._profiler is not None else 0
+        self._lp.put(chunk, observed_ns=observed)
 
 
 class _ExpertWorker:

@@ -71,6 +71,22 @@ class Profiler:
         if len(self._obs) > 64:  # chunks that were never used (superseded before the next tick)
             self._obs.pop(next(iter(self._obs)), None)
 
+    def take_observed(self, chunk) -> int:
+        """The observation stamp registered for ``chunk`` (0 if none), removed here: for a loop in its own
+        process, which gets the stamp with the chunk through shared memory and measures end-to-end there."""
+        return self._obs.pop(id(chunk), 0)
+
+    def samples_ns(self, stages: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Raw samples (int64 ns, oldest first lost when a ring wrapped) per stage, to ship to another process."""
+        return {k: s.buf[:min(s.n, len(s.buf))].copy() for k, s in self._s.items()
+                if (stages is None or k in stages) and s.n}
+
+    def merge_samples(self, samples: dict[str, np.ndarray]) -> None:
+        """Add samples recorded elsewhere (the control-loop process) to this profiler."""
+        for stage, values in (samples or {}).items():
+            for v in np.asarray(values, dtype=np.int64):
+                self.record_ns(stage, int(v))
+
     def command_sent(self, now_ns: int, chunk) -> None:
         """Called by the loop after each sent command: end-to-end latency, once per chunk."""
         if chunk is not None:

@@ -57,13 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-base", type=int, default=0, help="first seed (use held-out seeds for trained experts)")
     ap.add_argument("--experts", default="ik", help="comma-separated expert names (ik, onnx, ...)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help=f"subset of {list(CONDITIONS)}")
+    ap.add_argument("--onnx", type=Path, default=None, metavar="MODEL",
+                    help="run the `onnx` expert on this exported model (metadata JSON beside it) instead of the shipped one")
     add_json_arg(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     from edgebridge.sim.episode import EXPERTS, make_expert, register_expert, run_episode
     from edgebridge.sim.tasks import get_task
 
-    if "onnx" not in EXPERTS:
+    if args.onnx is not None:
+        from edgebridge.runtime.expert import ExpertConfig, OnnxExpert
+
+        register_expert("onnx", lambda: OnnxExpert(ExpertConfig(str(args.onnx))))
+    elif "onnx" not in EXPERTS:
         from edgebridge.runtime.expert import load_shipped
 
         register_expert("onnx", load_shipped)

@@ -123,3 +123,30 @@ def test_plan_shift_equals_featurising_a_shifted_plan():
     for key, got in (("cloud", cloud), ("guidance", guidance), ("action", action)):
         np.testing.assert_allclose(got.numpy(), norm.normalize(key, moved[key]), atol=1e-5, err_msg=key)
     assert not np.allclose(t["action"].numpy(), action.numpy())  # the target really moved
+
+
+def test_arm_shift_equals_featurising_a_moved_end_effector():
+    from edgebridge.runtime.expert.features import FeatureSpec, Normalizer, raw_features
+    from edgebridge.train.appf import shift_arm
+
+    spec = FeatureSpec(n_points=8, guidance_steps=4, horizon=4, action_dt=0.1)
+    rng = np.random.default_rng(5)
+    gt = np.linspace(0.0, 2.0, 21)
+    g = np.zeros((21, 8))
+    g[:, :3] = np.stack([0.3 + 0.1 * gt, 0.05 * np.cos(gt), 0.3 - 0.1 * gt], axis=1)
+    g[:, 3], g[:, 7] = 1.0, 1.0
+    ee = np.concatenate([g[[4, 12], :3], np.tile([1.0, 0, 0, 0], (2, 1))], axis=1)
+    shift = np.array([[0.04, -0.02, 0.01], [-0.01, 0.03, -0.02]])
+    moved = ee.copy()
+    moved[:, :3] += shift
+    cloud = rng.normal(0.4, 0.1, (2, 8, 3))
+    a = raw_features(spec, cloud, ee, np.ones(2), gt, g, gt[[4, 12]])
+    b = raw_features(spec, cloud, moved, np.ones(2), gt, g, gt[[4, 12]])
+    norm = Normalizer.fit({"cloud": a["cloud"].reshape(-1, 3), "proprio": a["proprio"] + rng.normal(0, 0.1, (2, 10)),
+                           "guidance": a["guidance"].reshape(-1, 10), "action": rng.normal(size=(4, 10))})
+    proprio, guidance = shift_arm(norm, torch.from_numpy(shift).float(),
+                                  torch.from_numpy(norm.normalize("proprio", a["proprio"])),
+                                  torch.from_numpy(norm.normalize("guidance", a["guidance"])))
+    np.testing.assert_allclose(proprio.numpy(), norm.normalize("proprio", b["proprio"]), atol=1e-5)
+    np.testing.assert_allclose(guidance.numpy(), norm.normalize("guidance", b["guidance"]), atol=1e-5)
+    np.testing.assert_array_equal(a["cloud"], b["cloud"])  # the goal-centred cloud does not depend on the arm

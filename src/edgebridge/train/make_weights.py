@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--goal-noise", type=float, default=0.1)
     ap.add_argument("--plan-shift", type=float, default=0.03, metavar="M",
                     help="std (metres) of the consistent plan-shift augmentation")
+    ap.add_argument("--arm-shift", type=float, default=0.03, metavar="M",
+                    help="std (metres) of the arm-offset augmentation")
     ap.add_argument("--seed", type=int, default=0, help="seeds the demonstrations and the training")
     ap.add_argument("--k", type=int, default=10, help="DDIM steps unrolled in the shipped graph")
     ap.add_argument("--work", type=Path, default=Path("build/weights"), help="demos + training run directory")
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         demo_dirs.append(_demos(task, args.episodes, args.work / "demos" / task, args.seed))
         timings[f"demos_{task}_s"] = round(time.monotonic() - t0, 1)
-    cfg = replace(TrainConfig(), seed=args.seed, goal_noise=args.goal_noise, plan_shift_m=args.plan_shift, eval_every=100, ckpt_every=100,
+    cfg = replace(TrainConfig(), seed=args.seed, goal_noise=args.goal_noise, plan_shift_m=args.plan_shift, arm_shift_m=args.arm_shift,
+                  eval_every=100, ckpt_every=100,
                   warmup=50, stage1=StageConfig(args.stage1_steps, args.stage1_batch, 1e-3, use_cloud=False),
                   stage2=StageConfig(args.stage2_steps, args.stage2_batch, 5e-4, use_cloud=True))
     command = "python -m edgebridge.train.make_weights " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

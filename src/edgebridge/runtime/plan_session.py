@@ -235,6 +235,8 @@ class PlanSession:
             segs = [(Waypoints(lifted.positions[a:], lifted.quats[a:], lifted.gripper[a:], frame=lifted.frame,
                                stamp_ns=lifted.stamp_ns), len(segs))]
         self._segments = segs
+        log.info("plan accepted: %d anchors, %d sub-task(s), taking %d; base-frame waypoints [m]: %s", len(plan.anchors),
+                 n, len(segs), np.round(lifted.positions, 3).tolist())
 
     def _start_segment(self, now_ns: int, state: ArmState) -> str | None:
         wp, n = self._segments.pop(0)

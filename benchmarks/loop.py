@@ -16,6 +16,7 @@ follows commands exactly) on point kinematics, so the numbers are the runtime's 
 from __future__ import annotations
 
 import argparse
+import os
 import os as _os
 
 _os.environ.setdefault("COLUMNS", "150")  # the table is wide; rich reads COLUMNS when not on a terminal
@@ -158,6 +159,17 @@ def planner_worker(stop: threading.Event, info: dict) -> None:
 # --------------------------------------------------------------------------- the environment's floor
 
 
+def steal_ms() -> float:
+    """CPU time the hypervisor gave to other guests (``steal`` in /proc/stat, all CPUs), in ms; NaN off Linux.
+    A vCPU that is not running cannot wake a loop, however high its priority."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _bare_child(rate: float, seconds: float, rt: int, cpu: int, conn) -> None:
     """Absolute-deadline sleep/spin with nothing else in the cycle: what the OS (and hypervisor) allow."""
     from edgebridge.clock import MonotonicClock
@@ -258,33 +270,40 @@ def main(argv=None) -> int:
     results = {}
     for rate in args.rates:
         if not args.no_floor:
+            st0 = steal_ms()
             r = run_floor(rate, args.seconds, args.rt, args.cpu)
+            r["steal_ms"] = steal_ms() - st0
             results[(rate, "floor", "bare")] = r
             rows.append([f"{int(rate)} Hz", "floor", "bare loop", f"{r['p50']:.3f}", f"{r['p99']:.3f}",
-                         f"{r['max']:.3f}", r["misses"], r["cycles"], f"{r['compute_p99']:.3f}", "-"])
+                         f"{r['max']:.3f}", r["misses"], r["cycles"], f"{r['compute_p99']:.3f}",
+                         f"{r['steal_ms']:.0f}", "-"])
             print(f"{int(rate)} Hz floor (bare sleep/wake loop): p99 {r['p99']:.3f} ms, max {r['max']:.3f} ms, "
                   f"misses {r['misses']}", flush=True)
         for load in ("idle", "loaded"):
             for iso in isolations:
+                st0 = steal_ms()
                 r = run_case(rate, args.seconds, load == "loaded", iso, args.rt, args.cpu)
+                r["steal_ms"] = steal_ms() - st0
                 results[(rate, load, iso)] = r
                 if load == "loaded":
                     loads_used.add(f"expert: {r['expert']}; planner: {r['planner']}")
                 base = results.get((rate, load, "thread"))
                 vs = fmt_ratio(ratio(base["p99"], r["p99"])) if base and iso != "thread" else "baseline"
                 rows.append([f"{int(rate)} Hz", load, iso, f"{r['p50']:.3f}", f"{r['p99']:.3f}", f"{r['max']:.3f}",
-                             r["misses"], r["cycles"], f"{r['compute_p99']:.3f}", vs])
+                             r["misses"], r["cycles"], f"{r['compute_p99']:.3f}", f"{r['steal_ms']:.0f}", vs])
                 print(f"{int(rate)} Hz {load} {iso}: p99 {r['p99']:.3f} ms, max {r['max']:.3f} ms, "
                       f"misses {r['misses']} ({r['reason']})", flush=True)
     primary = "process" if "process" in isolations else isolations[0]
     for (rate, load, iso), r in results.items():
         tag = f"loop_{int(rate)}hz_{load}"
         if iso == "bare":
-            flat.update({f"{tag}_p99_ms": r["p99"], f"{tag}_max_ms": r["max"], f"{tag}_misses": r["misses"]})
+            flat.update({f"{tag}_p99_ms": r["p99"], f"{tag}_max_ms": r["max"], f"{tag}_misses": r["misses"],
+                         f"{tag}_steal_ms": r["steal_ms"]})
             continue
         if iso == primary:
             flat.update({f"{tag}_p99_ms": r["p99"], f"{tag}_max_ms": r["max"], f"{tag}_misses": r["misses"]})
-        flat.update({f"{tag}_{iso}_p99_ms": r["p99"], f"{tag}_{iso}_max_ms": r["max"], f"{tag}_{iso}_misses": r["misses"]})
+        flat.update({f"{tag}_{iso}_p99_ms": r["p99"], f"{tag}_{iso}_max_ms": r["max"], f"{tag}_{iso}_misses": r["misses"],
+                     f"{tag}_{iso}_steal_ms": r["steal_ms"]})
     flat["loop_isolation"] = primary
     flat["loop_seconds_per_case"] = args.seconds
     flat["loop_rt_priority"] = args.rt
@@ -292,9 +311,10 @@ def main(argv=None) -> int:
                f"loaded = {'; '.join(sorted(loads_used)) or '-'}. Period error = |actual period - nominal|; "
                f"miss = a tick run > half a period late or skipped. 'vs thread' = thread p99 / process p99. "
                f"floor = a bare absolute-deadline sleep/wake loop in its own process at the same priority "
-               f"(no runtime work): the stalls the OS/hypervisor alone cause.")
+               f"(no runtime work): the stalls the OS/hypervisor alone cause. steal ms = CPU time the hypervisor "
+               f"gave other guests during the case (/proc/stat, all vCPUs).")
     print_table("control loop period error (ms)", ["rate", "load", "loop in", "p50", "p99", "max", "misses", "cycles",
-                                                   "compute p99", "vs thread"], rows, caption=caption)
+                                                   "compute p99", "steal ms", "vs thread"], rows, caption=caption)
     write_json(args.json, flat)
     return 0
 

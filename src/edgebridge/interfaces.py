@@ -56,7 +56,12 @@ class Planner(Protocol):
 
 @runtime_checkable
 class ActionExpert(Protocol):
-    """Cloud + arm state + guidance -> a chunk of refined end-effector targets."""
+    """Cloud + arm state + guidance -> a chunk of refined end-effector targets.
+
+    Optional, looked up with ``getattr``: ``needs_cloud`` (False: ``act`` gets ``cloud=None`` and no frame
+    is processed for it) and ``cloud_box(state, guidance, workspace)`` -> the ``kernels.WorkspaceBox`` the
+    expert wants its cloud cropped to (a region around the goal), or None for the whole workspace
+    (``workspace`` = the setup's (lo, hi) crop bounds)."""
 
     def act(self, cloud: PointCloud, state: ArmState, guidance: Guidance) -> ActionChunk: ...
     def close(self) -> None: ...

@@ -179,3 +179,26 @@ def test_noise_scale_zero_is_deterministic_and_validated(tiny_onnx):
     assert ExpertConfig(str(tiny_onnx)).noise_scale == 0.0
     with pytest.raises(ValueError, match="noise_scale"):
         ExpertConfig(str(tiny_onnx), noise_scale=2.0)
+
+
+def test_cloud_box_follows_the_metadata_roi(tiny_onnx, tmp_path):
+    from edgebridge.runtime.expert.features import goal_position
+
+    cloud, state, guidance, _ = observation(step=5)
+    with OnnxExpert(ExpertConfig(str(tiny_onnx))) as ex:
+        no_roi = json.loads(tiny_onnx.with_suffix(".json").read_text()).get("cloud_roi") is None
+        assert (ex.cloud_box(state, guidance) is None) == no_roi
+    meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    meta["cloud_roi"] = {"half_xy_m": 0.1, "below_m": 0.05, "above_m": 0.1}
+    model = tmp_path / "roi.onnx"
+    shutil.copy(tiny_onnx, model)
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    with OnnxExpert(ExpertConfig(str(model))) as ex:
+        box = ex.cloud_box(state, guidance)
+        goal = goal_position(guidance, (state.stamp_ns - guidance.stamp_ns) * 1e-9)
+        np.testing.assert_allclose(box.center, goal + [0.0, 0.0, 0.025], atol=1e-9)
+        np.testing.assert_allclose(box.half_extents, [0.1, 0.1, 0.075], atol=1e-9)
+    meta["cloud_roi"] = {"half_xy_m": -1}
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ExpertError, match="cloud_roi"):
+        OnnxExpert(ExpertConfig(str(model)))

@@ -186,3 +186,32 @@ def test_base_chunk_is_the_ik_chunk():
         state = ArmState(np.zeros(7), Pose(p[0], q[0]), 1.0, stamp_ns=10**9 + int(round(now * 1e9)))
         ik = IKExpert().act(None, state, guidance).poses
         np.testing.assert_allclose(base_chunk(FeatureSpec(), gt, g, np.array([now]))[0], ik, atol=1e-6)
+
+
+def test_cloud_roi_box_around_the_goal_clipped_to_the_workspace():
+    from edgebridge.contracts import Guidance
+    from edgebridge.runtime.expert.features import CloudROI, goal_position
+
+    roi = CloudROI(half_xy_m=0.1, below_m=0.05, above_m=0.2)
+    lo, hi = roi.bounds(np.array([0.5, 0.0, 0.1]))
+    np.testing.assert_allclose(lo, [0.4, -0.1, 0.05])
+    np.testing.assert_allclose(hi, [0.6, 0.1, 0.3])
+    lo, hi = roi.bounds(np.array([0.5, 0.0, 0.02]), ((0.0, -1.0, -0.03), (0.55, 1.0, 1.0)))
+    np.testing.assert_allclose(lo, [0.4, -0.1, -0.03])
+    np.testing.assert_allclose(hi, [0.55, 0.1, 0.22])
+    lo, hi = roi.bounds(np.array([2.0, 0.0, 0.1]), ((0.0, -1.0, 0.0), (1.0, 1.0, 1.0)))  # no overlap: ROI alone
+    np.testing.assert_allclose(lo, [1.9, -0.1, 0.05])
+    box = roi.box(np.array([0.5, 0.0, 0.1]))
+    np.testing.assert_allclose(box.center, [0.5, 0.0, 0.175])
+    np.testing.assert_allclose(box.half_extents, [0.1, 0.1, 0.125])
+    assert CloudROI.from_dict(None) is None and CloudROI.from_dict(roi.to_dict()) == roi
+    with pytest.raises(ExpertError, match="cloud_roi"):
+        CloudROI.from_dict({"half_xy_m": 0.1})
+    with pytest.raises(ValueError, match="below_m"):
+        CloudROI(below_m=0.0)
+    # the goal is the next gripper event after now, else the end
+    t = np.linspace(0.0, 2.0, 5)
+    pos = np.stack([t, np.zeros(5), np.zeros(5)], axis=1)
+    g = Guidance(t, pos, np.tile([0.0, 0.0, 0.0, 1.0], (5, 1)), np.array([1.0, 1.0, 0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(goal_position(g, 0.2), [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(goal_position(g, 1.2), [2.0, 0.0, 0.0])

@@ -64,3 +64,14 @@ def test_demos_written_and_read_without_simulator(tmp_path):
     z = np.load(tmp_path / meta["episodes"][0]["file"])
     # the expert's actions start near the arm's current pose (it tracks them)
     assert np.median(np.linalg.norm(z["action"][:, 0, :3] - z["ee_pose"][:, :3], axis=1)) < 0.05
+    # every cloud lies in the region of interest around the (noisy) guidance's goal at its step
+    from edgebridge.contracts import Guidance
+    from edgebridge.runtime.expert.features import CloudROI, goal_position
+
+    roi = CloudROI.from_dict(meta["cloud_roi"])
+    g = z["guidance"]
+    gd = Guidance(z["guidance_t"], g[:, :3], g[:, 3:7], g[:, 7])
+    for i in range(0, len(z["t"]), 5):
+        lo, hi = roi.bounds(goal_position(gd, z["t"][i]), meta["workspace_bounds"])
+        pts = z["cloud"][i, :z["cloud_n_valid"][i]]
+        assert np.all(pts >= lo - 1e-4) and np.all(pts <= hi + 1e-4), i

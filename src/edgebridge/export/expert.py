@@ -178,6 +178,8 @@ def export_expert(net: ActionExpertNet, record: dict, out_dir: Path, *, k: int =
         "normalization": record.get("norm"),
         "output": record.get("output") or OUTPUT_RELATIVE,
         "correction_limit": asdict(CorrectionLimit()),
+        # the crop the training clouds had: the runtime must crop live clouds the same way
+        "cloud_roi": (record.get("data") or {}).get("cloud_roi"),
         "model_config": cfg.to_dict(), "parameters": count_parameters(net),
         "training_command": record.get("command"), "train_config": train_cfg,
         "data_seed": train_cfg.get("seed"), "data": record.get("data"),

@@ -173,11 +173,19 @@ class Pipeline:
                            replan_subtasks=pc.replan_subtasks, timeout_s=pc.timeout_s, settle_s=self.settle_s,
                            blocking=blocking, profiler=self.profiler)
 
-    def cloud(self, frame: RGBD):
+    @property
+    def workspace_bounds(self) -> tuple:
+        p = self.cfg.perception
+        return (np.asarray(p.crop_min, np.float64), np.asarray(p.crop_max, np.float64))
+
+    def cloud(self, frame: RGBD, box=None):
+        """The frame as ``perception.n_points`` base-frame points cropped to ``box`` (default: the
+        workspace crop; the expert may ask for a region around its goal, ``cloud_box``)."""
         from ..kernels import WorkspaceBox, depth_to_cloud
 
         p = self.cfg.perception
-        box = WorkspaceBox.from_bounds(p.crop_min, p.crop_max)
+        if box is None:
+            box = WorkspaceBox.from_bounds(p.crop_min, p.crop_max)
         with timer(self.profiler, "cloud"):
             return depth_to_cloud(frame, self.dev.T_base_cam, box, p.n_points, voxel_size=p.voxel_m)
 
@@ -385,7 +393,8 @@ class _ExpertWorker:
         try:
             cloud = None
             if frame is not None:
-                cloud = pipe.cloud(frame)
+                box_fn = getattr(pipe.dev.expert, "cloud_box", None)
+                cloud = pipe.cloud(frame, box_fn(state, guidance, pipe.workspace_bounds) if box_fn else None)
                 if cloud.n_valid == 0:
                     raise EdgebridgeError("the workspace crop of the camera frame is empty (camera blocked or moved?)")
             with timer(pipe.profiler, "expert"):

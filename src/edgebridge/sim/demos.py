@@ -10,8 +10,9 @@ Per episode (seed ``seed + i``), with a noise level drawn per episode:
    plain-IK executor on the clean guidance); its next ``H`` poses at every expert step -> ``action``.
    The clean guidance is timed like the noisy one (same segment durations, so the same phase at the
    same time): ``action`` minus the noisy guidance at the same times is a purely spatial correction;
-3. at every expert step (``expert_dt``, 10 Hz) the noisy frame becomes a cropped base-frame cloud of
-   ``n_points`` -> ``cloud``, and the arm state is logged.
+3. at every expert step (``expert_dt``, 10 Hz) the noisy frame becomes a base-frame cloud of ``n_points``
+   cropped to the expert's region of interest (``cloud_roi``: a box around the noisy guidance's goal,
+   clipped to the workspace; ``None``: the whole workspace) -> ``cloud``, and the arm state is logged.
 
 Episodes whose noisy plan cannot be lifted (e.g. a depth hole under an anchor) are redrawn with new
 noise up to 3 times, then skipped with a warning.
@@ -30,6 +31,7 @@ import numpy as np
 from .. import __version__
 from ..contracts import RGBD, Waypoints
 from ..errors import PlanError
+from ..runtime.expert.features import CloudROI, goal_position
 from ..runtime.ik_expert import GuidanceConfig, IKExpert, IKExpertConfig, approach_waypoints, fit_guidance
 from ..runtime.lift import lift_plan
 from .camera import DepthNoiseConfig
@@ -49,6 +51,7 @@ class DemoConfig:
     depth_bias_max_m: float = 0.01
     p_clean_depth: float = 0.3
     max_seconds: float | None = None
+    cloud_roi: CloudROI | None = CloudROI()
 
 
 def _plan_to_path(world, camera, arm, frame: RGBD, instruction: str, offset_m: float, seed: int,
@@ -110,7 +113,8 @@ def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float
             events = [0]
 
             def on_step(t, state, chunk):
-                cloud = depth_to_cloud(camera.read(), camera.T_base_cam, box, cfg.n_points)
+                roi = cfg.cloud_roi.box(goal_position(guidance, t), WORKSPACE_BOUNDS) if cfg.cloud_roi else box
+                cloud = depth_to_cloud(camera.read(), camera.T_base_cam, roi, cfg.n_points)
                 if len(cloud) == 0:
                     raise PlanError(f"demo {spec.slug} seed {seed}: empty workspace crop at t={t:.1f} s")
                 prev = rows["action"][-1][0, 7] if rows["action"] else 1.0
@@ -188,6 +192,7 @@ def write_demos(task: str, episodes: int, out: str | Path, seed: int = 0, cfg: D
         "expert_dt": cfg.expert_dt, "action_dt": cfg.expert_dt, "render_hz": 1.0 / cfg.expert_dt,
         "camera": {"width": cam.width, "height": cam.height, "vfov_deg": cam.vfov_deg},
         "workspace_bounds": [list(b) for b in WORKSPACE_BOUNDS], "config": asdict(replace(cfg)),
+        "cloud_roi": cfg.cloud_roi.to_dict() if cfg.cloud_roi else None,
         "wall_s": time.perf_counter() - t0,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -128,7 +128,7 @@ class _Recorder:
 
 
 def execute(world: SimWorld, arm: SimArm, spline, expert, cfg: EpisodeConfig, limit_s: float, *,
-            cloud_fn: Callable[[], object] | None = None, on_step: Callable | None = None,
+            cloud_fn: Callable[[object, object], object] | None = None, on_step: Callable | None = None,
             timings: dict | None = None) -> str | None:
     """Follow ``spline`` (anything with ``duration`` and ``sample(dt, stamp_ns=)``) with ``expert`` until
     its end plus ``settle_s`` or ``limit_s``: expert every ``expert_dt``, IK + arm command every
@@ -147,7 +147,7 @@ def execute(world: SimWorld, arm: SimArm, spline, expert, cfg: EpisodeConfig, li
     while (clock.now_ns() - start_ns) / 1e9 < end_s:
         if tick % per_expert == 0:
             state = arm.state()
-            cloud = cloud_fn() if cloud_fn is not None else None
+            cloud = cloud_fn(state, guidance) if cloud_fn is not None else None
             chunk = expert.act(cloud, state, guidance)
             for name, obj in world.objects.items():
                 if not obj.fixed and not world.on_table(name):
@@ -232,7 +232,11 @@ def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | obj
                 from ..kernels import depth_to_cloud
 
                 box = workspace()
-                cloud_fn = lambda: depth_to_cloud(camera.read(), camera.T_base_cam, box, 512)  # noqa: E731
+                box_fn = getattr(exp, "cloud_box", None)  # the expert's region of interest, if it has one
+
+                def cloud_fn(state, guidance):
+                    roi = box_fn(state, guidance, WORKSPACE_BOUNDS) if box_fn is not None else None
+                    return depth_to_cloud(camera.read(), camera.T_base_cam, roi or box, 512)
             failure = execute(world, arm, spline, exp, cfg, limit, cloud_fn=cloud_fn, on_step=on_step, timings=timings)
             if failure is not None:
                 return result(False, failure)

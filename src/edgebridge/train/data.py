@@ -153,7 +153,11 @@ def load_demos(dirs: list[Path] | Path, spec: FeatureSpec | None = None, *,
     if n_ep == 0:
         raise DemoError(f"{[str(d) for d in dirs]}: no usable episodes ({n_skipped} unsuccessful skipped)")
     log.info("loaded %d episodes (%d unsuccessful skipped) from %s", n_ep, n_skipped, [str(d) for d in dirs])
+    rois = {json.dumps(m.get("cloud_roi"), sort_keys=True) for m in metas}
+    if len(rois) > 1:
+        raise DemoError(f"{[str(d) for d in dirs]}: the directories crop their clouds differently (cloud_roi "
+                        f"{sorted(rois)}); record them with the same DemoConfig.cloud_roi")
     meta = {"dirs": [str(d) for d in dirs], "episodes": n_ep, "skipped_unsuccessful": n_skipped,
-            "sources": metas, "spec": spec.__dict__}
+            "sources": metas, "spec": spec.__dict__, "cloud_roi": metas[0].get("cloud_roi")}
     return DemoSet(*(np.concatenate(feats[k]) for k in ("cloud", "proprio", "guidance", "action", "episode")),
                    meta=meta)

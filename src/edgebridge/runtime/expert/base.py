@@ -17,8 +17,9 @@ import numpy as np
 
 from ...contracts import ActionChunk, ArmState, Guidance, PointCloud
 from ...errors import ExpertError
-from .features import (OUTPUT_RELATIVE, OUTPUT_RESIDUAL, POSE_DIM, CorrectionLimit, FeatureSpec, Normalizer,
-                       apply_residual, base_chunk, decode_action, normalize_inputs, raw_features, resample_cloud)
+from .features import (OUTPUT_RELATIVE, OUTPUT_RESIDUAL, POSE_DIM, CloudROI, CorrectionLimit, FeatureSpec, Normalizer,
+                       apply_residual, base_chunk, decode_action, goal_position, normalize_inputs, raw_features,
+                       resample_cloud)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class ExpertBackend:
             self.limit = CorrectionLimit(**lim)
         except (TypeError, ValueError) as e:
             raise ExpertError(f"{config.metadata_path}: bad correction_limit {lim!r} ({e})") from e
+        self.roi = CloudROI.from_dict(self.meta.get("cloud_roi"))  # None: trained on whole-workspace clouds
         self._rng = np.random.default_rng(config.seed)
         self._closed = False
         self.last_timings_ms: dict = {}
@@ -156,6 +158,15 @@ class ExpertBackend:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ act
+
+    def cloud_box(self, state: ArmState, guidance: Guidance, workspace: tuple | None = None, now_s: float | None = None):
+        """The crop box this model's cloud must come from — the region of interest around the guidance's
+        goal it was trained on (``cloud_roi`` in the metadata) — or None (the whole workspace)."""
+        if self.roi is None:
+            return None
+        if now_s is None:
+            now_s = (state.stamp_ns - guidance.stamp_ns) * 1e-9
+        return self.roi.box(goal_position(guidance, now_s), workspace)
 
     def features(self, cloud: PointCloud, state: ArmState, guidance: Guidance, now_s: float | None = None) -> dict:
         """Normalised network inputs (batch 1, without noise) for one observation.

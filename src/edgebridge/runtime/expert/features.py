@@ -83,6 +83,57 @@ class FeatureSpec:
         return self.guidance_steps + 1
 
 
+@dataclass(frozen=True)
+class CloudROI:
+    """Region of interest of the expert's cloud: an axis-aligned box around the guidance's goal (its
+    next grasp or release point), ``half_xy_m`` to each side, from ``below_m`` under it to ``above_m``
+    over it, intersected with the workspace crop. The N points are spent where the correction is
+    decided: over the whole workspace 512 points lie ~4 cm apart (a cup gets a handful), in this box
+    about 1 cm. The box follows the *plan's* goal, so it must be larger than the plan error the
+    expert corrects (a few cm)."""
+
+    half_xy_m: float = 0.12
+    below_m: float = 0.12
+    above_m: float = 0.15
+
+    def __post_init__(self) -> None:
+        for name in ("half_xy_m", "below_m", "above_m"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"CloudROI.{name}: expected metres > 0, got {v!r}")
+
+    def bounds(self, goal: np.ndarray, workspace: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of the box around ``goal`` (3,), clipped to ``workspace`` = (lo, hi) when given
+        (the ROI alone when they do not overlap)."""
+        goal = np.asarray(goal, np.float64)
+        lo = goal - np.array([self.half_xy_m, self.half_xy_m, self.below_m])
+        hi = goal + np.array([self.half_xy_m, self.half_xy_m, self.above_m])
+        if workspace is not None:
+            wlo, whi = (np.asarray(b, np.float64) for b in workspace)
+            clo, chi = np.maximum(lo, wlo), np.minimum(hi, whi)
+            if np.all(chi - clo > 1e-3):
+                lo, hi = clo, chi
+        return lo, hi
+
+    def box(self, goal: np.ndarray, workspace: tuple | None = None):
+        """The ROI as a ``kernels.WorkspaceBox`` for ``depth_to_cloud``."""
+        from ...kernels import WorkspaceBox
+
+        return WorkspaceBox.from_bounds(*self.bounds(goal, workspace))
+
+    def to_dict(self) -> dict:
+        return {"half_xy_m": self.half_xy_m, "below_m": self.below_m, "above_m": self.above_m}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "CloudROI | None":
+        if not d:
+            return None
+        try:
+            return cls(**{k: float(d[k]) for k in ("half_xy_m", "below_m", "above_m")})
+        except (KeyError, TypeError, ValueError) as e:
+            raise ExpertError(f"cloud_roi {d!r}: expected half_xy_m, below_m, above_m in metres ({e})") from e
+
+
 # --------------------------------------------------------------------------- rotations
 
 
@@ -208,6 +259,13 @@ def goal_index(t: np.ndarray, gripper: np.ndarray, now: np.ndarray, threshold: f
         if changed.size:
             out[n] = j[n] + changed[0]
     return out
+
+
+def goal_position(guidance, now_s: float) -> np.ndarray:
+    """Position (3,) of the goal of a ``Guidance`` at ``now_s`` (seconds on its time base): the same goal
+    the features centre the cloud on."""
+    i = goal_index(guidance.t, guidance.gripper, np.array([float(now_s)]))[0]
+    return np.asarray(guidance.positions[i], np.float64)
 
 
 def resample_cloud(xyz: np.ndarray, n_valid: int, n_points: int) -> np.ndarray:

@@ -75,3 +75,25 @@ def test_demos_written_and_read_without_simulator(tmp_path):
         lo, hi = roi.bounds(goal_position(gd, z["t"][i]), meta["workspace_bounds"])
         pts = z["cloud"][i, :z["cloud_n_valid"][i]]
         assert np.all(pts >= lo - 1e-4) and np.all(pts <= hi + 1e-4), i
+
+
+def test_perturbed_demonstrator_records_the_clean_chunk_and_spares_the_contacts():
+    from edgebridge.contracts import ArmState, Guidance, Pose
+    from edgebridge.runtime.ik_expert import IKExpert
+    from edgebridge.sim.demos import PerturbedDemonstrator
+
+    t = np.linspace(0.0, 6.0, 61)
+    pos = np.stack([0.3 + 0.02 * t, np.zeros_like(t), 0.3 - 0.03 * t], axis=1)
+    grip = np.where(t < 3.0, 1.0, 0.0)  # a grasp at t = 3 s
+    g = Guidance(t, pos, np.tile([1.0, 0.0, 0.0, 0.0], (61, 1)), grip, stamp_ns=10**9)
+    demo = PerturbedDemonstrator(IKExpert(), 0.02, 1.0, 1.0, np.random.default_rng(0))
+    state = ArmState(np.zeros(7), Pose(pos[10], np.array([1.0, 0.0, 0.0, 0.0])), 1.0, stamp_ns=2 * 10**9)
+    executed = demo.act(None, state, g)
+    clean = IKExpert().act(None, state, g)
+    np.testing.assert_array_equal(demo.last_clean.poses, clean.poses)
+    assert not np.allclose(executed.poses[:, :3], clean.poses[:, :3])  # the execution is perturbed
+    np.testing.assert_array_equal(executed.poses[:, 3:], clean.poses[:, 3:])  # orientation and gripper are not
+    off = demo.offset(np.linspace(0.0, 6.0, 601))
+    assert np.all(np.abs(off) <= 0.04 + 1e-12)
+    near = np.abs(np.linspace(0.0, 6.0, 601) - 3.0) <= 0.3
+    assert np.all(off[near] == 0.0) and np.abs(off[~near]).max() > 0.005

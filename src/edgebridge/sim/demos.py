@@ -10,6 +10,12 @@ Per episode (seed ``seed + i``), with a noise level drawn per episode:
    plain-IK executor on the clean guidance); its next ``H`` poses at every expert step -> ``action``.
    The clean guidance is timed like the noisy one (same segment durations, so the same phase at the
    same time): ``action`` minus the noisy guidance at the same times is a purely spatial correction;
+   The demonstrator's *execution* is perturbed (DART-style: a smooth random offset of
+   ``execution_noise_m`` per axis, redrawn every ``execution_noise_hold_s`` and faded to zero around
+   every grasp and release) while the recorded ``action`` stays the unperturbed clean chunk. Without it
+   the arm's offset from the noisy guidance — visible in the proprio tokens and as the gripper's own
+   points in the cloud — would *equal* the correction, and a policy that learned to read it copies its
+   own last correction in closed loop and drifts;
 3. at every expert step (``expert_dt``, 10 Hz) the noisy frame becomes a base-frame cloud of ``n_points``
    cropped to the expert's region of interest (``cloud_roi``: a box around the noisy guidance's goal,
    clipped to the workspace; ``None``: the whole workspace) -> ``cloud``, and the arm state is logged.
@@ -52,6 +58,9 @@ class DemoConfig:
     p_clean_depth: float = 0.3
     max_seconds: float | None = None
     cloud_roi: CloudROI | None = CloudROI()
+    execution_noise_m: float = 0.02
+    execution_noise_hold_s: float = 1.0
+    execution_noise_fade_s: float = 1.0
 
 
 def _plan_to_path(world, camera, arm, frame: RGBD, instruction: str, offset_m: float, seed: int,
@@ -83,6 +92,54 @@ def fit_with_timing(path: Waypoints, ref):
     return PiecewiseGuidance(pieces)
 
 
+class PerturbedDemonstrator:
+    """The privileged demonstrator (``IKExpert`` on the clean guidance) with smooth execution noise: the
+    chunk it *executes* is offset by a piecewise-linear random walk (knots every ``hold_s``, std
+    ``std_m`` per axis, clipped to 2 std), scaled to zero within 0.3 s of every gripper event and
+    ramping back over ``fade_s``; ``last_clean`` is the unperturbed chunk, which is what is recorded."""
+
+    needs_cloud = False
+
+    def __init__(self, ik: IKExpert, std_m: float, hold_s: float, fade_s: float, rng: np.random.Generator) -> None:
+        self.ik, self.std_m, self.hold_s, self.fade_s, self.rng = ik, float(std_m), float(hold_s), float(fade_s), rng
+        self.last_clean = None
+        self._knots: np.ndarray | None = None
+        self._events: np.ndarray | None = None
+
+    def offset(self, t: np.ndarray) -> np.ndarray:
+        """(len(t), 3) execution offsets at guidance times ``t``."""
+        t = np.atleast_1d(np.asarray(t, np.float64))
+        i = np.clip(t / self.hold_s, 0.0, len(self._knots) - 1.001)
+        k = np.floor(i).astype(int)
+        w = (i - k)[:, None]
+        eps = (1 - w) * self._knots[k] + w * self._knots[k + 1]
+        if self._events.size:
+            d = np.min(np.abs(t[:, None] - self._events[None, :]), axis=1)
+            eps *= np.clip((d - 0.3) / self.fade_s, 0.0, 1.0)[:, None]
+        return eps
+
+    def act(self, cloud, state, guidance):
+        from ..contracts import ActionChunk
+
+        chunk = self.ik.act(cloud, state, guidance)
+        self.last_clean = chunk
+        if self.std_m <= 0:
+            return chunk
+        if self._knots is None:
+            n = int(np.ceil((guidance.t[-1] + 10.0) / self.hold_s)) + 2
+            self._knots = np.clip(self.rng.normal(0.0, self.std_m, (n, 3)), -2 * self.std_m, 2 * self.std_m)
+            self._knots[0] = 0.0  # start where the arm is
+            g = guidance.gripper >= 0.5
+            self._events = guidance.t[1:][g[1:] != g[:-1]]
+        now = (state.stamp_ns - guidance.stamp_ns) / 1e9
+        poses = chunk.poses.astype(np.float64)
+        poses[:, :3] += self.offset(now + chunk.dt * np.arange(len(chunk)))
+        return ActionChunk(poses, start_ns=chunk.start_ns, dt=chunk.dt, inference_ms=chunk.inference_ms)
+
+    def close(self) -> None:
+        pass
+
+
 def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float, depth_noise: DepthNoiseConfig):
     """One demonstration: (dict of arrays, info dict), or raises PlanError when the noisy plan fails."""
     from ..kernels import depth_to_cloud
@@ -112,7 +169,12 @@ def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float
                                                       "goal", "action")}
             events = [0]
 
+            expert = PerturbedDemonstrator(IKExpert(IKExpertConfig(horizon=cfg.horizon, dt=cfg.expert_dt)),
+                                           cfg.execution_noise_m, cfg.execution_noise_hold_s,
+                                           cfg.execution_noise_fade_s, np.random.default_rng(seed + 104729))
+
             def on_step(t, state, chunk):
+                chunk = expert.last_clean  # record what the demonstrator meant, not the perturbed execution
                 roi = cfg.cloud_roi.box(goal_position(guidance, t), WORKSPACE_BOUNDS) if cfg.cloud_roi else box
                 cloud = depth_to_cloud(camera.read(), camera.T_base_cam, roi, cfg.n_points)
                 if len(cloud) == 0:
@@ -130,7 +192,6 @@ def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float
                 rows["goal"].append(goals_all[k])
                 rows["action"].append(chunk.poses.astype(np.float64))
 
-            expert = IKExpert(IKExpertConfig(horizon=cfg.horizon, dt=cfg.expert_dt))
             limit = cfg.max_seconds or spec.max_seconds
             failure = execute(world, arm, clean_g, expert, ecfg, limit, on_step=on_step)
             world.settle(0.3)

@@ -14,7 +14,8 @@ renderer) at 320x240 and 640x480, with the 640/320 ratio.
 
 ``--json`` keys: ``success.<expert>.<task>.<condition>``, ``render_ms_320``, ``render_ms_640``, ``step_ms``.
 Experts are built by name with ``edgebridge.sim.episode.make_expert`` (register more with
-``register_expert``); ``onnx`` is the shipped action expert (``load_shipped``). The shipped expert was
+``register_expert``); ``onnx`` (alias ``expert``, the name the JSON keys of the expert-vs-IK table use) is the
+shipped action expert, or ``--onnx MODEL``. ``--jobs N`` runs episodes in N processes. The shipped expert was
 trained on demonstrations of seeds 0..39: pass ``--seed-base 1000`` to measure it on held-out scenes.
 """
 
@@ -49,6 +50,32 @@ def timings() -> dict:
     return out
 
 
+_ONNX_PATH: str | None = None  # set in the parent, inherited (fork) or passed (initializer) by workers
+_THREADS = 2
+
+
+def _register_learned(onnx_path: str | None, threads: int) -> None:
+    """``onnx`` and its alias ``expert``: the shipped action expert, or the model at ``onnx_path``."""
+    from edgebridge.runtime.expert import ExpertConfig, OnnxExpert, shipped_model_path
+    from edgebridge.sim.episode import register_expert
+
+    path = onnx_path or str(shipped_model_path())
+    for name in ("onnx", "expert"):
+        register_expert(name, lambda: OnnxExpert(ExpertConfig(path, threads=threads)))
+
+
+def _init_worker(onnx_path: str | None, threads: int) -> None:
+    logging.basicConfig(level=logging.ERROR)
+    _register_learned(onnx_path, threads)
+
+
+def _episode(job: tuple) -> object:
+    from edgebridge.sim.episode import run_episode
+
+    task, seed, expert, plan_m, depth_m = job
+    return run_episode(task, seed, "oracle", expert, plan_noise_m=plan_m, depth_noise=depth_m)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=50, help="episodes per task and condition (seeds 0..N-1)")
@@ -58,21 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experts", default="ik", help="comma-separated expert names (ik, onnx, ...)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help=f"subset of {list(CONDITIONS)}")
     ap.add_argument("--onnx", type=Path, default=None, metavar="MODEL",
-                    help="run the `onnx` expert on this exported model (metadata JSON beside it) instead of the shipped one")
+                    help="run the `onnx`/`expert` expert on this exported model (metadata JSON beside it) instead of "
+                         "the shipped one")
+    ap.add_argument("--jobs", type=int, default=1, help="episodes run in parallel processes (each expert on "
+                                                        "2 / jobs threads)")
     add_json_arg(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    from edgebridge.sim.episode import EXPERTS, make_expert, register_expert, run_episode
+    from edgebridge.sim.episode import make_expert
     from edgebridge.sim.tasks import get_task
 
-    if args.onnx is not None:
-        from edgebridge.runtime.expert import ExpertConfig, OnnxExpert
-
-        register_expert("onnx", lambda: OnnxExpert(ExpertConfig(str(args.onnx))))
-    elif "onnx" not in EXPERTS:
-        from edgebridge.runtime.expert import load_shipped
-
-        register_expert("onnx", load_shipped)
+    threads = max(1, 2 // max(1, args.jobs))
+    onnx_path = str(args.onnx) if args.onnx is not None else None
+    _register_learned(onnx_path, threads)
 
     conds = [c for c in args.conditions.split(",") if c]
     bad = [c for c in conds if c not in CONDITIONS]
@@ -86,13 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     flat: dict = {}
     rows = []
     t0 = time.perf_counter()
+    pool = None
+    if args.jobs > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker, initargs=(onnx_path, threads))
+    run = pool.map if pool is not None else (lambda f, jobs: [f(j) for j in jobs])
     for e in experts:
         for task in tasks:
             rates = {}
             for cond in conds:
                 plan_m, depth_m = CONDITIONS[cond]
-                res = [run_episode(task, s, "oracle", e, plan_noise_m=plan_m, depth_noise=depth_m)
-                       for s in range(args.seed_base, args.seed_base + args.seeds)]
+                res = run(_episode, [(task, s, e, plan_m, depth_m)
+                                     for s in range(args.seed_base, args.seed_base + args.seeds)])
                 rates[cond] = sum(r.success for r in res) / len(res)
                 flat[f"success.{e}.{task}.{cond}"] = rates[cond]
                 fails = [r.reason for r in res if not r.success]
@@ -101,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([e, task, cond, f"{rates[cond]:.2f}", f"{sum(r.success for r in res)}/{len(res)}",
                              fmt_ratio(rates[cond] / base) if base else "n/a", top])
                 print(f"  {e} {task} {cond}: {rates[cond]:.2f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    if pool is not None:
+        pool.close()
+        pool.join()
     print_table(f"sim success, oracle planner, {args.seeds} seeds per cell "
                 f"({args.seed_base}..{args.seed_base + args.seeds - 1})",
                 ["expert", "task", "condition", "success", "n", "vs clean", "typical failure"], rows,

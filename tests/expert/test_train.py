@@ -150,3 +150,25 @@ def test_arm_shift_equals_featurising_a_moved_end_effector():
     np.testing.assert_allclose(proprio.numpy(), norm.normalize("proprio", b["proprio"]), atol=1e-5)
     np.testing.assert_allclose(guidance.numpy(), norm.normalize("guidance", b["guidance"]), atol=1e-5)
     np.testing.assert_array_equal(a["cloud"], b["cloud"])  # the goal-centred cloud does not depend on the arm
+
+
+def test_fit_clouds_crops_to_the_roi_and_resamples_like_the_runtime():
+    from edgebridge.runtime.expert.features import CloudROI, Normalizer, resample_cloud
+    from edgebridge.train.appf import fit_clouds
+
+    rng = np.random.default_rng(2)
+    roi = CloudROI(half_xy_m=0.1, below_m=0.05, above_m=0.1)
+    raw = rng.uniform(-0.15, 0.15, (3, 64, 3))  # goal-centred, with a margin around the ROI
+    raw[2, :, 0] = 0.5  # no point inside: kept whole
+    norm = Normalizer.fit({"cloud": raw.reshape(-1, 3), "proprio": rng.normal(size=(4, 10)),
+                           "guidance": rng.normal(size=(4, 10)), "action": rng.normal(size=(4, 10))})
+    out = fit_clouds(torch.from_numpy(norm.normalize("cloud", raw)), 16, norm, roi).numpy()
+    assert out.shape == (3, 16, 3)
+    for b in range(2):
+        inside = raw[b][np.all((raw[b] >= [-0.1, -0.1, -0.05]) & (raw[b] <= [0.1, 0.1, 0.1]), axis=1)]
+        want = resample_cloud(inside, len(inside), 16)  # what the runtime does to a cloud cropped to the ROI
+        np.testing.assert_allclose(norm.unnormalize("cloud", out[b]), want, atol=1e-6)
+    np.testing.assert_allclose(norm.unnormalize("cloud", out[2]), resample_cloud(raw[2], 64, 16), atol=1e-6)
+    # without a ROI only the resampling
+    same = fit_clouds(torch.from_numpy(norm.normalize("cloud", raw)), 64, norm, None)
+    np.testing.assert_allclose(same.numpy(), norm.normalize("cloud", raw))

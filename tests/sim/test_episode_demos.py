@@ -51,7 +51,7 @@ def test_demos_written_and_read_without_simulator(tmp_path):
         "meta = json.load(open(d + '/meta.json'))\n"
         "z = np.load(d + '/' + meta['episodes'][0]['file'])\n"
         "T = z['t'].shape[0]\n"
-        "assert z['cloud'].shape == (T, 512, 3) and z['cloud'].dtype == np.float32\n"
+        "assert z['cloud'].shape == (T, meta['n_points'], 3) and z['cloud'].dtype == np.float32\n"
         "assert z['action'].shape == (T, 16, 8) and z['goal'].shape == (T, 8)\n"
         "assert z['guidance'].shape[1] == 8 and z['joints'].shape == (T, 7)\n"
         "assert np.all(z['cloud_n_valid'] > 100)\n"
@@ -72,7 +72,7 @@ def test_demos_written_and_read_without_simulator(tmp_path):
     g = z["guidance"]
     gd = Guidance(z["guidance_t"], g[:, :3], g[:, 3:7], g[:, 7])
     for i in range(0, len(z["t"]), 5):
-        lo, hi = roi.bounds(goal_position(gd, z["t"][i]), meta["workspace_bounds"])
+        lo, hi = roi.bounds(goal_position(gd, z["t"][i]), meta["workspace_bounds"], meta["cloud_roi_margin_m"])
         pts = z["cloud"][i, :z["cloud_n_valid"][i]]
         assert np.all(pts >= lo - 1e-4) and np.all(pts <= hi + 1e-4), i
 

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    n_points: int = 512
+    n_points: int = 1024
     horizon: int = 16
     expert_dt: float = 0.1
     plan_noise_max_m: float = 0.03
@@ -58,6 +58,10 @@ class DemoConfig:
     p_clean_depth: float = 0.3
     max_seconds: float | None = None
     cloud_roi: CloudROI | None = CloudROI()
+    # clouds are recorded in the ROI grown by this margin on every side (with n_points = 1024 about the
+    # density the runtime's 512 points have in the ROI itself): training moves the plan by up to a few cm
+    # (plan-shift augmentation) and crops to the ROI afterwards, so the crop's edges never give the shift away
+    cloud_roi_margin_m: float = 0.05
     execution_noise_m: float = 0.02
     execution_noise_hold_s: float = 1.0
     execution_noise_fade_s: float = 1.0
@@ -175,7 +179,8 @@ def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float
 
             def on_step(t, state, chunk):
                 chunk = expert.last_clean  # record what the demonstrator meant, not the perturbed execution
-                roi = cfg.cloud_roi.box(goal_position(guidance, t), WORKSPACE_BOUNDS) if cfg.cloud_roi else box
+                roi = cfg.cloud_roi.box(goal_position(guidance, t), WORKSPACE_BOUNDS,
+                                        margin_m=cfg.cloud_roi_margin_m) if cfg.cloud_roi else box
                 cloud = depth_to_cloud(camera.read(), camera.T_base_cam, roi, cfg.n_points)
                 if len(cloud) == 0:
                     raise PlanError(f"demo {spec.slug} seed {seed}: empty workspace crop at t={t:.1f} s")
@@ -254,6 +259,7 @@ def write_demos(task: str, episodes: int, out: str | Path, seed: int = 0, cfg: D
         "camera": {"width": cam.width, "height": cam.height, "vfov_deg": cam.vfov_deg},
         "workspace_bounds": [list(b) for b in WORKSPACE_BOUNDS], "config": asdict(replace(cfg)),
         "cloud_roi": cfg.cloud_roi.to_dict() if cfg.cloud_roi else None,
+        "cloud_roi_margin_m": cfg.cloud_roi_margin_m if cfg.cloud_roi else 0.0,
         "wall_s": time.perf_counter() - t0,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -33,14 +33,14 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..runtime.expert.features import OUTPUT_RESIDUAL, FeatureSpec, Normalizer
-from .data import DemoSet, load_demos
+from ..runtime.expert.features import OUTPUT_RESIDUAL, CloudROI, FeatureSpec, Normalizer
+from .data import DemoSet, load_demos, read_meta, spec_from_meta
 from .model import ActionExpertNet, DDIMSampler, ExpertConfig, count_parameters, make_net
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,32 @@ def shift_plan(norm: Normalizer, shift_m: torch.Tensor, cloud: torch.Tensor | No
     return cloud, guidance, action
 
 
+def fit_clouds(cloud: torch.Tensor, n_points: int, norm: Normalizer, roi: CloudROI | None) -> torch.Tensor:
+    """(B, M, 3) normalised goal-centred clouds as recorded -> (B, N, 3) network clouds: points outside
+    ``roi`` (relative to the goal, i.e. the origin) are dropped and the rest resampled to N by an even
+    stride / repetition — what ``resample_cloud`` does to a live cloud cropped to the ROI. Demonstrations
+    record a margin around the ROI, so after a plan shift the crop is taken afresh and its edges do not
+    reveal the shift. A sample with no point inside keeps all of its points."""
+    b, m, _ = cloud.shape
+    if roi is None:
+        if m == n_points:
+            return cloud
+        mask = torch.ones(b, m, dtype=torch.bool)
+    else:
+        mean = torch.as_tensor(norm.mean["cloud"], dtype=cloud.dtype)
+        std = torch.as_tensor(norm.std["cloud"], dtype=cloud.dtype)
+        lo, hi = (torch.as_tensor(v, dtype=cloud.dtype) for v in roi.relative_bounds())
+        mask = ((cloud >= (lo - mean) / std) & (cloud <= (hi - mean) / std)).all(dim=-1)
+        empty = ~mask.any(dim=1)
+        if bool(empty.any()):
+            mask[empty] = True
+    n_valid = mask.sum(dim=1)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # inside points first, in order
+    idx = (torch.arange(n_points)[None, :] * n_valid[:, None]) // n_points
+    src = torch.gather(order, 1, idx)
+    return torch.gather(cloud, 1, src[..., None].expand(-1, -1, 3))
+
+
 def shift_arm(norm: Normalizer, shift_m: torch.Tensor, proprio: torch.Tensor,
               guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised proprio and guidance tokens as if the end effector stood ``shift_m`` (B, 3) metres away
@@ -160,13 +186,15 @@ def shift_arm(norm: Normalizer, shift_m: torch.Tensor, proprio: torch.Tensor,
 
 @torch.no_grad()
 def evaluate(net: ActionExpertNet, data: _Tensors, norm: Normalizer, *, use_cloud: bool, k: int,
-             seed: int, max_samples: int = 256) -> dict:
+             seed: int, max_samples: int = 256, fit_cloud=None) -> dict:
     """Denoising loss (fixed noise) and DDIM-K sampling error in metres / gripper units."""
     net.eval()
     g = torch.Generator().manual_seed(seed)
     n = min(len(data), max_samples)
     idx = np.linspace(0, len(data) - 1, n).astype(np.int64)
     cloud, proprio, guidance, action = data.batch(idx, use_cloud)
+    if cloud is not None and fit_cloud is not None:
+        cloud = fit_cloud(cloud)
     loss = float(net.loss(cloud, proprio, guidance, action, generator=g))
     noise = torch.randn(action.shape, generator=g)
     pred = DDIMSampler(net, k)(cloud, proprio, guidance, noise)  # cloud None: stage-1 condition
@@ -216,8 +244,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
         torch.set_num_threads(cfg.threads)
+        if spec is None:  # sizes from the data; the cloud size is the network's (recorded clouds are fitted to it)
+            spec = replace(spec_from_meta(read_meta(Path(list(demo_dirs)[0]))), n_points=cfg.model.n_points)
         ds = load_demos(demo_dirs, spec)
         self.spec = FeatureSpec(**ds.meta["spec"])
+        self.roi = CloudROI.from_dict(ds.meta.get("cloud_roi"))
         if (self.spec.n_points, self.spec.guidance_tokens, self.spec.horizon) != \
                 (cfg.model.n_points, cfg.model.guidance_tokens, cfg.model.horizon):
             raise ValueError(f"demonstrations have N={self.spec.n_points}, G+1={self.spec.guidance_tokens}, "
@@ -226,6 +257,7 @@ class Trainer:
         train_ds, val_ds = ds.split(cfg.val_fraction, cfg.seed)
         self.norm = train_ds.fit_normalizer()
         self.train_data = _Tensors(train_ds, self.norm)
+        self.fit_cloud = lambda c: fit_clouds(c, cfg.model.n_points, self.norm, self.roi)
         self.val_data = _Tensors(val_ds if len(val_ds) else train_ds, self.norm)
         self.data_meta = {**ds.meta, "train_samples": len(train_ds), "val_samples": len(val_ds)}
         self.command = command
@@ -307,6 +339,8 @@ class Trainer:
             if self.cfg.arm_shift_m > 0:
                 shift = self.cfg.arm_shift_m * torch.randn((st.batch, 3), generator=self.gen)
                 proprio, guidance = shift_arm(self.norm, shift, proprio, guidance)
+            if cloud is not None:
+                cloud = self.fit_cloud(cloud)
             if self.cfg.goal_noise > 0:
                 guidance = guidance + self.cfg.goal_noise * torch.randn(guidance.shape, generator=self.gen)
             loss = self.net.loss(cloud, proprio, guidance, action, generator=self.gen)
@@ -323,7 +357,7 @@ class Trainer:
                    "lr": lr, "time_s": round(self.elapsed, 2)}
             if self.step % self.cfg.eval_every == 0 or self.step == st.steps:
                 m = evaluate(self.ema, self.val_data, self.norm, use_cloud=st.use_cloud, k=self.cfg.eval_k,
-                             seed=self.cfg.seed + 1)
+                             seed=self.cfg.seed + 1, fit_cloud=self.fit_cloud)
                 row.update(val_loss=m["loss"], val_pos_err_mm=m["pos_err_mm"], val_gripper_err=m["gripper_err"])
                 log.info("stage %d step %d/%d loss %.4f val %.4f pos err %.1f mm (guidance alone %.1f mm) (%.0f s)",
                          stage, self.step, st.steps, row["loss"], m["loss"], m["pos_err_mm"], m["ik_pos_err_mm"],
@@ -343,7 +377,8 @@ class Trainer:
         self._run_stage(2, self.cfg.stage2)
         self._write_logs()
         metrics = {f"val_{k}": v for k, v in evaluate(self.ema, self.val_data, self.norm, use_cloud=True,
-                                                      k=self.cfg.eval_k, seed=self.cfg.seed + 1).items()}
+                                                      k=self.cfg.eval_k, seed=self.cfg.seed + 1,
+                                                      fit_cloud=self.fit_cloud).items()}
         metrics.update(train_time_s=round(self.elapsed, 1), parameters=count_parameters(self.net),
                        eval_k=self.cfg.eval_k)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -29,7 +29,7 @@ class DemoError(ValueError):
 class DemoSet:
     """Raw (un-normalised) features of all samples, float32, plus the episode of each sample."""
 
-    cloud: np.ndarray  # (S, N, 3)
+    cloud: np.ndarray  # (S, M, 3): as recorded (M = the data set's n_points; the trainer fits them to the network's N)
     proprio: np.ndarray  # (S, 10)
     guidance: np.ndarray  # (S, G+1, 10)
     action: np.ndarray  # (S, H, 10): correction of the guidance's IK chunk
@@ -77,7 +77,7 @@ def spec_from_meta(meta: dict, guidance_steps: int = 16) -> FeatureSpec:
         raise DemoError(f"meta.json: cannot read n_points/horizon/action_dt ({e})") from e
 
 
-def _load_episode(path: Path, spec: FeatureSpec) -> dict:
+def _load_episode(path: Path, spec: FeatureSpec, n_cloud: int) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in EPISODE_KEYS if k not in z.files]
@@ -89,7 +89,7 @@ def _load_episode(path: Path, spec: FeatureSpec) -> dict:
             raise
         raise DemoError(f"{path}: cannot read episode ({e})") from e
     t = ep["t"].shape[0]
-    shapes = {"cloud": (t, spec.n_points, 3), "ee_pose": (t, 7), "gripper": (t,),
+    shapes = {"cloud": (t, n_cloud, 3), "ee_pose": (t, 7), "gripper": (t,),
               "action": (t, spec.horizon, 8)}
     for k, want in shapes.items():
         if ep[k].shape != want:
@@ -130,7 +130,7 @@ def load_demos(dirs: list[Path] | Path, spec: FeatureSpec | None = None, *,
         for f in files:
             if max_episodes is not None and n_ep >= max_episodes:
                 break
-            ep = _load_episode(f, spec)
+            ep = _load_episode(f, spec, int(meta.get("n_points", spec.n_points)))
             with np.load(f, allow_pickle=False) as z:
                 ok = bool(z["success"]) if "success" in z.files else True
             if only_success and not ok:
@@ -153,11 +153,12 @@ def load_demos(dirs: list[Path] | Path, spec: FeatureSpec | None = None, *,
     if n_ep == 0:
         raise DemoError(f"{[str(d) for d in dirs]}: no usable episodes ({n_skipped} unsuccessful skipped)")
     log.info("loaded %d episodes (%d unsuccessful skipped) from %s", n_ep, n_skipped, [str(d) for d in dirs])
-    rois = {json.dumps(m.get("cloud_roi"), sort_keys=True) for m in metas}
+    rois = {json.dumps([m.get("cloud_roi"), m.get("cloud_roi_margin_m", 0.0)], sort_keys=True) for m in metas}
     if len(rois) > 1:
         raise DemoError(f"{[str(d) for d in dirs]}: the directories crop their clouds differently (cloud_roi "
                         f"{sorted(rois)}); record them with the same DemoConfig.cloud_roi")
     meta = {"dirs": [str(d) for d in dirs], "episodes": n_ep, "skipped_unsuccessful": n_skipped,
-            "sources": metas, "spec": spec.__dict__, "cloud_roi": metas[0].get("cloud_roi")}
+            "sources": metas, "spec": spec.__dict__, "cloud_roi": metas[0].get("cloud_roi"),
+            "cloud_roi_margin_m": float(metas[0].get("cloud_roi_margin_m") or 0.0)}
     return DemoSet(*(np.concatenate(feats[k]) for k in ("cloud", "proprio", "guidance", "action", "episode")),
                    meta=meta)

@@ -102,12 +102,18 @@ class CloudROI:
             if not (np.isfinite(v) and v > 0):
                 raise ValueError(f"CloudROI.{name}: expected metres > 0, got {v!r}")
 
-    def bounds(self, goal: np.ndarray, workspace: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi) of the box around ``goal`` (3,), clipped to ``workspace`` = (lo, hi) when given
-        (the ROI alone when they do not overlap)."""
+    def relative_bounds(self, margin_m: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of the box relative to the goal, grown by ``margin_m`` on every side."""
+        return (-np.array([self.half_xy_m, self.half_xy_m, self.below_m]) - margin_m,
+                np.array([self.half_xy_m, self.half_xy_m, self.above_m]) + margin_m)
+
+    def bounds(self, goal: np.ndarray, workspace: tuple | None = None,
+               margin_m: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of the box around ``goal`` (3,) (grown by ``margin_m``), clipped to ``workspace`` =
+        (lo, hi) when given (the ROI alone when they do not overlap)."""
         goal = np.asarray(goal, np.float64)
-        lo = goal - np.array([self.half_xy_m, self.half_xy_m, self.below_m])
-        hi = goal + np.array([self.half_xy_m, self.half_xy_m, self.above_m])
+        rlo, rhi = self.relative_bounds(margin_m)
+        lo, hi = goal + rlo, goal + rhi
         if workspace is not None:
             wlo, whi = (np.asarray(b, np.float64) for b in workspace)
             clo, chi = np.maximum(lo, wlo), np.minimum(hi, whi)
@@ -115,11 +121,11 @@ class CloudROI:
                 lo, hi = clo, chi
         return lo, hi
 
-    def box(self, goal: np.ndarray, workspace: tuple | None = None):
+    def box(self, goal: np.ndarray, workspace: tuple | None = None, margin_m: float = 0.0):
         """The ROI as a ``kernels.WorkspaceBox`` for ``depth_to_cloud``."""
         from ...kernels import WorkspaceBox
 
-        return WorkspaceBox.from_bounds(*self.bounds(goal, workspace))
+        return WorkspaceBox.from_bounds(*self.bounds(goal, workspace, margin_m))
 
     def to_dict(self) -> dict:
         return {"half_xy_m": self.half_xy_m, "below_m": self.below_m, "above_m": self.above_m}

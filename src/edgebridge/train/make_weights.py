@@ -4,7 +4,7 @@ Steps: write demonstrations with ``edge-sim demos`` -> APPF stage 1 (action pre-
 (point-cloud fine-tuning) -> ``edge-export expert`` into ``src/edgebridge/assets/expert/`` (ONNX +
 metadata). Prints how long each step took. Defaults are sized for a 2-core CPU (about 30 minutes).
 
-    python -m edgebridge.train.make_weights [--episodes 40] [--stage1-steps 300] [--stage2-steps 400]
+    python -m edgebridge.train.make_weights [--episodes 60] [--stage1-steps 300] [--stage2-steps 600]
         [--work build/weights] [--out src/edgebridge/assets/expert] [--seed 0]
 
 Rerunning reuses finished demonstrations and resumes an interrupted training run in ``--work``.
@@ -32,8 +32,17 @@ def _demos(task: str, episodes: int, out: Path, seed: int) -> Path:
     """Run ``edge-sim demos`` unless ``out`` already holds that many episodes."""
     meta = out / "meta.json"
     if meta.exists() and len(list(out.glob("episode_*.npz"))) >= episodes:
-        log.info("reusing %s", out)
-        return out
+        from dataclasses import asdict
+
+        from ..sim.demos import DemoConfig
+
+        recorded = json.loads(meta.read_text()).get("config")
+        if recorded == json.loads(json.dumps(asdict(DemoConfig()))):
+            log.info("reusing %s", out)
+            return out
+        log.info("%s was recorded with another DemoConfig (%s); recording again", out, recorded)
+        for f in out.glob("episode_*.npz"):
+            f.unlink()
     exe = Path(sys.executable).with_name("edge-sim")
     prog = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgebridge.sim.cli"]
     cmd = [*prog, "demos", "--task", task, "--episodes", str(episodes),
@@ -51,15 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edgebridge.train.make_weights", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), help="edge-sim task slugs to train on")
-    ap.add_argument("--episodes", type=int, default=40, help="demonstrations per task")
+    ap.add_argument("--episodes", type=int, default=60, help="demonstrations per task")
     ap.add_argument("--stage1-steps", type=int, default=300)
     ap.add_argument("--stage1-batch", type=int, default=512)
-    ap.add_argument("--stage2-steps", type=int, default=400)
+    ap.add_argument("--stage2-steps", type=int, default=600)
     ap.add_argument("--stage2-batch", type=int, default=256)
     ap.add_argument("--goal-noise", type=float, default=0.1)
     ap.add_argument("--plan-shift", type=float, default=0.03, metavar="M",
                     help="std (metres) of the consistent plan-shift augmentation")
-    ap.add_argument("--arm-shift", type=float, default=0.03, metavar="M",
+    ap.add_argument("--arm-shift", type=float, default=0.02, metavar="M",
                     help="std (metres) of the arm-offset augmentation")
     ap.add_argument("--seed", type=int, default=0, help="seeds the demonstrations and the training")
     ap.add_argument("--k", type=int, default=10, help="DDIM steps unrolled in the shipped graph")

@@ -110,3 +110,17 @@ def test_loss_falls_when_fitting_one_batch():
         opt.step()
     with torch.no_grad():
         assert float(net.loss(*b, generator=torch.Generator().manual_seed(99))) < 0.5 * first
+
+
+def test_auxiliary_loss_trains_the_cloud_encoder_only_when_asked():
+    net = make_net(ExpertConfig(**TINY), seed=4)
+    b = (torch.randn(4, 512, 3), torch.randn(4, 10), torch.randn(4, 17, 10), torch.randn(4, 16, 10))
+    base = net.loss(*b, generator=torch.Generator().manual_seed(1))
+    with_aux = net.loss(*b, generator=torch.Generator().manual_seed(1), aux_weight=1.0)
+    aux = torch.mean((net.aux_head(net.cloud_encoder(b[0])) - b[3][..., :3].mean(dim=1)) ** 2)
+    torch.testing.assert_close(with_aux, base + aux)
+    with_aux.backward()
+    assert net.aux_head.weight.grad is not None and net.aux_head.weight.grad.abs().sum() > 0
+    net.zero_grad()
+    net.loss(None, *b[1:], generator=torch.Generator().manual_seed(1), aux_weight=1.0).backward()  # stage 1
+    assert net.aux_head.weight.grad is None or net.aux_head.weight.grad.abs().sum() == 0

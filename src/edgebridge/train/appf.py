@@ -6,6 +6,10 @@ fine-tuning") adds the PointNet cloud encoder and fine-tunes everything with clo
 guidance and goal tokens get Gaussian noise (``goal_noise``, in normalised units) so the expert learns
 to correct an imprecise plan instead of copying it.
 
+``aux_weight`` adds an auxiliary loss in stage 2: a linear head on the cloud feature regresses the chunk's
+mean position correction, a direct gradient for the encoder to localise the object (the head is not
+exported).
+
 ``plan_shift_m`` adds a second, *consistent* augmentation: each sample's whole plan is moved by a random
 3-D offset (Gaussian, std ``plan_shift_m`` per axis) as if the planner had missed by that much, and
 everything that depends on the plan moves with it — the guidance tokens by +offset, the goal-centred
@@ -66,6 +70,7 @@ class TrainConfig:
     goal_noise: float = 0.1
     plan_shift_m: float = 0.0
     arm_shift_m: float = 0.0
+    aux_weight: float = 0.0
     seed: int = 0
     val_fraction: float = 0.1
     eval_every: int = 250
@@ -98,6 +103,7 @@ class TrainConfig:
         d["model"] = ExpertConfig.from_dict(d.get("model", {}))
         d.setdefault("plan_shift_m", 0.0)
         d.setdefault("arm_shift_m", 0.0)
+        d.setdefault("aux_weight", 0.0)
         for s in ("stage1", "stage2"):
             if s in d:
                 d[s] = StageConfig(**d[s])
@@ -343,7 +349,7 @@ class Trainer:
                 cloud = self.fit_cloud(cloud)
             if self.cfg.goal_noise > 0:
                 guidance = guidance + self.cfg.goal_noise * torch.randn(guidance.shape, generator=self.gen)
-            loss = self.net.loss(cloud, proprio, guidance, action, generator=self.gen)
+            loss = self.net.loss(cloud, proprio, guidance, action, generator=self.gen, aux_weight=self.cfg.aux_weight)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)

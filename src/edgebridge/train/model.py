@@ -202,6 +202,9 @@ class ActionExpertNet(nn.Module):
             nn.Linear(cfg.pose_dim + cfg.guidance_tokens * cfg.pose_dim, 2 * cfg.obs_feat), nn.SiLU(),
             nn.Linear(2 * cfg.obs_feat, cfg.obs_feat), nn.LayerNorm(cfg.obs_feat))
         self.unet = ConditionalUnet1D(cfg, cfg.cloud_feat + cfg.obs_feat)
+        # training only (not in the exported graph): the cloud feature regresses the mean position
+        # correction of the chunk, a direct signal for the encoder to find the object (``aux_weight``)
+        self.aux_head = nn.Linear(cfg.cloud_feat, 3)
         self.register_buffer("alphas_cumprod", alphas_cumprod(cfg).float(), persistent=False)
 
     @property
@@ -223,16 +226,23 @@ class ActionExpertNet(nn.Module):
         return self.unet(sample, t, cond)
 
     def loss(self, cloud: torch.Tensor | None, proprio: torch.Tensor, guidance: torch.Tensor,
-             action: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDPM training loss: noise ``action`` at a random step, regress the clean sample or the noise."""
+             action: torch.Tensor, generator: torch.Generator | None = None, aux_weight: float = 0.0) -> torch.Tensor:
+        """DDPM training loss: noise ``action`` at a random step, regress the clean sample or the noise;
+        plus ``aux_weight`` x the squared error of ``aux_head`` (cloud feature -> the chunk's mean position
+        correction, normalised units) when a cloud is given."""
         b = action.shape[0]
         t = torch.randint(0, self.cfg.train_steps, (b,), device=action.device, generator=generator)
         noise = torch.randn(action.shape, device=action.device, generator=generator)
         ab = self.alphas_cumprod[t].view(b, 1, 1)
         noisy = ab.sqrt() * action + (1 - ab).sqrt() * noise
-        pred = self.denoise(noisy, t, self.encode(cloud, proprio, guidance))
+        cond = self.encode(cloud, proprio, guidance)
+        pred = self.denoise(noisy, t, cond)
         target = action if self.cfg.prediction == "sample" else noise
-        return torch.mean((pred - target) ** 2)
+        loss = torch.mean((pred - target) ** 2)
+        if aux_weight > 0 and cloud is not None:
+            aux = self.aux_head(cond[:, :self.cfg.cloud_feat])
+            loss = loss + aux_weight * torch.mean((aux - action[..., :3].mean(dim=1)) ** 2)
+        return loss
 
 
 def ddim_step(pred: torch.Tensor, sample: torch.Tensor, ab_t: float, ab_prev: float,
@@ -295,7 +305,10 @@ class DenoiseModule(nn.Module):
 
 
 def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Parameters of ``module``; for the expert network those the exported graph uses (not the
+    training-only ``aux_head``)."""
+    skip = {id(p) for p in module.aux_head.parameters()} if isinstance(module, ActionExpertNet) else set()
+    return sum(p.numel() for p in module.parameters() if id(p) not in skip)
 
 
 def make_net(cfg: ExpertConfig | None = None, seed: int = 0) -> ActionExpertNet:

@@ -50,7 +50,7 @@ class CorrectionLimit:
     translation and ``rotation_rad`` of rotation (larger ones are scaled down to the bound). The plan
     noise the expert is trained to correct is a few centimetres; a bigger correction is not trusted.
     The default (2 cm, 0.1 rad) was chosen on held-out tuning scenes (seeds 3000-3007): at 5 cm the
-    shipped expert knocked the cup over while correcting in 6 of 20 clean episodes
+    expert shipped then knocked the cup over while correcting in 6 of 20 clean episodes
     (``benchmarks/results/sim_expert.md``)."""
 
     position_m: float = 0.02

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_json_arg, fmt_ms, fmt_ratio, machine_line, print_table, ratio, time_call, write_json  # noqa: E402
 
 from edgebridge.contracts import RGBD, Intrinsics, Waypoints  # noqa: E402
-from edgebridge.kernels import GuidanceSpline, WorkspaceBox, crop_box, crop_voxel, depth_to_cloud  # noqa: E402
+from edgebridge.kernels import (GuidanceSpline, WorkspaceBox, available_backends, crop_box, crop_voxel,  # noqa: E402
+                                depth_to_cloud)
 from edgebridge.kernels.cloud import auto_voxel_size  # noqa: E402
 
 
@@ -71,6 +72,13 @@ f = RGBD(np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 0.5, np.float32), in
 c = depth_to_cloud(f, np.eye(4), WorkspaceBox([0, 0, 0.5], [1, 1, 1]), 64)
 print(time.perf_counter() - t0)
 """
+
+
+def _gpu_name() -> str:
+    from numba import cuda
+
+    name = cuda.get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def _load() -> str:
@@ -122,6 +130,15 @@ def main(argv=None) -> dict:
         case(f"depth->512 pts, voxel {vs * 1000:.0f} mm + FPS (cpu) [{c.n_valid} valid]",
              lambda: depth_to_cloud(rgbd, T, box, 512, voxel_size=vs, backend="cpu"),
              lambda: depth_to_cloud(rgbd, T, box, 512, voxel_size=vs, backend="numpy"), "numpy twin")
+
+    from edgebridge.kernels import _backend
+
+    if "cuda" in available_backends() and not _backend.cuda_simulated():  # a real GPU: the numba.cuda twin
+        c = default("cuda")
+        t_gpu, r_gpu = case(f"depth->512 pts, default (cuda, {_gpu_name()}; host arrays in and out) "
+                            f"[{c.n_valid} valid]", lambda: default("cuda"), lambda: default("cpu"), "Numba cpu",
+                            repeats=3 * args.repeats, base_repeats=3 * args.repeats)
+        res["cloud_pipeline_ms_cuda"], res["cloud_pipeline_cuda_vs_cpu"] = t_gpu, r_gpu
 
     from edgebridge.kernels import _cpu, _ref  # stages of the default path, to show where the time goes
 

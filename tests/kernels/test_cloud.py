@@ -211,10 +211,18 @@ def test_validation_errors_name_the_argument():
         crop_box(np.zeros((2, 3)), BOX, backend="tpu")
 
 
-def test_auto_backend_is_cpu_without_a_real_gpu():
-    assert _backend.resolve("auto") in ("cpu", "cuda")
-    if _backend.cuda_simulated():
-        assert _backend.resolve("auto") == "cpu"
+def test_auto_backend_is_cpu_unless_asked_for_cuda(monkeypatch):
+    monkeypatch.delenv("EDGEBRIDGE_KERNELS", raising=False)
+    assert _backend.resolve("auto") == "cpu"
+    monkeypatch.setenv("EDGEBRIDGE_KERNELS", "tpu")
+    with pytest.raises(ValueError, match="EDGEBRIDGE_KERNELS: expected 'cpu' or 'cuda'"):
+        _backend.resolve("auto")
+    monkeypatch.setenv("EDGEBRIDGE_KERNELS", "cuda")
+    if _backend.cuda_usable():
+        assert _backend.resolve("auto") == "cuda"
+    else:
+        with pytest.raises(ValueError, match="unset it to use the CPU kernels"):
+            _backend.resolve("auto")
 
 
 def test_reference_fps_tie_breaks_to_lowest_index():

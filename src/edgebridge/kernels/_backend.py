@@ -75,9 +75,16 @@ def available_backends() -> tuple[str, ...]:
 def resolve(backend: str) -> str:
     """Map ``backend`` (one of BACKENDS or ``"auto"``) to a concrete backend, or raise ValueError."""
     if backend == "auto":
-        if not cuda_simulated() and os.environ.get("EDGEBRIDGE_NO_CUDA", "0") in ("", "0") and cuda_usable():
-            return "cuda"
-        return "cpu"
+        # The Numba CPU twin unless EDGEBRIDGE_KERNELS=cuda asks for the GPU: on an H100 host the numba.cuda
+        # depth -> 512-point path took 20 ms against 6 ms on the CPU (per-pixel coordinates travel back to
+        # the host, where the voxel sums are added in pixel order to stay bit-identical), see
+        # benchmarks/results/kernels.md. Measure on the target (a Jetson shares its memory) before switching.
+        choice = os.environ.get("EDGEBRIDGE_KERNELS", "cpu") or "cpu"
+        if choice not in ("cpu", "cuda"):
+            raise ValueError(f"EDGEBRIDGE_KERNELS: expected 'cpu' or 'cuda', got {choice!r}")
+        if choice == "cuda" and not cuda_usable():
+            raise ValueError("EDGEBRIDGE_KERNELS=cuda: numba.cuda reports no GPU; unset it to use the CPU kernels")
+        return choice
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS + ('auto',)}, got {backend!r}")
     if backend == "cuda" and not cuda_usable():

@@ -57,7 +57,8 @@ def train_and_export(name: str, v: dict, args) -> tuple[Path, list[dict], dict]:
                   stage1=StageConfig(v["stage1"], 512, 1e-3, use_cloud=False),
                   stage2=StageConfig(v["stage2"], 256, 5e-4, use_cloud=True))
     if not (run / "final.pt").exists():
-        Trainer([args.demos], run, cfg, command=f"benchmarks/appf_ablations.py variant {name}").run()
+        Trainer([args.demos], run, cfg, command=f"benchmarks/appf_ablations.py variant {name}",
+                device=args.device).run()
     net, record = load_final(run)
     onnx = run / "onnx" / "expert.onnx"
     if not onnx.exists():
@@ -66,17 +67,25 @@ def train_and_export(name: str, v: dict, args) -> tuple[Path, list[dict], dict]:
     return onnx, rows, record["metrics"]
 
 
-def success(onnx: Path, args) -> dict[str, float]:
+def _episode(job: tuple) -> bool:
     from edgebridge.runtime.expert import ExpertConfig, OnnxExpert
     from edgebridge.sim.episode import run_episode
 
+    onnx, task, seed, plan_m, threads = job
+    logging.basicConfig(level=logging.ERROR)
+    with OnnxExpert(ExpertConfig(onnx, threads=threads)) as expert:
+        return run_episode(task, seed, "oracle", expert, plan_noise_m=plan_m).success
+
+
+def success(onnx: Path, args, pool=None) -> dict[str, float]:
+    """Closed-loop success rate per condition (episodes in ``pool``'s processes when given)."""
+    threads = max(1, 2 // max(1, args.jobs))
+    run = pool.map if pool is not None else (lambda f, jobs: [f(j) for j in jobs])
     out = {}
     for cond in args.conditions:
-        ok = 0
-        for seed in range(args.seed_base, args.seed_base + args.seeds):
-            with OnnxExpert(ExpertConfig(str(onnx))) as expert:
-                ok += run_episode(args.task, seed, "oracle", expert, plan_noise_m=CONDITIONS[cond]).success
-        out[cond] = ok / args.seeds
+        res = run(_episode, [(str(onnx), args.task, seed, CONDITIONS[cond], threads)
+                             for seed in range(args.seed_base, args.seed_base + args.seeds)])
+        out[cond] = sum(res) / args.seeds
     return out
 
 
@@ -121,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-base", type=int, default=5000, help="first scene seed (held out from the demos)")
     ap.add_argument("--conditions", nargs="+", default=["clean", "plan_3cm"], choices=list(CONDITIONS))
     ap.add_argument("--only", nargs="*", default=None, help="run only these variants")
+    ap.add_argument("--device", default="cpu", help="torch device for training (cpu or cuda)")
+    ap.add_argument("--jobs", type=int, default=1, help="closed-loop episodes run in parallel processes")
     ap.add_argument("--plot", type=Path, default=None, help="write the validation curves PNG here")
     add_json_arg(ap)
     args = ap.parse_args(argv)
@@ -128,20 +139,29 @@ def main(argv: list[str] | None = None) -> int:
 
     flat, rows, curves = {}, [], {}
     t0 = time.perf_counter()
+    pool = None
+    if args.jobs > 1 and args.seeds > 0:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(args.jobs)
     for name, v in _variants(args).items():
         onnx, log_rows, metrics = train_and_export(name, v, args)
         curves[name] = log_rows
-        rates = success(onnx, args) if args.seeds > 0 else {}
+        rates = success(onnx, args, pool) if args.seeds > 0 else {}
         train_s = float(log_rows[-1]["time_s"]) if log_rows else float("nan")
         flat.update({f"{name}.val_pos_err_mm": metrics["val_pos_err_mm"], f"{name}.val_loss": metrics["val_loss"],
+                     f"{name}.val_pos_err_zero_mm": metrics.get("val_pos_err_zero_mm", float("nan")),
                      f"{name}.train_s": train_s, **{f"{name}.success.{c}": r for c, r in rates.items()}})
         flat["guidance_pos_err_mm"] = metrics["val_ik_pos_err_mm"]
-        rows.append([name, f"{v['stage1']}+{v['stage2']}", f"{v['goal_noise']:g}", f"{train_s:.0f}",
-                     f"{metrics['val_loss']:.4f}", f"{metrics['val_pos_err_mm']:.1f}", f"{metrics['val_ik_pos_err_mm']:.1f}",
+        rows.append([name, f"{v['stage1']}+{v['stage2']}", f"{v['goal_noise']:g}",
+                     f"{train_s:.0f} ({metrics.get('train_device', 'cpu')})",
+                     f"{metrics['val_loss']:.4f}", f"{metrics['val_pos_err_mm']:.1f}",
+                     f"{metrics.get('val_pos_err_zero_mm', float('nan')):.1f}", f"{metrics['val_ik_pos_err_mm']:.1f}",
                      *[f"{rates.get(c, float('nan')):.2f}" for c in args.conditions]])
         print(f"  {name}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print_table(f"APPF ablations ({args.task}; closed loop on seeds {args.seed_base}..{args.seed_base + args.seeds - 1})",
-                ["variant", "steps s1+s2", "goal noise", "train s", "val loss", "val err mm", "guidance err mm",
+                ["variant", "steps s1+s2", "goal noise", "train s (device)", "val loss", "val err mm", "val err mm (zero noise)",
+                 "guidance err mm",
                  *[f"success {c}" for c in args.conditions]], rows, caption=machine_line())
     if args.plot:
         plot(curves, args.plot)

@@ -63,6 +63,8 @@ def _worker(kind: str, k: int, tmp: Path, repeats: int) -> float:
             with torch.no_grad():
                 return sampler(*inputs)
         return time_call(fn, repeats=repeats, warmup=5)["median_ms"]
+    if kind == "torch_cuda":
+        return _time_torch_cuda(sampler, inputs, repeats, torch)
     if kind == "unrolled":
         sess = ort_session(tmp / f"k{k}" / "expert.onnx")
         return time_call(lambda: sess.run(["action"], feeds), repeats=repeats, warmup=5)["median_ms"]
@@ -82,6 +84,33 @@ def _worker(kind: str, k: int, tmp: Path, repeats: int) -> float:
         sess = ort_session(tmp / f"k{k}" / "expert.onnx")
         return float(np.max(np.abs(kcalls() - sess.run(["action"], feeds)[0])))
     return time_call(kcalls, repeats=repeats, warmup=5)["median_ms"]
+
+
+def _time_torch_cuda(sampler, inputs, repeats: int, torch) -> float:
+    """Median ms of one chunk in torch on the GPU, eager, batch 1, inputs already on the device, timed with a
+    device synchronisation per call (what a control loop waiting for the chunk sees)."""
+    sampler = sampler.cuda()
+    inputs = tuple(x.cuda() for x in inputs)
+
+    def fn():
+        with torch.no_grad():
+            out = sampler(*inputs)
+        torch.cuda.synchronize()
+        return out
+
+    return time_call(fn, repeats=repeats, warmup=10)["median_ms"]
+
+
+def _gpu_name() -> str:
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name(0))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1] if out.returncode == 0 else "GPU"
+
+
+def _cuda_available() -> bool:
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                         capture_output=True, text=True)
+    return out.stdout.strip().endswith("True")
 
 
 def _spawn(kind: str, k: int, tmp: Path, repeats: int) -> float:
@@ -117,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"norm": Normalizer.identity().to_dict()}
     results: dict = {"parameters": count_parameters(net)}
     rows = []
+    cuda = _cuda_available()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         torch.save({"config": cfg.to_dict(), "state": net.state_dict()}, tmp / "net.pt")
@@ -135,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                             f"ort_unrolled_vs_kcalls_k{k}": ratio(t_k, t_u)})
             rows.append([f"K={k}", fmt_ms(t_u), fmt_ms(t_k), fmt_ms(t_t), fmt_ratio(ratio(t_t, t_u)),
                          fmt_ratio(ratio(t_k, t_u))])
+            if cuda:  # a GPU beside the CPU: torch eager on it, for reference (no TensorRT here)
+                results[f"chunk_ms_torch_cuda_k{k}"] = t_g = _spawn("torch_cuda", k, tmp, args.repeats)
+                rows[-1].append(fmt_ms(t_g))
         act_ms = _spawn("act", 10, tmp, args.repeats) if ASSET.exists() else float("nan")
     results["act_ms_shipped"] = act_ms
+    gpu = [f"torch eager {_gpu_name()}"] if cuda else []
     print_table("action expert: one chunk, batch 1 (median ms; each case in a fresh process, 2 threads)",
-                ["K", "ORT unrolled", "ORT K calls", "torch eager", "unrolled vs torch", "unrolled vs K calls"],
+                ["K", "ORT unrolled", "ORT K calls", "torch eager", "unrolled vs torch", "unrolled vs K calls", *gpu],
                 rows, caption=f"{machine_line()}; {results['parameters']:,} parameters; "
                               f"OnnxExpert.act end to end (shipped weights, K=10): {fmt_ms(act_ms)} ms")
     ok = results["chunk_ms_ort_unrolled_k10"] < 10 and results["ort_unrolled_vs_torch_k10"] >= 3

@@ -33,6 +33,9 @@ def test_run_writes_logs_checkpoints_and_metrics(tiny_run):
     assert sum(1 for r in rows if r["val_loss"]) == 4  # every eval_every steps in both stages
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["val_pos_err_mm"] > 0 and metrics["parameters"] > 0
+    # the runtime samples from zero initial noise: that error is measured too, and differs from a sampled start
+    assert metrics["val_pos_err_zero_mm"] > 0 and metrics["val_pos_err_zero_mm"] != metrics["val_pos_err_mm"]
+    assert metrics["train_device"] == "cpu"
     net, rec = load_final(tiny_run)
     assert rec["command"] == "pytest tiny run" and rec["spec"]["horizon"] == 16 and "cloud" in rec["norm"]
 
@@ -54,6 +57,25 @@ def test_resume_continues_exactly(demo_dir, tmp_path):
         torch.testing.assert_close(pa, pb, msg=f"parameter {name} differs after resume")
     rows = json.loads((part / "log.json").read_text())
     assert [(r["stage"], r["step"]) for r in rows] == [(1, i) for i in range(1, 5)] + [(2, i) for i in range(1, 5)]
+
+
+def test_training_device_is_checked(demo_dir, tmp_path):
+    with pytest.raises(ValueError, match="use 'cpu' or 'cuda"):
+        Trainer([demo_dir], tmp_path / "a", _cfg(), device="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="sees no CUDA GPU; train with --device cpu"):
+            Trainer([demo_dir], tmp_path / "b", _cfg(), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="training on cuda needs an NVIDIA GPU and a CUDA torch")
+def test_cuda_training_runs_resumes_and_loads_on_cpu(demo_dir, tmp_path):
+    run = tmp_path / "gpu"
+    first = Trainer([demo_dir], run, _cfg(), device="cuda")
+    first._run_stage(1, StageConfig(2, 32, 1e-3, False))
+    metrics = Trainer([demo_dir], run, _cfg(), device="cuda").run()
+    assert metrics["train_device"] == "cuda" and np.isfinite(metrics["val_loss"])
+    net, _ = load_final(run)
+    assert all(p.device.type == "cpu" for p in net.parameters())
 
 
 def test_resume_refuses_a_different_config(demo_dir, tmp_path):

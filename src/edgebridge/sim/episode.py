@@ -236,7 +236,7 @@ def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | obj
 
                 def cloud_fn(state, guidance):
                     roi = box_fn(state, guidance, WORKSPACE_BOUNDS) if box_fn is not None else None
-                    return depth_to_cloud(camera.read(), camera.T_base_cam, roi or box, 512)
+                    return depth_to_cloud(camera.read(), camera.T_base_cam, roi if roi is not None else box, 512)
             failure = execute(world, arm, spline, exp, cfg, limit, cloud_fn=cloud_fn, on_step=on_step, timings=timings)
             if failure is not None:
                 return result(False, failure)

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--device", default="cpu", help="torch device to train on: cpu or cuda[:N] (data "
+                    "augmentation stays on the CPU)")
     ap.add_argument("--tiny", action="store_true", help="a tiny network (for smoke tests)")
     return ap
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from .appf import Trainer
 
     command = "python -m edgebridge.train " + " ".join(shlex.quote(a) for a in argv)
-    Trainer(args.demos, args.run, config_from_args(args), command=command).run()
+    Trainer(args.demos, args.run, config_from_args(args), command=command, device=args.device).run()
     return 0
 
 

@@ -110,6 +110,20 @@ class TrainConfig:
         return cls(**d)
 
 
+def _check_device(device: str) -> str:
+    """``device`` as torch spells it, after checking that torch can use it."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"training device {device!r}: use 'cpu' or 'cuda[:N]' ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"training device {device!r}: torch {torch.__version__} sees no CUDA GPU; "
+                           "train with --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"training device {device!r}: use 'cpu' or 'cuda[:N]'")
+    return str(dev)
+
+
 def _lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -192,8 +206,9 @@ def shift_arm(norm: Normalizer, shift_m: torch.Tensor, proprio: torch.Tensor,
 
 @torch.no_grad()
 def evaluate(net: ActionExpertNet, data: _Tensors, norm: Normalizer, *, use_cloud: bool, k: int,
-             seed: int, max_samples: int = 256, fit_cloud=None) -> dict:
-    """Denoising loss (fixed noise) and DDIM-K sampling error in metres / gripper units."""
+             seed: int, max_samples: int = 256, fit_cloud=None, device: str = "cpu") -> dict:
+    """Denoising loss (fixed noise) and DDIM-K sampling error in metres / gripper units: from sampled
+    initial noise (``pos_err_mm``) and from zero initial noise as the runtime samples (``pos_err_zero_mm``)."""
     net.eval()
     g = torch.Generator().manual_seed(seed)
     n = min(len(data), max_samples)
@@ -201,18 +216,31 @@ def evaluate(net: ActionExpertNet, data: _Tensors, norm: Normalizer, *, use_clou
     cloud, proprio, guidance, action = data.batch(idx, use_cloud)
     if cloud is not None and fit_cloud is not None:
         cloud = fit_cloud(cloud)
-    loss = float(net.loss(cloud, proprio, guidance, action, generator=g))
+    t = torch.randint(0, net.cfg.train_steps, (action.shape[0],), generator=g)
     noise = torch.randn(action.shape, generator=g)
-    pred = DDIMSampler(net, k)(cloud, proprio, guidance, noise)  # cloud None: stage-1 condition
-    p = norm.unnormalize("action", pred.numpy())
+    cloud, proprio, guidance, action_d = _to(device, cloud, proprio, guidance, action)
+    loss = float(net.loss_at(cloud, proprio, guidance, action_d, t.to(device), noise.to(device)))
+    sampler = DDIMSampler(net, k)  # cloud None: stage-1 condition
+    pred = sampler(cloud, proprio, guidance, torch.randn(action.shape, generator=g).to(device)).cpu()
+    pred0 = sampler(cloud, proprio, guidance, torch.zeros(action.shape, device=device)).cpu()
     a = norm.unnormalize("action", action.numpy())
-    pos_err = np.linalg.norm(p[..., :3] - a[..., :3], axis=-1)
+
+    def pos_err(x: torch.Tensor) -> np.ndarray:
+        return np.linalg.norm(norm.unnormalize("action", x.numpy())[..., :3] - a[..., :3], axis=-1)
+
+    err, err0 = pos_err(pred), pos_err(pred0)
     net.train()
     # the output is a correction of the guidance: a zero correction is the plain-IK executor
-    return {"loss": loss, "pos_err_mm": float(pos_err.mean() * 1e3),
+    return {"loss": loss, "pos_err_mm": float(err.mean() * 1e3), "pos_err_zero_mm": float(err0.mean() * 1e3),
             "ik_pos_err_mm": float(np.linalg.norm(a[..., :3], axis=-1).mean() * 1e3),
-            "pos_err_first_mm": float(pos_err[:, 0].mean() * 1e3),
-            "gripper_err": float(np.abs(p[..., 9] - a[..., 9]).mean())}
+            "pos_err_first_mm": float(err[:, 0].mean() * 1e3),
+            "gripper_err": float(np.abs(norm.unnormalize("action", pred.numpy())[..., 9] - a[..., 9]).mean())}
+
+
+def _to(device: str, *tensors: torch.Tensor | None) -> tuple:
+    if device == "cpu":
+        return tensors
+    return tuple(None if x is None else x.to(device, non_blocking=True) for x in tensors)
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -245,8 +273,9 @@ class Trainer:
     """Runs both APPF stages in ``run_dir``, resuming from ``ckpt.pt`` when present."""
 
     def __init__(self, demo_dirs: list[Path], run_dir: Path, cfg: TrainConfig, spec: FeatureSpec | None = None,
-                 command: str = "") -> None:
+                 command: str = "", device: str = "cpu") -> None:
         self.run_dir = Path(run_dir)
+        self.device = _check_device(device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
         torch.set_num_threads(cfg.threads)
@@ -269,7 +298,7 @@ class Trainer:
         self.command = command
         (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         (self.run_dir / "norm.json").write_text(json.dumps(self.norm.to_dict()))
-        self.net = make_net(cfg.model, cfg.seed)
+        self.net = make_net(cfg.model, cfg.seed).to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         log.info("action expert: %d parameters (cloud encoder %d, denoiser %d)", count_parameters(self.net),
                  count_parameters(self.net.cloud_encoder), count_parameters(self.net.unet))
@@ -277,6 +306,8 @@ class Trainer:
         self.stage, self.step = 1, 0
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        # the diffusion step and noise of the loss are drawn where the network runs
+        self.loss_gen = self.gen if self.device == "cpu" else torch.Generator(self.device).manual_seed(cfg.seed)
         self.elapsed = 0.0
         self.opt = self._make_opt(cfg.stage1)
         self._resume()
@@ -290,6 +321,7 @@ class Trainer:
         state = {"stage": self.stage, "step": self.step, "net": self.net.state_dict(),
                  "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "rows": self.rows,
                  "rng": self.rng.bit_generator.state, "gen": self.gen.get_state(), "elapsed": self.elapsed,
+                 "loss_gen": None if self.loss_gen is self.gen else self.loss_gen.get_state(),
                  "config": self.cfg.to_dict()}
         tmp = self.run_dir / (name + ".tmp")
         torch.save(state, tmp)
@@ -299,7 +331,7 @@ class Trainer:
         path = self.run_dir / "ckpt.pt"
         if not path.exists():
             return
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location=self.device)
         if state["config"] != self.cfg.to_dict():
             raise ValueError(f"{path}: was written with a different training config; use a new run directory "
                              "or delete the checkpoint to start over")
@@ -309,7 +341,9 @@ class Trainer:
         self.opt = self._make_opt(self.cfg.stage1 if self.stage == 1 else self.cfg.stage2)
         self.opt.load_state_dict(state["opt"])
         self.rng.bit_generator.state = state["rng"]
-        self.gen.set_state(state["gen"])
+        self.gen.set_state(state["gen"].cpu())
+        if self.loss_gen is not self.gen and state.get("loss_gen") is not None:
+            self.loss_gen.set_state(state["loss_gen"].cpu())
         log.info("resumed %s at stage %d step %d", path, self.stage, self.step)
 
     # ------------------------------------------------------------------ loop
@@ -321,7 +355,8 @@ class Trainer:
             pe.mul_(d).add_(p.detach(), alpha=1 - d)
 
     def _write_logs(self) -> None:
-        keys = ["stage", "step", "global_step", "loss", "lr", "val_loss", "val_pos_err_mm", "val_gripper_err", "time_s"]
+        keys = ["stage", "step", "global_step", "loss", "lr", "val_loss", "val_pos_err_mm", "val_pos_err_zero_mm",
+                "val_gripper_err", "time_s"]
         with open(self.run_dir / "log.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
             w.writeheader()
@@ -349,7 +384,9 @@ class Trainer:
                 cloud = self.fit_cloud(cloud)
             if self.cfg.goal_noise > 0:
                 guidance = guidance + self.cfg.goal_noise * torch.randn(guidance.shape, generator=self.gen)
-            loss = self.net.loss(cloud, proprio, guidance, action, generator=self.gen, aux_weight=self.cfg.aux_weight)
+            cloud, proprio, guidance, action = _to(self.device, cloud, proprio, guidance, action)
+            loss = self.net.loss(cloud, proprio, guidance, action, generator=self.loss_gen,
+                                 aux_weight=self.cfg.aux_weight)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
@@ -363,11 +400,12 @@ class Trainer:
                    "lr": lr, "time_s": round(self.elapsed, 2)}
             if self.step % self.cfg.eval_every == 0 or self.step == st.steps:
                 m = evaluate(self.ema, self.val_data, self.norm, use_cloud=st.use_cloud, k=self.cfg.eval_k,
-                             seed=self.cfg.seed + 1, fit_cloud=self.fit_cloud)
-                row.update(val_loss=m["loss"], val_pos_err_mm=m["pos_err_mm"], val_gripper_err=m["gripper_err"])
-                log.info("stage %d step %d/%d loss %.4f val %.4f pos err %.1f mm (guidance alone %.1f mm) (%.0f s)",
-                         stage, self.step, st.steps, row["loss"], m["loss"], m["pos_err_mm"], m["ik_pos_err_mm"],
-                         self.elapsed)
+                             seed=self.cfg.seed + 1, fit_cloud=self.fit_cloud, device=self.device)
+                row.update(val_loss=m["loss"], val_pos_err_mm=m["pos_err_mm"], val_pos_err_zero_mm=m["pos_err_zero_mm"],
+                           val_gripper_err=m["gripper_err"])
+                log.info("stage %d step %d/%d loss %.4f val %.4f pos err %.1f mm, from zero noise %.1f mm "
+                         "(guidance alone %.1f mm) (%.0f s)", stage, self.step, st.steps, row["loss"], m["loss"],
+                         m["pos_err_mm"], m["pos_err_zero_mm"], m["ik_pos_err_mm"], self.elapsed)
             self.rows.append(row)
             if self.step % self.cfg.ckpt_every == 0 or self.step == st.steps:
                 self._save()
@@ -384,11 +422,12 @@ class Trainer:
         self._write_logs()
         metrics = {f"val_{k}": v for k, v in evaluate(self.ema, self.val_data, self.norm, use_cloud=True,
                                                       k=self.cfg.eval_k, seed=self.cfg.seed + 1,
-                                                      fit_cloud=self.fit_cloud).items()}
-        metrics.update(train_time_s=round(self.elapsed, 1), parameters=count_parameters(self.net),
+                                                      fit_cloud=self.fit_cloud, device=self.device).items()}
+        metrics.update(train_time_s=round(self.elapsed, 1), train_device=self.device, parameters=count_parameters(self.net),
                        eval_k=self.cfg.eval_k)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        torch.save({"model_config": self.cfg.model.to_dict(), "ema": self.ema.state_dict(),
+        ema_cpu = {k: v.cpu() for k, v in self.ema.state_dict().items()}
+        torch.save({"model_config": self.cfg.model.to_dict(), "ema": ema_cpu,
                     "norm": self.norm.to_dict(), "spec": asdict(self.spec), "metrics": metrics,
                     "train_config": self.cfg.to_dict(), "data": self.data_meta, "command": self.command,
                     "output": OUTPUT_RESIDUAL},
@@ -401,7 +440,7 @@ def load_final(run_dir: Path) -> tuple[ActionExpertNet, dict]:
     """The trained (EMA) network and its record from ``run_dir/final.pt``."""
     path = Path(run_dir) / "final.pt"
     try:
-        rec = torch.load(path, weights_only=False)
+        rec = torch.load(path, weights_only=False, map_location="cpu")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path}: no finished training run here; run `python -m edgebridge.train "
                                 f"--run {run_dir} ...` first") from e

@@ -233,6 +233,12 @@ class ActionExpertNet(nn.Module):
         b = action.shape[0]
         t = torch.randint(0, self.cfg.train_steps, (b,), device=action.device, generator=generator)
         noise = torch.randn(action.shape, device=action.device, generator=generator)
+        return self.loss_at(cloud, proprio, guidance, action, t, noise, aux_weight)
+
+    def loss_at(self, cloud: torch.Tensor | None, proprio: torch.Tensor, guidance: torch.Tensor,
+                action: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, aux_weight: float = 0.0) -> torch.Tensor:
+        """``loss`` at given diffusion steps ``t`` (B,) and noise (like ``action``)."""
+        b = action.shape[0]
         ab = self.alphas_cumprod[t].view(b, 1, 1)
         noisy = ab.sqrt() * action + (1 - ab).sqrt() * noise
         cond = self.encode(cloud, proprio, guidance)

@@ -8,7 +8,10 @@ Per expert, task and condition: the fraction of ``--seeds`` episodes (seeds B..B
 ``--seed-base``; oracle planner)
 that meet the task's success predicate, and its ratio to the same expert's ``clean`` rate (the baseline
 in this run). Conditions: ``plan_Xcm`` = a random 3-D offset of X cm on every oracle anchor;
-``depth_Xcm`` = stereo depth noise plus an X cm depth bias (``DepthNoiseConfig.condition``).
+``depth_Xcm`` = stereo depth noise plus an X cm depth bias (``DepthNoiseConfig.condition``). Every episode
+first measures the depth offset against the table top and removes it (the depth tare,
+``edgebridge.calib.depth_tare``); ``--no-depth-tare`` runs on the frames as read (a 10 cm bias then puts
+the lifted anchors under the table and every plan is rejected).
 Timings: one physics step (1/240 s, Panda + objects) and one RGB-D + segmentation render (CPU tiny
 renderer) at 320x240 and 640x480, with the 640/320 ratio.
 
@@ -72,8 +75,11 @@ def _init_worker(onnx_path: str | None, threads: int) -> None:
 def _episode(job: tuple) -> object:
     from edgebridge.sim.episode import run_episode
 
-    task, seed, expert, plan_m, depth_m = job
-    return run_episode(task, seed, "oracle", expert, plan_noise_m=plan_m, depth_noise=depth_m)
+    from edgebridge.sim.episode import EpisodeConfig
+
+    task, seed, expert, plan_m, depth_m, tare = job
+    cfg = EpisodeConfig() if tare else EpisodeConfig(depth_tare=None)
+    return run_episode(task, seed, "oracle", expert, plan_noise_m=plan_m, depth_noise=depth_m, config=cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                          "the shipped one")
     ap.add_argument("--jobs", type=int, default=1, help="episodes run in parallel processes (each expert on "
                                                         "2 / jobs threads)")
+    ap.add_argument("--no-depth-tare", action="store_true", help="no depth tare against the table top")
     add_json_arg(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             rates = {}
             for cond in conds:
                 plan_m, depth_m = CONDITIONS[cond]
-                res = run(_episode, [(task, s, e, plan_m, depth_m)
+                res = run(_episode, [(task, s, e, plan_m, depth_m, not args.no_depth_tare)
                                      for s in range(args.seed_base, args.seed_base + args.seeds)])
                 rates[cond] = sum(r.success for r in res) / len(res)
                 flat[f"success.{e}.{task}.{cond}"] = rates[cond]
@@ -136,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         pool.close()
         pool.join()
     print_table(f"sim success, oracle planner, {args.seeds} seeds per cell "
-                f"({args.seed_base}..{args.seed_base + args.seeds - 1})",
+                f"({args.seed_base}..{args.seed_base + args.seeds - 1}), depth tare "
+                f"{'off' if args.no_depth_tare else 'on'}",
                 ["expert", "task", "condition", "success", "n", "vs clean", "typical failure"], rows,
                 caption=machine_line())
     tm = timings()
@@ -148,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                   fmt_ratio(ratio(tm["render_ms_320"], tm["render_ms_640"]))]])
     flat["seeds"] = args.seeds
     flat["seed_base"] = args.seed_base
+    flat["depth_tare"] = not args.no_depth_tare
     write_json(args.json, flat)
     return 0
 

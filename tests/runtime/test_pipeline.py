@@ -183,3 +183,49 @@ def test_rejected_plan_ends_the_episode_with_the_reason_and_sends_nothing():
     out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place")
     assert not out.success and out.reason.startswith("plan rejected:")
     assert arm.commands == []
+
+
+class BiasedCamera(FlatCamera):
+    """The flat table read ``bias`` metres too far (a drifted stereo calibration)."""
+
+    def __init__(self, clock, bias: float) -> None:
+        super().__init__(clock)
+        self.bias = bias
+
+    def read(self) -> RGBD:
+        f = super().read()
+        return RGBD(f.rgb, f.depth + np.float32(self.bias), f.intrinsics, stamp_ns=f.stamp_ns)
+
+
+def test_depth_tare_corrects_a_biased_camera_before_the_episode():
+    import dataclasses
+
+    from edgebridge.runtime.config import CameraConfig
+
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock, camera=BiasedCamera(clock, 0.05))
+    cfg = dataclasses.replace(cfg, camera=CameraConfig(depth_tare=True, table_z_m=0.1))
+    pipe = Pipeline(cfg, dev, guidance_config=FAST)
+    out = pipe.run("pick and place")
+    assert out.success, out.reason
+    assert abs(pipe.depth_tare.bias_m - 0.05) < 1e-4 and pipe.depth_tare.applied
+    np.testing.assert_allclose(pipe.capture(None).depth, 0.9, atol=1e-5)
+    # same plan as the unbiased camera: the grasp reaches the table (z = 0.1)
+    assert min(c.joints[2] for c in arm.commands) < 0.1
+    # without the tare the 5 cm bias sends the grasp 5 cm below the table: the lifted anchors differ
+    raw = Pipeline(setup(clock, camera=BiasedCamera(clock, 0.05))[0], dev, guidance_config=FAST)
+    plan = ScriptedPlanner().plan(None, "x")
+    assert raw.lift(plan, raw.capture(None)).positions[0, 2] < pipe.lift(plan, pipe.capture(None)).positions[0, 2] - 0.04
+
+
+def test_depth_tare_failure_stops_before_the_arm_moves():
+    import dataclasses
+
+    from edgebridge.runtime.config import CameraConfig
+
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock)
+    cfg = dataclasses.replace(cfg, camera=CameraConfig(depth_tare=True, table_z_m=0.5))  # 0.4 m off: not a table
+    out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place")
+    assert not out.success and out.reason.startswith("depth tare failed:") and "max_bias_m" in out.reason
+    assert arm.commands == []

@@ -125,7 +125,9 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class CameraConfig:
     """The camera: driver + options, and its pose in the base frame (``T_base_cam``, 4x4 rows) or a
-    calibration file holding it. Empty both -> the driver supplies it (the sim camera knows its pose)."""
+    calibration file holding it. Empty both -> the driver supplies it (the sim camera knows its pose).
+    ``depth_tare``: before each episode, measure the depth offset against the table plane at height
+    ``table_z_m`` (base frame) and remove it from every frame (``edgebridge.calib.depth_tare``)."""
 
     driver: str = "sim"
     options: dict = field(default_factory=dict)
@@ -133,6 +135,8 @@ class CameraConfig:
     calibration: str = ""
     rate_hz: float = 15.0
     max_frame_age_s: float = 1.0
+    depth_tare: bool = False
+    table_z_m: float = 0.0
 
     def __post_init__(self) -> None:
         check(bool(self.driver.strip()), "driver", "must name a driver")
@@ -141,6 +145,8 @@ class CameraConfig:
                   "expected a 4x4 matrix as 4 rows of 4 numbers")
         check(self.rate_hz > 0, "rate_hz", f"must be > 0, got {self.rate_hz}")
         check(self.max_frame_age_s > 0, "max_frame_age_s", f"must be > 0, got {self.max_frame_age_s}")
+        check(isinstance(self.depth_tare, bool), "depth_tare", f"expected true or false, got {self.depth_tare!r}")
+        check(abs(self.table_z_m) < 2.0, "table_z_m", f"must lie within 2 m of the base, got {self.table_z_m}")
 
 
 @dataclass(frozen=True)

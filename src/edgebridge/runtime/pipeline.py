@@ -137,6 +137,7 @@ class Pipeline:
         self.last_period_stats = None  # the last episode's loop timing (PeriodStats), in either isolation mode
         self.last_planning = None  # PlanningStats of the last episode
         self._camera_lock = threading.Lock()
+        self.depth_tare = None  # the DepthTare measured before each episode (camera.depth_tare)
 
     # ------------------------------------------------------------------ stages
     def capture(self, watchdog: Watchdog | None) -> RGBD:
@@ -144,9 +145,23 @@ class Pipeline:
             frame = self.dev.camera.read()
         if not isinstance(frame, RGBD):
             raise EdgebridgeError(f"camera returned {type(frame).__name__}, not an RGBD frame")
+        if self.depth_tare is not None:
+            frame = self.depth_tare.correct(frame)
         if watchdog is not None:
             watchdog.feed_camera(self.dev.clock.now_ns())
         return frame
+
+    def tare_depth(self) -> None:
+        """Measure the camera's depth offset against the table plane (``camera.depth_tare``) from one
+        frame; later frames are corrected. Raises ``DepthTareError`` when it cannot be measured."""
+        from ..calib.depth_tare import DepthTareConfig, estimate_depth_bias
+
+        self.depth_tare = None
+        with self._camera_lock:
+            frame = self.dev.camera.read()
+        tare = estimate_depth_bias(frame, self.dev.T_base_cam, DepthTareConfig(table_z_m=self.cfg.camera.table_z_m))
+        log.info("depth tare: %s", tare.describe())
+        self.depth_tare = tare
 
     def lift(self, plan, frame: RGBD):
         """Plan validation (runs in the planner worker): anchors -> base-frame waypoints, or PlanError."""
@@ -213,6 +228,11 @@ class Pipeline:
             return outcome
 
         try:
+            if cfg.camera.depth_tare:  # every episode: the camera may have been moved or re-calibrated
+                try:
+                    self.tare_depth()
+                except EdgebridgeError as e:  # before the arm moves: nothing to stop
+                    return finish(False, f"depth tare failed: {e}", None)
             if dev.arm is None:
                 if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
                     raise ValueError("Pipeline: devices have no arm; a loop in its own process needs arm_factory, "

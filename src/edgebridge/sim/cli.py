@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--episodes", type=int, default=1)
     r.add_argument("--plan-noise-cm", type=float, default=0.0, help="3-D anchor offset of the oracle plan")
     r.add_argument("--depth-noise-cm", type=float, default=0.0, help="depth bias (+ stereo noise when > 0)")
+    r.add_argument("--no-depth-tare", action="store_true", help="use the depth as read (no offset measured "
+                                                                "against the table top)")
     r.add_argument("--max-seconds", type=float, default=None, help="simulated time limit per episode")
     r.add_argument("--json", type=Path, default=None, help="write the episode results to this JSON file")
     r.add_argument("--record", type=Path, default=None, help="write a GIF + step log per episode under DIR")
@@ -72,15 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         ok = sum(e["success"] for e in meta["episodes"])
         print(f"wrote {len(meta['episodes'])} episodes ({ok} successful) to {args.out} in {meta['wall_s']:.1f} s")
         return 0
-    from .episode import run_episode
+    from .episode import EpisodeConfig, run_episode
 
+    config = EpisodeConfig(depth_tare=None) if args.no_depth_tare else EpisodeConfig()
     results = []
     for i in range(args.episodes):
         seed = args.seed + i
         rec = args.record / f"{get_task(args.task).slug}_seed{seed}" if args.record else None
         try:
             r = run_episode(args.task, seed, args.planner, args.expert, plan_noise_m=args.plan_noise_cm / 100,
-                            depth_noise=args.depth_noise_cm / 100, record_dir=rec, max_seconds=args.max_seconds)
+                            depth_noise=args.depth_noise_cm / 100, record_dir=rec, max_seconds=args.max_seconds, config=config)
         except (KeyError, ValueError) as e:
             print(f"edge-sim: {e}", file=sys.stderr)
             return 2

@@ -3,7 +3,8 @@ IK -> arm, then the task's success check.
 
 Everything runs on the world's :class:`~edgebridge.clock.SimClock`: the expert runs every
 ``expert_dt`` of simulated time, the arm gets a joint target every ``control_dt``, and physics steps at
-240 Hz in between. An episode always ends: on success, at the end of the guidance (plus a settle
+240 Hz in between. Before planning, the depth offset is measured against the table top and removed
+from every frame (``EpisodeConfig.depth_tare``; ``edgebridge.calib.depth_tare``). An episode always ends: on success, at the end of the guidance (plus a settle
 time), at ``max_seconds``, or on the first failure (plan rejected, IK failure, object knocked off the
 table), whose reason ends up in :class:`EpisodeResult`.
 """
@@ -22,6 +23,7 @@ import numpy as np
 from ..contracts import ArmCommand, Pose
 from ..drivers.kinematics import IKError
 from ..errors import EdgebridgeError, PlanError
+from ..calib.depth_tare import DepthTareConfig, DepthTareError, estimate_depth_bias
 from ..runtime.ik_expert import GuidanceConfig, IKExpert, approach_waypoints, fit_guidance
 from ..runtime.lift import lift_plan
 from .arm import SimArm
@@ -79,6 +81,7 @@ class EpisodeConfig:
     settle_s: float = 1.5
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     record_every: int = 2
+    depth_tare: DepthTareConfig | None = field(default_factory=DepthTareConfig)  # None: frames as read
 
 
 def build_world(task: str, seed: int, *, depth_noise: float | DepthNoiseConfig = 0.0,
@@ -206,6 +209,17 @@ def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | obj
             t0 = time.perf_counter()
             frame = camera.read()
             timings["render"] = (time.perf_counter() - t0) * 1e3
+            tare = None
+            if cfg.depth_tare is not None:
+                try:
+                    tare = estimate_depth_bias(frame, camera.T_base_cam, cfg.depth_tare)
+                except DepthTareError as e:
+                    return result(False, f"depth tare failed: {e}")
+                log.info("episode %s seed %d: %s", spec.slug, seed, tare.describe())
+                frame = tare.correct(frame)
+
+            def read_frame():
+                return camera.read() if tare is None else tare.correct(camera.read())
             oracle = OraclePlanner(world, camera, OracleConfig(offset_m=plan_noise_m, seed=seed))
             instruction = spec.instruction if get_task(task) is spec else task
             try:
@@ -236,7 +250,7 @@ def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | obj
 
                 def cloud_fn(state, guidance):
                     roi = box_fn(state, guidance, WORKSPACE_BOUNDS) if box_fn is not None else None
-                    return depth_to_cloud(camera.read(), camera.T_base_cam, roi if roi is not None else box, 512)
+                    return depth_to_cloud(read_frame(), camera.T_base_cam, roi if roi is not None else box, 512)
             failure = execute(world, arm, spline, exp, cfg, limit, cloud_fn=cloud_fn, on_step=on_step, timings=timings)
             if failure is not None:
                 return result(False, failure)

@@ -44,6 +44,7 @@ def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
     rc = main(["--expert", "ik", "--json", str(out), "--profile", str(tmp_path / "prof"), "--max-seconds", "30"])
     text = capsys.readouterr().out
     assert "planner: oracle" in text and "--planner gguf --vlm" in text
+    assert "depth tare 1/1: depth offset" in text  # the sim config tares against the table top
     row = json.loads(out.read_text().splitlines()[0])
     assert set(row) == {"task", "seed", "success", "duration", "reason"}
     assert rc == (0 if row["success"] else 1)

@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"wall {time.perf_counter() - t0:.1f} s")
             if pipe.last_planning is not None:
                 _say(f"[edge-run] planning {i + 1}/{args.episodes}: {pipe.last_planning.summary()}")
+            if pipe.depth_tare is not None:
+                _say(f"[edge-run] depth tare {i + 1}/{args.episodes}: {pipe.depth_tare.describe()}")
             if json_out is not None:
                 json_out.write(json.dumps({"task": out.task, "seed": seed, "success": out.success,
                                            "duration": round(out.duration, 3), "reason": out.reason}) + "\n")

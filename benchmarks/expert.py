@@ -9,7 +9,11 @@ present, else the default) with the same weights; timing does not depend on the 
 runtimes get 2 threads. Also times ``OnnxExpert.act`` end to end (featurise + network + decode) on the
 shipped weights when they are present.
 
-    python benchmarks/expert.py [--repeats 50] [--json FILE] [--success-seeds 5]
+    python benchmarks/expert.py [--repeats 50] [--rounds 3] [--json FILE] [--success-seeds 5]
+
+The three cases run in ``--rounds`` interleaved rounds (unrolled, K calls, torch; again ...): times are the
+median over rounds, ratios the median of the ratios within a round, so a burst of load from other
+processes on a shared machine shifts a whole round instead of one case.
 
 ``--success-seeds N`` also runs the shipped ONNX expert and the plain-IK expert (the baseline) in the
 embedded world on N *held-out* seeds (from 1000 up; the shipped weights were trained on demonstrations
@@ -124,6 +128,8 @@ def _spawn(kind: str, k: int, tmp: Path, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three cases; the table "
+                                                           "holds the median over rounds")
     ap.add_argument("--success-seeds", type=int, default=0, help="held-out sim episodes per cell (0: skip)")
     ap.add_argument("--seed-base", type=int, default=1000, help="first held-out sim seed")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "K", "DIR"), help=argparse.SUPPRESS)
@@ -157,21 +163,26 @@ def main(argv: list[str] | None = None) -> int:
             err = _spawn("check", k, tmp, 1)
             if err > 1e-4:
                 raise RuntimeError(f"K={k}: the K-call path differs from the unrolled graph by {err:.2e}")
-            t_u = _spawn("unrolled", k, tmp, args.repeats)
-            t_k = _spawn("kcalls", k, tmp, args.repeats)
-            t_t = _spawn("torch", k, tmp, args.repeats)
+            # interleaved rounds: a burst of load from other processes hits one round of all three cases
+            # rather than one case, and the ratios are taken within a round
+            runs = np.array([[_spawn(kind, k, tmp, args.repeats) for kind in ("unrolled", "kcalls", "torch")]
+                             for _ in range(args.rounds)])
+            t_u, t_k, t_t = (float(v) for v in np.median(runs, axis=0))
+            r_t = float(np.median(runs[:, 2] / runs[:, 0]))
+            r_k = float(np.median(runs[:, 1] / runs[:, 0]))
             results.update({f"chunk_ms_ort_unrolled_k{k}": t_u, f"chunk_ms_ort_kcalls_k{k}": t_k,
-                            f"chunk_ms_torch_k{k}": t_t, f"ort_unrolled_vs_torch_k{k}": ratio(t_t, t_u),
-                            f"ort_unrolled_vs_kcalls_k{k}": ratio(t_k, t_u)})
-            rows.append([f"K={k}", fmt_ms(t_u), fmt_ms(t_k), fmt_ms(t_t), fmt_ratio(ratio(t_t, t_u)),
-                         fmt_ratio(ratio(t_k, t_u))])
+                            f"chunk_ms_torch_k{k}": t_t, f"ort_unrolled_vs_torch_k{k}": r_t,
+                            f"ort_unrolled_vs_kcalls_k{k}": r_k})
+            rows.append([f"K={k}", fmt_ms(t_u), fmt_ms(t_k), fmt_ms(t_t), fmt_ratio(r_t), fmt_ratio(r_k)])
             if cuda:  # a GPU beside the CPU: torch eager on it, for reference (no TensorRT here)
                 results[f"chunk_ms_torch_cuda_k{k}"] = t_g = _spawn("torch_cuda", k, tmp, args.repeats)
                 rows[-1].append(fmt_ms(t_g))
         act_ms = _spawn("act", 10, tmp, args.repeats) if ASSET.exists() else float("nan")
     results["act_ms_shipped"] = act_ms
     gpu = [f"torch eager {_gpu_name()}"] if cuda else []
-    print_table("action expert: one chunk, batch 1 (median ms; each case in a fresh process, 2 threads)",
+    results["rounds"] = args.rounds
+    print_table(f"action expert: one chunk, batch 1 (median ms; each case in a fresh process, 2 threads; "
+                f"median of {args.rounds} interleaved rounds, ratios within a round)",
                 ["K", "ORT unrolled", "ORT K calls", "torch eager", "unrolled vs torch", "unrolled vs K calls", *gpu],
                 rows, caption=f"{machine_line()}; {results['parameters']:,} parameters; "
                               f"OnnxExpert.act end to end (shipped weights, K=10): {fmt_ms(act_ms)} ms")

@@ -105,16 +105,12 @@ def _time_torch_cuda(sampler, inputs, repeats: int, torch) -> float:
     return time_call(fn, repeats=repeats, warmup=10)["median_ms"]
 
 
-def _gpu_name() -> str:
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name(0))"],
-                         capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[-1] if out.returncode == 0 else "GPU"
-
-
-def _cuda_available() -> bool:
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                         capture_output=True, text=True)
-    return out.stdout.strip().endswith("True")
+def _cuda_device_name() -> str | None:
+    """The GPU torch sees, or None; asked in a child process so that this one never initialises CUDA."""
+    code = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    name = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
+    return name or None
 
 
 def _spawn(kind: str, k: int, tmp: Path, repeats: int) -> float:
@@ -135,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "K", "DIR"), help=argparse.SUPPRESS)
     add_json_arg(ap)
     args = ap.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1:
+        ap.error(f"--rounds and --repeats must be >= 1, got {args.rounds} and {args.repeats}")
     if args.worker:
         print(_worker(args.worker[0], int(args.worker[1]), Path(args.worker[2]), args.repeats))
         return 0
@@ -152,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"norm": Normalizer.identity().to_dict()}
     results: dict = {"parameters": count_parameters(net)}
     rows = []
-    cuda = _cuda_available()
+    gpu_name = _cuda_device_name()
+    cuda = gpu_name is not None
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         torch.save({"config": cfg.to_dict(), "state": net.state_dict()}, tmp / "net.pt")
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows[-1].append(fmt_ms(t_g))
         act_ms = _spawn("act", 10, tmp, args.repeats) if ASSET.exists() else float("nan")
     results["act_ms_shipped"] = act_ms
-    gpu = [f"torch eager {_gpu_name()}"] if cuda else []
+    gpu = [f"torch eager {gpu_name}"] if cuda else []
     results["rounds"] = args.rounds
     print_table(f"action expert: one chunk, batch 1 (median ms; each case in a fresh process, 2 threads; "
                 f"median of {args.rounds} interleaved rounds, ratios within a round)",

@@ -225,16 +225,14 @@ def evaluate(net: ActionExpertNet, data: _Tensors, norm: Normalizer, *, use_clou
     pred0 = sampler(cloud, proprio, guidance, torch.zeros(action.shape, device=device)).cpu()
     a = norm.unnormalize("action", action.numpy())
 
-    def pos_err(x: torch.Tensor) -> np.ndarray:
-        return np.linalg.norm(norm.unnormalize("action", x.numpy())[..., :3] - a[..., :3], axis=-1)
-
-    err, err0 = pos_err(pred), pos_err(pred0)
+    p, p0 = (norm.unnormalize("action", x.numpy()) for x in (pred, pred0))
+    err, err0 = (np.linalg.norm(x[..., :3] - a[..., :3], axis=-1) for x in (p, p0))
     net.train()
     # the output is a correction of the guidance: a zero correction is the plain-IK executor
     return {"loss": loss, "pos_err_mm": float(err.mean() * 1e3), "pos_err_zero_mm": float(err0.mean() * 1e3),
             "ik_pos_err_mm": float(np.linalg.norm(a[..., :3], axis=-1).mean() * 1e3),
             "pos_err_first_mm": float(err[:, 0].mean() * 1e3),
-            "gripper_err": float(np.abs(norm.unnormalize("action", pred.numpy())[..., 9] - a[..., 9]).mean())}
+            "gripper_err": float(np.abs(p[..., 9] - a[..., 9]).mean())}
 
 
 def _to(device: str, *tensors: torch.Tensor | None) -> tuple:

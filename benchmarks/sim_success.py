@@ -19,7 +19,13 @@ renderer) at 320x240 and 640x480, with the 640/320 ratio.
 Experts are built by name with ``edgebridge.sim.episode.make_expert`` (register more with
 ``register_expert``); ``onnx`` (alias ``expert``, the name the JSON keys of the expert-vs-IK table use) is the
 shipped action expert, or ``--onnx MODEL``. ``--jobs N`` runs episodes in N processes. The shipped expert was
-trained on demonstrations of seeds 0..39: pass ``--seed-base 1000`` to measure it on held-out scenes.
+trained on demonstrations of seeds 0..59 (``make weights``): pass ``--seed-base 6000`` to measure it on held-out
+scenes.
+
+With ``ik`` and another expert in one run, a second table compares each expert with plain IK on the same
+scenes: both counts with Wilson 95 % intervals, the one-sided Fisher exact p-values of "above IK" and
+"below IK", and the verdict (``above`` / ``below`` at p < 0.05, else ``level``: within the sampling noise);
+``--json`` adds ``vs_ik.<expert>.<task>.<condition>.p_above`` / ``.p_below`` / ``.verdict``.
 """
 
 from __future__ import annotations
@@ -82,6 +88,26 @@ def _episode(job: tuple) -> object:
     return run_episode(task, seed, "oracle", expert, plan_noise_m=plan_m, depth_noise=depth_m, config=cfg)
 
 
+def vs_ik_table(counts: dict[tuple[str, str, str], tuple[int, int]]) -> dict:
+    """Print each non-IK expert against plain IK on the same scenes; return the ``vs_ik.*`` JSON keys."""
+    from edgebridge.sim.stats import compare_success
+
+    flat, rows = {}, []
+    for (e, task, cond), (k, n) in counts.items():
+        if e == "ik" or ("ik", task, cond) not in counts:
+            continue
+        c = compare_success(k, n, *counts[("ik", task, cond)])
+        key = f"vs_ik.{e}.{task}.{cond}"
+        flat.update({f"{key}.p_above": round(c.p_above, 4), f"{key}.p_below": round(c.p_below, 4),
+                     f"{key}.verdict": c.verdict})
+        rows.append([e, task, cond, f"{k}/{n} [{c.ci95[0]:.2f}, {c.ci95[1]:.2f}]",
+                     f"{c.k_baseline}/{c.n_baseline} [{c.ci95_baseline[0]:.2f}, {c.ci95_baseline[1]:.2f}]",
+                     f"{k - c.k_baseline:+d}", f"{c.p_above:.3f}", f"{c.p_below:.3f}", c.verdict])
+    print_table("expert vs plain IK, same scenes (Wilson 95 % intervals; one-sided Fisher exact p)",
+                ["expert", "task", "condition", "expert", "plain IK", "diff", "p above", "p below", "verdict"], rows)
+    return flat
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=50, help="episodes per task and condition (seeds 0..N-1)")
@@ -117,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     flat: dict = {}
     rows = []
+    counts: dict[tuple[str, str, str], tuple[int, int]] = {}
     t0 = time.perf_counter()
     pool = None
     if args.jobs > 1:
@@ -132,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = run(_episode, [(task, s, e, plan_m, depth_m, not args.no_depth_tare)
                                      for s in range(args.seed_base, args.seed_base + args.seeds)])
                 rates[cond] = sum(r.success for r in res) / len(res)
+                counts[(e, task, cond)] = (sum(r.success for r in res), len(res))
                 flat[f"success.{e}.{task}.{cond}"] = rates[cond]
                 fails = [r.reason for r in res if not r.success]
                 top = max(set(fails), key=fails.count)[:40] if fails else ""
@@ -147,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'off' if args.no_depth_tare else 'on'}",
                 ["expert", "task", "condition", "success", "n", "vs clean", "typical failure"], rows,
                 caption=machine_line())
+    if "ik" in experts and len(experts) > 1:
+        flat.update(vs_ik_table(counts))
     tm = timings()
     flat.update(tm)
     print_table("sim timings", ["what", "median ms", "vs 320x240 render"],

@@ -202,3 +202,25 @@ def test_cloud_box_follows_the_metadata_roi(tiny_onnx, tmp_path):
     model.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ExpertError, match="cloud_roi"):
         OnnxExpert(ExpertConfig(str(model)))
+
+
+def test_trained_tasks_come_from_the_metadata_and_outside_tasks_are_warned(tiny_onnx, tmp_path, caplog):
+    from edgebridge.sim.episode import _warn_untrained_task
+
+    meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    meta["data"] = {**(meta.get("data") or {}), "tasks": ["put_cup_in_tray"]}
+    model = tmp_path / "tasks.onnx"
+    shutil.copy(tiny_onnx, model)
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    with OnnxExpert(ExpertConfig(str(model))) as ex:
+        assert ex.trained_tasks == ("put_cup_in_tray",)
+        with caplog.at_level("WARNING", logger="edgebridge.sim.episode"):
+            _warn_untrained_task(ex, "put_cup_in_tray")
+            assert not caplog.records
+            _warn_untrained_task(ex, "stack_red_on_blue")
+            _warn_untrained_task(ex, "stack_red_on_blue")  # once per expert and task
+        assert len(caplog.records) == 1 and "stack_red_on_blue is outside" in caplog.text
+    del meta["data"]["tasks"]
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    with OnnxExpert(ExpertConfig(str(model))) as ex:
+        assert ex.trained_tasks is None

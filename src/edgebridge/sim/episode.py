@@ -177,6 +177,19 @@ def execute(world: SimWorld, arm: SimArm, spline, expert, cfg: EpisodeConfig, li
     return None
 
 
+_WARNED_TASKS: set[tuple[str, str]] = set()
+
+
+def _warn_untrained_task(expert, slug: str) -> None:
+    """Log once per (expert, task) when a learned expert runs a task its demonstrations did not cover."""
+    tasks = getattr(expert, "trained_tasks", None)
+    key = (str(getattr(expert, "config", expert)), slug)
+    if tasks and slug not in tasks and key not in _WARNED_TASKS:
+        _WARNED_TASKS.add(key)
+        log.warning("the action expert was trained on demonstrations of %s only; task %s is outside them and "
+                    "its success may fall below plain IK's (benchmarks/results/sim_expert.md)", ", ".join(tasks), slug)
+
+
 def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | object = "ik", *,
                 plan_noise_m: float = 0.0, depth_noise: float | DepthNoiseConfig = 0.0,
                 record_dir: str | Path | None = None, max_seconds: float | None = None,
@@ -193,6 +206,7 @@ def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | obj
     limit = float(max_seconds if max_seconds is not None else spec.max_seconds)
     rec = _Recorder(Path(record_dir) if record_dir is not None else None)
     exp = make_expert(expert) if isinstance(expert, str) else expert
+    _warn_untrained_task(exp, spec.slug)
     clock = world.clock
     timings: dict[str, float] = {}
 

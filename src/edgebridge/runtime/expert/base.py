@@ -113,6 +113,13 @@ class ExpertBackend:
         self._closed = False
         self.last_timings_ms: dict = {}
 
+    @property
+    def trained_tasks(self) -> tuple[str, ...] | None:
+        """The sim task slugs the model's demonstrations came from (``data.tasks`` in the metadata), or
+        None when the metadata does not say."""
+        tasks = (self.meta.get("data") or {}).get("tasks")
+        return tuple(str(t) for t in tasks) if isinstance(tasks, (list, tuple)) else None
+
     # ------------------------------------------------------------------ shapes
 
     def input_shapes(self, batch: int = 1) -> dict:

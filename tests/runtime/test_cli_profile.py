@@ -51,3 +51,23 @@ def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
     assert row["success"], row["reason"]
     prof = json.loads((tmp_path / "prof" / "profile.json").read_text())
     assert {"loop_compute", "driver_io", "expert", "planner", "lift", "spline", "planner_wait", "planner_hold"} <= set(prof["stages"])
+
+
+def test_sim_devices_note_a_task_outside_the_experts_demonstrations():
+    pytest.importorskip("pybullet", reason="the sim world needs pybullet ('sim' extra)")
+    from edgebridge.runtime.config import load_robot_config
+    from edgebridge.runtime.devices import RunChoices, build_devices, shipped_expert
+
+    if shipped_expert() is None:
+        pytest.skip("no shipped expert in this checkout (make weights writes it)")
+    cfg = load_robot_config("sim_panda")
+    for task, outside in (("put_cup_in_tray", False), ("stack_red_on_blue", True)):
+        dev, _ = build_devices(cfg, RunChoices(task=task, expert="onnx"))
+        try:
+            notes = [n for n in dev.notes if "is outside them" in n]
+            assert bool(notes) == outside, dev.notes
+            if outside:
+                assert "put_cup_in_tray" in notes[0] and "stack_red_on_blue" in notes[0]
+        finally:
+            for close in reversed(dev.closers):
+                close()

@@ -185,10 +185,11 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
                      "--planner gguf --vlm MODEL.gguf")
     expert = make_expert(cfg, expert_name, notes)
     closers.append(expert.close)
-    trained = getattr(expert, "trained_tasks", None)
-    if trained and spec.slug not in trained:
-        notes.append(f"expert: trained on demonstrations of {', '.join(trained)} only; {spec.slug} is outside them and "
-                     f"its success may be below plain IK's (--expert ik; benchmarks/results/sim_expert.md)")
+    from .expert.base import untrained_task_note
+
+    outside = untrained_task_note(expert, spec.slug)
+    if outside is not None:
+        notes.append(f"expert: {outside}")
 
     def success():
         return check_success(world, resolve_steps(world, instruction))

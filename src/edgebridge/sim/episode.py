@@ -182,12 +182,13 @@ _WARNED_TASKS: set[tuple[str, str]] = set()
 
 def _warn_untrained_task(expert, slug: str) -> None:
     """Log once per (expert, task) when a learned expert runs a task its demonstrations did not cover."""
-    tasks = getattr(expert, "trained_tasks", None)
+    from ..runtime.expert.base import untrained_task_note
+
+    note = untrained_task_note(expert, slug)
     key = (str(getattr(expert, "config", expert)), slug)
-    if tasks and slug not in tasks and key not in _WARNED_TASKS:
+    if note is not None and key not in _WARNED_TASKS:
         _WARNED_TASKS.add(key)
-        log.warning("the action expert was trained on demonstrations of %s only; task %s is outside them and "
-                    "its success may fall below plain IK's (benchmarks/results/sim_expert.md)", ", ".join(tasks), slug)
+        log.warning("%s", note)
 
 
 def run_episode(task: str, seed: int, planner: str = "oracle", expert: str | object = "ik", *,

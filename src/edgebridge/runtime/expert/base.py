@@ -236,3 +236,13 @@ class ExpertBackend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def untrained_task_note(expert, slug: str) -> str | None:
+    """A warning when ``expert`` (any executor) names its demonstrations' tasks and ``slug`` is not one of
+    them; None otherwise."""
+    tasks = getattr(expert, "trained_tasks", None)
+    if not tasks or slug in tasks:
+        return None
+    return (f"the action expert was trained on demonstrations of {', '.join(tasks)} only; task {slug} is outside "
+            f"them and its success may fall below plain IK's (--expert ik; benchmarks/results/sim_expert.md)")

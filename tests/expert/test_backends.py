@@ -166,6 +166,35 @@ def test_zero_correction_reproduces_the_ik_expert(tiny_onnx, tmp_path):
         cloud, state, guidance, _ = observation(step=5)
         d = ex.act(cloud, state, guidance).poses[:, :3] - IKExpert().act(cloud, state, guidance).poses[:, :3]
         np.testing.assert_allclose(d, np.tile([meta["correction_limit"]["position_m"], 0, 0], (16, 1)), atol=1e-5)
+        assert ex.last_correction_m == pytest.approx(1.0, rel=1e-4) and ex.last_trust == 1.0
+        assert ex.correction_summary() == "1 chunks, largest correction asked 1000 mm (bound 20 mm)"
+
+
+def test_a_correction_far_beyond_the_bound_is_faded_out_when_the_metadata_asks(tiny_onnx, tmp_path):
+    pytest.importorskip("onnx")
+    from edgebridge.runtime.ik_expert import IKExpert
+
+    meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    assert meta["correction_limit"] == {"position_m": 0.02, "rotation_rad": 0.1, "distrust_from_m": None,
+                                        "distrust_full_m": None}  # what export writes: off
+    meta["correction_limit"].update(distrust_from_m=0.045, distrust_full_m=0.065)
+    src = tmp_path / "meta.json"
+    src.write_text(json.dumps(meta))
+    norm = meta["normalization"]["action"]
+    zero = -np.asarray(norm["mean"]) / np.asarray(norm["std"])
+    # clipped to the bound below 45 mm; weighted 0.25 at 60 mm (15 mm, inside the bound); ignored from 65 mm
+    for request_m, applied_m, trust in ((0.03, 0.02, 1.0), (0.06, 0.015, 0.25), (1.0, 0.0, 0.0)):
+        big = zero.copy()
+        big[1] += request_m / norm["std"][1]  # in y
+        path = _constant_model(tmp_path / "big.onnx", src, np.tile(big, (16, 1)))
+        with OnnxExpert(ExpertConfig(str(path))) as ex:
+            cloud, state, guidance, _ = observation(step=5)
+            d = ex.act(cloud, state, guidance).poses[:, :3] - IKExpert().act(cloud, state, guidance).poses[:, :3]
+            np.testing.assert_allclose(d, np.tile([0, applied_m, 0], (16, 1)), atol=1e-5)
+            assert ex.last_correction_m == pytest.approx(request_m, rel=1e-4)
+            assert ex.last_trust == pytest.approx(trust, abs=1e-4)
+            assert ex.distrusted_chunks == (trust < 1)
+            assert ex.correction_summary().endswith(f"{int(trust < 1)} faded out (asked >= 45 mm)")
 
 
 def test_noise_scale_zero_is_deterministic_and_validated(tiny_onnx):

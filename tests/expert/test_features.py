@@ -145,7 +145,8 @@ def test_residual_round_trip_and_zero_is_the_base():
     action = np.concatenate([bp + rng.normal(0, 0.01, bp.shape), matrix_to_quat_np(r),
                              rng.uniform(0, 1, (3, 16, 1))], axis=-1)
     res = residual_features(base, action)
-    back = apply_residual(base, res, CorrectionLimit(position_m=0.05, rotation_rad=0.2))
+    bound_only = CorrectionLimit(position_m=0.05, rotation_rad=0.2, distrust_from_m=None, distrust_full_m=None)
+    back = apply_residual(base, res, bound_only)
     np.testing.assert_allclose(back[..., :3], action[..., :3], atol=1e-9)
     np.testing.assert_allclose(np.abs(np.sum(back[..., 3:7] * action[..., 3:7], axis=-1)), 1.0, atol=1e-9)
     np.testing.assert_allclose(back[..., 7], action[..., 7], atol=1e-9)
@@ -162,12 +163,34 @@ def test_correction_is_bounded():
     res[0, 0, :3] = [0.3, 0.0, 0.4]  # 50 cm
     r = Rotation.from_rotvec([0.0, 0.0, 1.0]).as_matrix()  # 1 rad about z
     res[0, 1, 3:9] = np.r_[r[:, 0], r[:, 1]] - np.r_[1, 0, 0, 0, 1, 0]
-    out = apply_residual(base, res, CorrectionLimit(position_m=0.05, rotation_rad=0.2))
+    out = apply_residual(base, res, CorrectionLimit(position_m=0.05, rotation_rad=0.2, distrust_from_m=None,
+                                                    distrust_full_m=None))
     np.testing.assert_allclose(out[0, 0, :3] - base[0, 0, :3], [0.03, 0.0, 0.04], atol=1e-12)
     ang = Rotation.from_quat(out[0, 1, 3:7]).inv() * Rotation.from_quat(base[0, 1, 3:7])
     assert ang.magnitude() == pytest.approx(0.2, abs=1e-9)
     with pytest.raises(ValueError, match="bounds"):
         CorrectionLimit(position_m=0.0)
+
+
+def test_a_request_far_beyond_the_bound_is_faded_out():
+    from edgebridge.runtime.expert.features import CorrectionLimit, apply_residual
+
+    lim = CorrectionLimit(position_m=0.02, rotation_rad=0.1, distrust_from_m=0.04, distrust_full_m=0.06)
+    base = np.tile(np.r_[0.4, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0, 0.5], (4, 3, 1))
+    res = np.zeros((4, 3, 10))
+    r = Rotation.from_rotvec([0.0, 0.0, 0.05]).as_matrix()
+    res[..., 3:9] = np.r_[r[:, 0], r[:, 1]] - np.r_[1, 0, 0, 0, 1, 0]
+    res[..., 9] = 0.4
+    res[:, 1, 1] = [0.01, 0.04, 0.05, 0.2]  # the largest request of each chunk decides its weight
+    np.testing.assert_allclose(lim.trust(res), [1.0, 1.0, 0.5, 0.0])
+    out = apply_residual(base, res, lim)
+    np.testing.assert_allclose(out[:, 1, 1], [0.01, 0.02, 0.02, 0.0], atol=1e-12)  # 4 cm clipped; 5 cm * 0.5
+    np.testing.assert_allclose(out[:, 0, 7], [0.9, 0.9, 0.7, 0.5], atol=1e-12)  # the gripper correction too
+    ang = [(Rotation.from_quat(o).inv() * Rotation.from_quat(base[0, 0, 3:7])).magnitude() for o in out[:, 0, 3:7]]
+    np.testing.assert_allclose(ang, [0.05, 0.05, 0.025, 0.0], atol=1e-9)
+    for lo, hi in ((0.05, None), (0.06, 0.05), (0.0, 0.05)):
+        with pytest.raises(ValueError, match="distrust_from_m"):
+            CorrectionLimit(distrust_from_m=lo, distrust_full_m=hi)
 
 
 def test_base_chunk_is_the_ik_chunk():

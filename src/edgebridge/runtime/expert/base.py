@@ -112,6 +112,11 @@ class ExpertBackend:
         self._rng = np.random.default_rng(config.seed)
         self._closed = False
         self.last_timings_ms: dict = {}
+        self.last_correction_m: float | None = None  # the network's largest position correction, before the bound
+        self.last_trust: float = 1.0  # the weight CorrectionLimit.trust gave the last correction
+        self.corrected_chunks = 0  # chunks decoded as a correction of the guidance
+        self.distrusted_chunks = 0  # ... of which the correction was faded out (weight < 1)
+        self.max_correction_m = 0.0
 
     @property
     def trained_tasks(self) -> tuple[str, ...] | None:
@@ -160,6 +165,24 @@ class ExpertBackend:
             raise ExpertError(f"{self.name}: network output holds {bad} non-finite value(s) (NaN/Inf); "
                               "chunk rejected — check the model file and its inputs")
         return out
+
+    def correction_summary(self) -> str | None:
+        """One line on the corrections so far (None before the first corrected chunk)."""
+        if not self.corrected_chunks:
+            return None
+        line = (f"{self.corrected_chunks} chunks, largest correction asked {self.max_correction_m * 1e3:.0f} mm "
+                f"(bound {self.limit.position_m * 1e3:.0f} mm)")
+        if self.limit.distrust_from_m is not None:
+            line += f", {self.distrusted_chunks} faded out (asked >= {self.limit.distrust_from_m * 1e3:.0f} mm)"
+        return line
+
+    def _note_distrust(self) -> None:
+        self.distrusted_chunks += 1
+        msg = ("%s: the network asks for a %.0f mm correction (bound %.0f mm, distrusted from %.0f mm); "
+               "correction weighted %.2f — the chunk follows the guidance more closely")
+        args = (self.name, self.last_correction_m * 1e3, self.limit.position_m * 1e3,
+                self.limit.distrust_from_m * 1e3, self.last_trust)
+        (log.warning if self.distrusted_chunks == 1 else log.debug)(msg, *args)
 
     def _infer(self, feeds: dict) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -210,7 +233,14 @@ class ExpertBackend:
         if self.output == OUTPUT_RESIDUAL:  # the IK chunk of the guidance, corrected (bounded)
             g = np.concatenate([guidance.positions, guidance.quats, guidance.gripper[:, None]], axis=1)
             base = base_chunk(self.spec, guidance.t, g, np.array([float(now_s)]))
-            poses = apply_residual(base, self.norm.unnormalize("action", out), self.limit)[0]
+            residual = self.norm.unnormalize("action", out)
+            self.last_correction_m = float(np.max(np.linalg.norm(residual[0, :, :3], axis=-1)))
+            self.corrected_chunks += 1
+            self.max_correction_m = max(self.max_correction_m, self.last_correction_m)
+            self.last_trust = float(self.limit.trust(residual)[0])
+            if self.last_trust < 1.0:
+                self._note_distrust()
+            poses = apply_residual(base, residual, self.limit)[0]
         else:
             ee = np.concatenate([state.ee_pose.position, state.ee_pose.quat])[None]
             poses = decode_action(self.norm, ee, out)[0]

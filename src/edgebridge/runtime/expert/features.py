@@ -63,7 +63,7 @@ class CorrectionLimit:
     clean plans, 40 mm under 3 cm plan noise), below its 40-100 mm while placing a cube on another — on
     tuning scenes 3000-3019: "put cup in tray" unchanged (clean 20/20, 3 cm plan noise 18/20), stacking
     12/20 against 10/20 without: the placing follows the guidance again, but the grasp correction (10-30 mm,
-    the mug's rim offset) still moves the cube grasp (``benchmarks/results/sim_expert.md``)."""
+    as on clean mug plans) still moves the cube grasp off centre (``benchmarks/results/sim_expert.md``)."""
 
     position_m: float = 0.02
     rotation_rad: float = 0.1

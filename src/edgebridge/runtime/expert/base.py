@@ -234,7 +234,7 @@ class ExpertBackend:
             g = np.concatenate([guidance.positions, guidance.quats, guidance.gripper[:, None]], axis=1)
             base = base_chunk(self.spec, guidance.t, g, np.array([float(now_s)]))
             residual = self.norm.unnormalize("action", out)
-            self.last_correction_m = float(np.max(np.linalg.norm(residual[0, :, :3], axis=-1)))
+            self.last_correction_m = float(self.limit.requested_m(residual)[0])
             self.corrected_chunks += 1
             self.max_correction_m = max(self.max_correction_m, self.last_correction_m)
             self.last_trust = float(self.limit.trust(residual)[0])

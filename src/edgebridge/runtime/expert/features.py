@@ -78,9 +78,14 @@ class CorrectionLimit:
             raise ValueError(f"CorrectionLimit: distrust_from_m and distrust_full_m must both be None or "
                              f"satisfy 0 < distrust_from_m < distrust_full_m, got {lo!r}, {hi!r}")
 
+    @staticmethod
+    def requested_m(residual: np.ndarray) -> np.ndarray:
+        """The largest position correction of each chunk of ``residual`` (..., H, 10), in metres."""
+        return np.max(np.linalg.norm(np.asarray(residual)[..., :3], axis=-1), axis=-1)
+
     def trust(self, residual: np.ndarray) -> np.ndarray:
         """Weight in [0, 1] per chunk of ``residual`` (..., H, 10): 1 = apply the correction, 0 = ignore it."""
-        request = np.max(np.linalg.norm(np.asarray(residual)[..., :3], axis=-1), axis=-1)
+        request = self.requested_m(residual)
         if self.distrust_from_m is None:
             return np.ones_like(request)
         span = self.distrust_full_m - self.distrust_from_m

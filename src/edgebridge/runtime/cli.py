@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             if pipe.last_planning is not None:
                 _say(f"[edge-run] planning {i + 1}/{args.episodes}: {pipe.last_planning.summary()}")
             summary = getattr(devices.expert, "correction_summary", None)
-            if callable(summary) and summary() is not None:
-                _say(f"[edge-run] expert {i + 1}/{args.episodes}: {summary()}")
+            corrections = summary() if callable(summary) else None
+            if corrections is not None:
+                _say(f"[edge-run] expert {i + 1}/{args.episodes}: {corrections}")
             if pipe.depth_tare is not None:
                 _say(f"[edge-run] depth tare {i + 1}/{args.episodes}: {pipe.depth_tare.describe()}")
             if json_out is not None:

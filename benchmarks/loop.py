@@ -249,12 +249,13 @@ def run_case(rate: float, seconds: float, loaded: bool, isolation: str, rt: int,
         time.sleep(seconds)
         lp.request_stop("benchmark done")
         result = lp.join(30)
-        lp.close()
     else:
         result = loop.run(duration_s=seconds)
-    stop.set()
+    stop.set()  # the load threads stop before the loop's shared memory goes: the expert thread still puts
     for t in threads:
         t.join(30)
+    if lp is not None:
+        lp.close()
     if loaded:
         if "error" in res_box:
             raise RuntimeError(f"the expert load failed, so this case was not loaded: {res_box['error']}")

@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+import pytest
 
 from edgebridge.runtime.loop_process import LoopProcess
 
@@ -33,6 +34,8 @@ def test_loop_process_follows_chunks_and_stops_on_request():
         res = lp.join(10)
     assert res is not None and res.reason == "test finished" and not res.fault
     assert res.sent > 50 and res.stats["cycles"] > 150
+    with pytest.raises(RuntimeError, match="not running"):  # closed: a late producer is told, not crashed
+        lp.put(chunk_line(time.monotonic_ns(), (0, 0, 0.3), (0.05, 0.0, 0.3), n=11, dt=0.05))
 
 
 def test_loop_process_reports_a_child_failure():

@@ -220,6 +220,9 @@ class LoopProcess:
             raise ValueError(f"LoopProcess.put: chunk has {n} steps, the shared ring holds at most {self.hmax}; "
                              f"raise max_horizon")
         shm = self._shm
+        if shm is None:
+            raise RuntimeError("LoopProcess.put: the control loop is not running (never started, or closed); "
+                               "stop the producer before closing the loop")
         wc = int(shm.ctrl["write_count"][0])
         slot = shm.chunks[wc % SLOTS]
         slot["seq"] = -1

@@ -259,12 +259,13 @@ def run_case(rate: float, seconds: float, loaded: bool, isolation: str, rt: int,
     if loaded:
         if "error" in res_box:
             raise RuntimeError(f"the expert load failed, so this case was not loaded: {res_box['error']}")
-        info["expert"] += f" ({res_box.get('expert_ms', float('nan')):.1f} ms per chunk, 10 Hz)"
+        info["expert_ms"] = res_box.get("expert_ms", float("nan"))
     s = result.stats
     return {"p50": s.get("period_err_p50_ms", float("nan")), "p99": s.get("period_err_p99_ms", float("nan")),
             "max": s.get("period_err_max_ms", float("nan")), "misses": s.get("misses", -1),
             "cycles": s.get("cycles", 0), "compute_p99": s.get("compute_p99_ms", float("nan")),
-            "planner": info["planner"], "expert": info["expert"], "reason": result.reason}
+            "planner": info["planner"], "expert": info["expert"], "expert_ms": info.get("expert_ms", float("nan")),
+            "reason": result.reason}
 
 
 def main(argv=None) -> int:
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
     add_json_arg(ap)
     args = ap.parse_args(argv)
     isolations = ["thread", "process"] if args.isolation == "both" else [args.isolation]
-    rows, flat, loads_used = [], {}, set()
+    rows, flat, loads_used, expert_ms = [], {}, set(), []
     results = {}
     for rate in args.rates:
         if not args.no_floor:
@@ -299,6 +300,7 @@ def main(argv=None) -> int:
                 results[(rate, load, iso)] = r
                 if load == "loaded":
                     loads_used.add(f"expert: {r['expert']}; planner: {r['planner']}")
+                    expert_ms.append(r["expert_ms"])
                 base = results.get((rate, load, "thread"))
                 vs = fmt_ratio(ratio(base["p99"], r["p99"])) if base and iso != "thread" else "baseline"
                 rows.append([f"{int(rate)} Hz", load, iso, f"{r['p50']:.3f}", f"{r['p99']:.3f}", f"{r['max']:.3f}",
@@ -319,8 +321,12 @@ def main(argv=None) -> int:
     flat["loop_isolation"] = primary
     flat["loop_seconds_per_case"] = args.seconds
     flat["loop_rt_priority"] = args.rt
+    chunk = ""
+    if expert_ms and not np.all(np.isnan(expert_ms)):
+        chunk = (f"; the expert at 10 Hz, median chunk {np.nanmin(expert_ms):.1f}-{np.nanmax(expert_ms):.1f} ms "
+                 f"across the loaded cases")
     caption = (f"{machine_line()}; {args.seconds:g} s per case; SCHED_FIFO {args.rt or 'off'}; "
-               f"loaded = {'; '.join(sorted(loads_used)) or '-'}. Period error = |actual period - nominal|; "
+               f"loaded = {'; '.join(sorted(loads_used)) or '-'}{chunk}. Period error = |actual period - nominal|; "
                f"miss = a tick run > half a period late or skipped. 'vs thread' = thread p99 / process p99. "
                f"floor = a bare absolute-deadline sleep/wake loop in its own process at the same priority "
                f"(no runtime work): the stalls the OS/hypervisor alone cause. steal ms = CPU time the hypervisor "

@@ -49,7 +49,8 @@ def test_novelty_flags_foreign_clouds_and_not_the_validation_episodes(tiny_run, 
         assert res[f"novel_mahalanobis.boxes.{p}"] > 0.5
     val = [p for p in expert_novelty.PHASES if f"samples.validation.{p}" in res]
     n = sum(res[f"samples.validation.{p}"] for p in val)
-    assert val and sum(res[f"novel_mahalanobis.validation.{p}"] * res[f"samples.validation.{p}"] for p in val) / n < 0.2
+    novel = sum(res[f"novel_mahalanobis.validation.{p}"] * res[f"samples.validation.{p}"] for p in val) / n
+    assert val and novel < 0.2  # episodes of the same kind, never trained on, are mostly not novel
 
 
 def test_novelty_needs_a_finished_run(tmp_path, demo_dir):

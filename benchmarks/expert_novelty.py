@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_json_arg, machine_line, print_table, write_json  # noqa: E402
 
 PHASES = ("approach", "carry", "release")
-OPEN = 0.97  # gripper reading above this = open (a grasped cube or mug holds the fingers at 0.5-0.9)
+OPEN = 0.97  # gripper reading above this = open (a grasped mug or cube holds the fingers at about 0.65)
 
 
 def episode_phases(episode: np.ndarray, gripper: np.ndarray) -> np.ndarray:

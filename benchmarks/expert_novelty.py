@@ -2,7 +2,7 @@
 
 Before running the expert on a task it was not trained on, this measures whether its PointNet encoder
 sees that task's clouds as unlike its training clouds. Each sample's cloud is featurised exactly as in
-training (goal-centred, plan moved by a random offset of up to the run's ``plan_shift_m``, cropped to
+training (goal-centred, plan moved by a Gaussian offset of the run's ``plan_shift_m`` std, cropped to
 the region of interest, resampled to N points) and encoded; two novelty scores per sample:
 
 * Mahalanobis distance to the training features (covariance shrunk towards its mean variance by
@@ -89,7 +89,7 @@ class FeatureSpace:
             cloud = torch.from_numpy(self.norm.normalize("cloud", ds.cloud[sl]))
             guidance = torch.from_numpy(self.norm.normalize("guidance", ds.guidance[sl]))
             action = torch.from_numpy(self.norm.normalize("action", ds.action[sl]))
-            shift = (torch.rand(len(cloud), 3, generator=self.gen) * 2 - 1) * self.plan_shift_m
+            shift = self.plan_shift_m * torch.randn((len(cloud), 3), generator=self.gen)  # as in training
             cloud, _, _ = shift_plan(self.norm, shift, cloud, guidance, action)
             cloud = fit_clouds(cloud, self.net.cfg.n_points, self.norm, self.roi)
             with torch.no_grad():

@@ -101,8 +101,9 @@ def test_cli_parses_and_builds_config():
     from edgebridge.train.__main__ import build_parser, config_from_args
 
     args = build_parser().parse_args(["--demos", "d", "--run", "r", "--stage1-steps", "7", "--goal-noise", "0.2",
-                                      "--plan-shift", "0.03", "--tiny"])
+                                      "--plan-shift", "0.03", "--clean-plans", "0.25", "--tiny"])
     cfg = config_from_args(args)
+    assert cfg.clean_plan_fraction == 0.25 and TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.stage1.steps == 7 and not cfg.stage1.use_cloud and cfg.stage2.use_cloud
     assert cfg.goal_noise == 0.2 and cfg.plan_shift_m == 0.03 and cfg.stage2.batch == 256
     with pytest.raises(ValueError, match="plan_shift_m"):
@@ -145,6 +146,27 @@ def test_plan_shift_equals_featurising_a_shifted_plan():
     for key, got in (("cloud", cloud), ("guidance", guidance), ("action", action)):
         np.testing.assert_allclose(got.numpy(), norm.normalize(key, moved[key]), atol=1e-5, err_msg=key)
     assert not np.allclose(t["action"].numpy(), action.numpy())  # the target really moved
+
+
+def test_cancelling_plan_shift_leaves_a_zero_correction():
+    from edgebridge.runtime.expert.features import Normalizer
+    from edgebridge.train.appf import cancelling_plan_shift, shift_plan
+
+    rng = np.random.default_rng(4)
+    raw = np.zeros((3, 4, 10))
+    raw[..., :3] = np.array([[0.02, -0.01, 0.0], [-0.03, 0.01, 0.005], [0.0, 0.0, 0.0]])[:, None, :]  # per sample
+    raw[..., 3:] = rng.normal(0, 0.01, (3, 4, 7))  # rotation and gripper parts: left alone
+    norm = Normalizer.fit({"cloud": rng.normal(size=(16, 3)), "proprio": rng.normal(size=(4, 10)),
+                           "guidance": rng.normal(size=(8, 10)), "action": rng.normal(0, 0.02, (12, 10))})
+    action = torch.from_numpy(norm.normalize("action", raw)).float()
+    shift = cancelling_plan_shift(norm, action)
+    np.testing.assert_allclose(shift.numpy(), raw[:, 0, :3], atol=1e-6)
+    _, _, moved = shift_plan(norm, shift, None, torch.zeros(3, 5, 10), action)
+    got = norm.unnormalize("action", moved.numpy())
+    np.testing.assert_allclose(got[..., :3], 0.0, atol=1e-6)
+    np.testing.assert_allclose(got[..., 3:], raw[..., 3:], atol=1e-6)
+    with pytest.raises(ValueError, match="clean_plan_fraction"):
+        TrainConfig(clean_plan_fraction=1.5)
 
 
 def test_arm_shift_equals_featurising_a_moved_end_effector():

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--arm-shift", type=float, default=d.arm_shift_m, metavar="M",
                     help="std (metres, per axis) of the arm-offset augmentation that hides the correction "
                          "from the proprio tokens (0: off)")
+    ap.add_argument("--clean-plans", type=float, default=d.clean_plan_fraction, metavar="FRACTION",
+                    help="fraction of the plan-shifted samples whose shift cancels the demonstrated correction "
+                         "(an accurate plan, target correction ~0)")
     ap.add_argument("--aux-weight", type=float, default=d.aux_weight,
                     help="weight of the auxiliary cloud-feature -> correction regression in stage 2 (0: off)")
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -59,7 +62,7 @@ def config_from_args(args: argparse.Namespace):
     if args.tiny:
         model = ExpertConfig(cloud_channels=(16, 32), cloud_feat=32, obs_feat=32, step_embed=16, down_dims=(16, 32))
     return replace(TrainConfig(), model=model, goal_noise=args.goal_noise, plan_shift_m=args.plan_shift, arm_shift_m=args.arm_shift,
-                   aux_weight=args.aux_weight,
+                   clean_plan_fraction=args.clean_plans, aux_weight=args.aux_weight,
                    seed=args.seed,
                    eval_every=args.eval_every, ckpt_every=args.eval_every, threads=args.threads,
                    stage1=StageConfig(args.stage1_steps, args.stage1_batch, args.stage1_lr, use_cloud=False),

@@ -16,6 +16,9 @@ everything that depends on the plan moves with it — the guidance tokens by +of
 cloud by -offset, the target correction by -offset (the demonstrator still goes to the real object). A
 data set of a few dozen episodes holds only a few dozen plan errors; with the shift every batch shows
 new ones, and the only way to predict the correction is to find the object in the cloud.
+``clean_plan_fraction`` of the samples get instead the shift that cancels their demonstrated correction
+(its chunk mean): a plan that is already right, whose target correction is about zero — what the
+expert sees when the planner is accurate.
 
 ``arm_shift_m`` breaks a shortcut: the demonstrator's arm follows the *true* path, so in the data the arm's
 offset from the (noisy) guidance *is* the correction, and a network that reads it off the proprio and
@@ -70,6 +73,7 @@ class TrainConfig:
     goal_noise: float = 0.1
     plan_shift_m: float = 0.0
     arm_shift_m: float = 0.0
+    clean_plan_fraction: float = 0.0
     aux_weight: float = 0.0
     seed: int = 0
     val_fraction: float = 0.1
@@ -87,6 +91,8 @@ class TrainConfig:
         for name in ("plan_shift_m", "arm_shift_m"):
             if not 0 <= getattr(self, name) < 0.5:
                 raise ValueError(f"TrainConfig.{name}: metres in [0, 0.5), got {getattr(self, name)}")
+        if not 0 <= self.clean_plan_fraction <= 1:
+            raise ValueError(f"TrainConfig.clean_plan_fraction: must lie in [0, 1], got {self.clean_plan_fraction}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"TrainConfig.val_fraction: must lie in [0, 1), got {self.val_fraction}")
         if not 0 <= self.ema_decay < 1:
@@ -103,6 +109,7 @@ class TrainConfig:
         d["model"] = ExpertConfig.from_dict(d.get("model", {}))
         d.setdefault("plan_shift_m", 0.0)
         d.setdefault("arm_shift_m", 0.0)
+        d.setdefault("clean_plan_fraction", 0.0)
         d.setdefault("aux_weight", 0.0)
         for s in ("stage1", "stage2"):
             if s in d:
@@ -164,6 +171,15 @@ def shift_plan(norm: Normalizer, shift_m: torch.Tensor, cloud: torch.Tensor | No
     if cloud is not None:
         cloud = cloud - scaled("cloud", slice(0, 3))[:, None, :]
     return cloud, guidance, action
+
+
+def cancelling_plan_shift(norm: Normalizer, action: torch.Tensor) -> torch.Tensor:
+    """(B, 3) metres: the plan shift that cancels each sample's demonstrated position correction (its mean
+    over the chunk), so that :func:`shift_plan` by it leaves a plan on the real object and a target
+    correction of about zero."""
+    std = torch.as_tensor(norm.std["action"][:3], dtype=action.dtype)
+    mean = torch.as_tensor(norm.mean["action"][:3], dtype=action.dtype)
+    return (action[..., :3] * std + mean).mean(dim=1)
 
 
 def fit_clouds(cloud: torch.Tensor, n_points: int, norm: Normalizer, roi: CloudROI | None) -> torch.Tensor:
@@ -374,6 +390,9 @@ class Trainer:
             cloud, proprio, guidance, action = self.train_data.batch(idx, st.use_cloud)
             if self.cfg.plan_shift_m > 0:
                 shift = self.cfg.plan_shift_m * torch.randn((st.batch, 3), generator=self.gen)
+                if self.cfg.clean_plan_fraction > 0:
+                    clean = torch.rand(st.batch, generator=self.gen) < self.cfg.clean_plan_fraction
+                    shift = torch.where(clean[:, None], cancelling_plan_shift(self.norm, action), shift)
                 cloud, guidance, action = shift_plan(self.norm, shift, cloud, guidance, action)
             if self.cfg.arm_shift_m > 0:
                 shift = self.cfg.arm_shift_m * torch.randn((st.batch, 3), generator=self.gen)

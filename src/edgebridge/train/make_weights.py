@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="std (metres) of the consistent plan-shift augmentation")
     ap.add_argument("--arm-shift", type=float, default=0.02, metavar="M",
                     help="std (metres) of the arm-offset augmentation")
+    ap.add_argument("--clean-plans", type=float, default=0.0, metavar="FRACTION",
+                    help="fraction of the plan-shifted samples given an accurate plan (target correction ~0)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the demonstrations and the training")
     ap.add_argument("--device", default="cpu", help="torch device to train on (cpu or cuda); the shipped "
                     "weights and the timing above are from the CPU")
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         demo_dirs.append(_demos(task, args.episodes, args.work / "demos" / task, args.seed))
         timings[f"demos_{task}_s"] = round(time.monotonic() - t0, 1)
     cfg = replace(TrainConfig(), seed=args.seed, goal_noise=args.goal_noise, plan_shift_m=args.plan_shift, arm_shift_m=args.arm_shift,
-                  eval_every=200, ckpt_every=200,
+                  clean_plan_fraction=args.clean_plans, eval_every=200, ckpt_every=200,
                   warmup=50, stage1=StageConfig(args.stage1_steps, args.stage1_batch, 1e-3, use_cloud=False),
                   stage2=StageConfig(args.stage2_steps, args.stage2_batch, 5e-4, use_cloud=True))
     command = "python -m edgebridge.train.make_weights " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

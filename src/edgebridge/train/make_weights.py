@@ -30,18 +30,22 @@ TASKS = ("put_cup_in_tray",)
 
 
 def _demos(task: str, episodes: int, out: Path, seed: int) -> Path:
-    """Run ``edge-sim demos`` unless ``out`` already holds that many episodes."""
+    """Run ``edge-sim demos`` unless ``out`` already holds these demonstrations (same count, seed and config)."""
     meta = out / "meta.json"
-    if meta.exists() and len(list(out.glob("episode_*.npz"))) >= episodes:
+    if meta.exists():
         from dataclasses import asdict
 
         from ..sim.demos import DemoConfig
 
-        recorded = json.loads(meta.read_text()).get("config")
-        if recorded == json.loads(json.dumps(asdict(DemoConfig()))):
+        recorded = json.loads(meta.read_text())
+        wanted = {"episodes": episodes, "seed": seed, "config": json.loads(json.dumps(asdict(DemoConfig())))}
+        found = {"episodes": len(list(out.glob("episode_*.npz"))), "seed": recorded.get("seed"),
+                 "config": recorded.get("config")}
+        if found == wanted:
             log.info("reusing %s", out)
             return out
-        log.info("%s was recorded with another DemoConfig (%s); recording again", out, recorded)
+        differ = ", ".join(f"{k} {found[k]!r} (wanted {wanted[k]!r})" for k in wanted if found[k] != wanted[k])
+        log.info("%s holds other demonstrations (%s); recording again", out, differ)
         for f in out.glob("episode_*.npz"):
             f.unlink()
     exe = Path(sys.executable).with_name("edge-sim")

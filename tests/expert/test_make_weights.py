@@ -1,0 +1,52 @@
+"""make_weights reuses recorded demonstrations only when they are the ones asked for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict
+
+import pytest
+
+from edgebridge.sim.demos import DemoConfig
+from edgebridge.train import make_weights
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    out = tmp_path / "put_cup_in_tray"
+    out.mkdir()
+    (out / "meta.json").write_text(json.dumps({"seed": 0, "config": asdict(DemoConfig())}))
+    for i in range(3):
+        (out / f"episode_{i:04d}.npz").write_bytes(b"")
+    return out
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: seen.append(cmd))
+    return seen
+
+
+def test_same_count_seed_and_config_are_reused(recorded, calls):
+    assert make_weights._demos("put_cup_in_tray", 3, recorded, 0) == recorded
+    assert calls == []
+    assert len(list(recorded.glob("episode_*.npz"))) == 3
+
+
+@pytest.mark.parametrize("episodes, seed", [(3, 1), (2, 0), (4, 0)])
+def test_another_seed_or_count_records_again(recorded, calls, episodes, seed):
+    make_weights._demos("put_cup_in_tray", episodes, recorded, seed)
+    assert len(calls) == 1
+    cmd = calls[0]
+    assert cmd[cmd.index("--seed") + 1] == str(seed) and cmd[cmd.index("--episodes") + 1] == str(episodes)
+    assert list(recorded.glob("episode_*.npz")) == []  # the stale episodes are not mixed in
+
+
+def test_another_demo_config_records_again(recorded, calls):
+    meta = json.loads((recorded / "meta.json").read_text())
+    meta["config"]["execution_noise_m"] = 0.0
+    (recorded / "meta.json").write_text(json.dumps(meta))
+    make_weights._demos("put_cup_in_tray", 3, recorded, 0)
+    assert len(calls) == 1

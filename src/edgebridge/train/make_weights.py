@@ -44,7 +44,8 @@ def _demos(task: str, episodes: int, out: Path, seed: int) -> Path:
         if found == wanted:
             log.info("reusing %s", out)
             return out
-        differ = ", ".join(f"{k} {found[k]!r} (wanted {wanted[k]!r})" for k in wanted if found[k] != wanted[k])
+        differ = ", ".join("another DemoConfig" if k == "config" else f"{k} {found[k]} (wanted {wanted[k]})"
+                           for k in wanted if found[k] != wanted[k])
         log.info("%s holds other demonstrations (%s); recording again", out, differ)
         for f in out.glob("episode_*.npz"):
             f.unlink()

@@ -50,3 +50,22 @@ def test_another_demo_config_records_again(recorded, calls):
     (recorded / "meta.json").write_text(json.dumps(meta))
     make_weights._demos("put_cup_in_tray", 3, recorded, 0)
     assert len(calls) == 1
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("argv, demo_seed", [(["--seed", "1"], 1), (["--seed", "1", "--demo-seed", "0"], 0)])
+def test_demo_seed_defaults_to_the_training_seed(monkeypatch, tmp_path, argv, demo_seed):
+    pytest.importorskip("torch")
+    seen = []
+
+    def record(task, episodes, out, seed):
+        seen.append(seed)
+        raise _Stop
+
+    monkeypatch.setattr(make_weights, "_demos", record)
+    with pytest.raises(_Stop):
+        make_weights.main([*argv, "--work", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert seen == [demo_seed]

@@ -79,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean-plans", type=float, default=0.0, metavar="FRACTION",
                     help="fraction of the plan-shifted samples given an accurate plan (target correction ~0)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the demonstrations and the training")
+    ap.add_argument("--demo-seed", type=int, default=None,
+                    help="seeds the demonstrations instead (default: --seed); another training draw on the same data")
     ap.add_argument("--device", default="cpu", help="torch device to train on (cpu or cuda); the shipped "
                     "weights and the timing above are from the CPU")
     ap.add_argument("--k", type=int, default=10, help="DDIM steps unrolled in the shipped graph")
     ap.add_argument("--work", type=Path, default=Path("build/weights"), help="demos + training run directory")
     ap.add_argument("--out", type=Path, default=ASSETS, help="where the ONNX + metadata go")
     args = ap.parse_args(argv)
+    demo_seed = args.seed if args.demo_seed is None else args.demo_seed
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     demo_dirs = []
     for task in args.tasks:
         t0 = time.monotonic()
-        demo_dirs.append(_demos(task, args.episodes, args.work / "demos" / task, args.seed))
+        demo_dirs.append(_demos(task, args.episodes, args.work / "demos" / task, demo_seed))
         timings[f"demos_{task}_s"] = round(time.monotonic() - t0, 1)
     cfg = replace(TrainConfig(), seed=args.seed, goal_noise=args.goal_noise, plan_shift_m=args.plan_shift, arm_shift_m=args.arm_shift,
                   clean_plan_fraction=args.clean_plans, eval_every=200, ckpt_every=200,
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     net, record = load_final(run_dir)
     record["data"] = {**(record.get("data") or {}), "tasks": args.tasks, "episodes_per_task": args.episodes,
-                      "demo_seed": args.seed}
+                      "demo_seed": demo_seed}
     path = export_expert(net, record, args.out, k=args.k)
     timings["export_s"] = round(time.monotonic() - t0, 1)
     total = time.monotonic() - t_start

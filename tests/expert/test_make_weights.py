@@ -1,4 +1,4 @@
-"""make_weights reuses recorded demonstrations only when they are the ones asked for."""
+"""make_weights reuses recorded demonstrations only when they are the ones asked for (count, seed, config)."""
 
 from __future__ import annotations
 

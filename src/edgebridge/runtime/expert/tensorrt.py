@@ -39,10 +39,20 @@ class TensorRTExpert(ExpertBackend):
             raise ExpertError(f"{path}: TensorRT could not deserialize the engine (built with another TensorRT "
                               "version or GPU?); rebuild it on this device")
         self.context = self.engine.create_execution_context()
+        self.cuda = None
+        self._buffers: dict = {}
+        try:
+            self._bind(path, trt, max_batch)
+        except BaseException:
+            self.close()  # nothing allocated on the device outlives a refused engine
+            raise
+        log.info("TensorRTExpert %s: K=%d, N=%d, H=%d, max batch %d", path.name, self.k, self.spec.n_points,
+                 self.spec.horizon, max_batch)
+
+    def _bind(self, path: Path, trt, max_batch: int) -> None:
+        """Check the engine's I/O against the expert's and give every tensor a device buffer."""
         self.cuda = CudaApi()
         self.max_batch = max_batch
-        self._buffers: dict = {}
-        self._host_out: dict = {}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -59,8 +69,6 @@ class TensorRTExpert(ExpertBackend):
             nbytes = int(np.prod(shape)) * dtype.itemsize
             self._buffers[n] = self.cuda.malloc(nbytes)
             self.context.set_tensor_address(n, address(self._buffers[n]))
-        log.info("TensorRTExpert %s: K=%d, N=%d, H=%d, max batch %d", path.name, self.k, self.spec.n_points,
-                 self.spec.horizon, max_batch)
 
     def _infer(self, feeds: dict) -> np.ndarray:
         batch = feeds["noise"].shape[0]
@@ -79,14 +87,15 @@ class TensorRTExpert(ExpertBackend):
         return out
 
     def close(self) -> None:
-        if getattr(self, "_buffers", None):
-            for ptr in self._buffers.values():
-                try:
-                    self.cuda.free(ptr)
-                except ExpertError as e:  # pragma: no cover - only on a faulted device
-                    log.warning("TensorRTExpert: freeing a device buffer failed: %s", e)
-            self._buffers = {}
+        for ptr in (getattr(self, "_buffers", None) or {}).values():
+            try:
+                self.cuda.free(ptr)
+            except ExpertError as e:  # pragma: no cover - only on a faulted device
+                log.warning("TensorRTExpert: freeing a device buffer failed: %s", e)
+        self._buffers = {}
+        if getattr(self, "cuda", None) is not None:
             self.cuda.close()
+            self.cuda = None
         self.context = None
         self.engine = None
         super().close()

@@ -160,3 +160,23 @@ def test_no_cuda_bindings_names_the_jetson_extra(tiny_onnx, tmp_path, monkeypatc
     engine = _engine(tiny_onnx, tmp_path)
     with pytest.raises(MissingExtraError, match=r"cuda-python .* or pycuda.*edgebridge\[jetson\]"):
         TensorRTExpert(ExpertConfig(str(engine)))
+
+
+def test_robot_config_with_backend_trt_makes_the_tensorrt_expert(tiny_onnx, tmp_path, fake):
+    from edgebridge.config import ConfigError
+    from edgebridge.runtime.config import load_robot_config, with_overrides
+    from edgebridge.runtime.devices import make_expert
+
+    cfg, notes = load_robot_config("sim_panda"), []
+    with pytest.raises(ConfigError, match=r"set expert.model to the \.engine file"):
+        make_expert(with_overrides(cfg, expert={"backend": "trt", "model": ""}), "trt", notes)
+    engine = _engine(tiny_onnx, tmp_path)
+    ex = make_expert(with_overrides(cfg, expert={"backend": "trt", "model": str(engine), "options": {"seed": 2}}),
+                     "trt", notes)
+    try:
+        assert type(ex).__name__ == "TensorRTExpert" and ex.config.seed == 2
+        assert notes == [f"expert: TensorRT engine {engine}"]
+        cloud, state, guidance, _ = observation()
+        assert np.all(np.isfinite(ex.act(cloud, state, guidance).poses))
+    finally:
+        ex.close()

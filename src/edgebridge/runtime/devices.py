@@ -135,6 +135,7 @@ def make_expert(cfg: RobotConfig, backend: str, notes: list[str]):
 
         if not e.model:
             raise ConfigError("expert trt: set expert.model to the .engine file built on this device (edge-export)")
+        notes.append(f"expert: TensorRT engine {e.model}")
         return mod.TensorRTExpert(from_dict(ExpertConfig, {**e.options, "model": e.model}, prefix="expert.options."))
     if backend == "ik":
         from .ik_expert import IKExpert, IKExpertConfig

@@ -180,3 +180,17 @@ def test_robot_config_with_backend_trt_makes_the_tensorrt_expert(tiny_onnx, tmp_
         assert np.all(np.isfinite(ex.act(cloud, state, guidance).poses))
     finally:
         ex.close()
+
+
+def test_edge_export_expert_trt_writes_an_engine_next_to_the_onnx(tiny_run, tmp_path, fake, capsys):
+    from edgebridge.export.cli import main
+    from edgebridge.runtime.expert import ExpertConfig
+    from edgebridge.runtime.expert.tensorrt import TensorRTExpert
+
+    engine = tmp_path / "trt" / "expert.engine"
+    assert main(["expert", "--run", str(tiny_run), "--out", str(tmp_path), "--k", "2", "--trt", str(engine)]) == 0
+    assert f"wrote TensorRT engine {engine}" in capsys.readouterr().out
+    meta = json.loads(engine.with_suffix(".json").read_text())
+    assert meta["engine"]["onnx"] == "expert.onnx" and meta["engine"]["tensorrt"] == "10.3.0"
+    with TensorRTExpert(ExpertConfig(str(engine))) as ex:
+        assert ex.k == 2

@@ -116,10 +116,14 @@ def make_pycuda_driver(dev: Device) -> types.ModuleType:
         def synchronize(self) -> None:
             pass
 
-    m.DeviceAllocation, m.Stream = DeviceAllocation, Stream
-    m.mem_alloc = DeviceAllocation
-    m.memcpy_htod_async = lambda dst, src, stream=None: dev.write(int(dst), src)
-    m.memcpy_dtoh_async = lambda dst, src, stream=None: dst.__setitem__(..., dev.read(int(src), dst.shape, dst.dtype))
+    def memcpy_htod_async(dst, src: np.ndarray, stream=None) -> None:
+        dev.write(int(dst), src)
+
+    def memcpy_dtoh_async(dst: np.ndarray, src, stream=None) -> None:
+        dst[...] = dev.read(int(src), dst.shape, dst.dtype)
+
+    m.DeviceAllocation, m.Stream, m.mem_alloc = DeviceAllocation, Stream, DeviceAllocation
+    m.memcpy_htod_async, m.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
     return m
 
 

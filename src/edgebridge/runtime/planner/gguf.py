@@ -22,6 +22,7 @@ import numpy as np
 from ...config import check
 from ...contracts import RGBD, Anchor, Plan
 from ...errors import PlanError, require
+from .cpu_repack import REPACK_SETTINGS, model_params_override, resolve_cpu_repack
 from .format import MAX_ANCHORS, build_grammar, parse_plan
 from .prompt import GGUF_KEY_VERSION, chat_messages, downscale, image_data_uri, load_assets
 
@@ -47,7 +48,9 @@ class GGUFPlannerConfig:
     threads spin; on an oversubscribed CPU more threads than free cores makes generation many times slower).
     ``n_gpu_layers``: -1 offloads all layers (Jetson with a CUDA build), 0 keeps everything on the CPU.
     ``image_max_side``: the image is block-averaged down to this long side before encoding; anchors are
-    scaled back to full resolution."""
+    scaled back to full resolution. ``cpu_repack``: whether llama.cpp repacks quantised weights for the CPU's
+    matrix units; ``auto`` is off on CPUs that report Intel AMX, whose kernels abort on machines that report
+    but do not run it, and on elsewhere (see ``cpu_repack.py``)."""
 
     model_path: str
     mmproj_path: str | None = None
@@ -63,6 +66,7 @@ class GGUFPlannerConfig:
     image_max_side: int | None = 448
     use_grammar: bool = True
     warmup: bool = True
+    cpu_repack: str = "auto"
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class GGUFPlannerConfig:
         check(1 <= self.max_anchors <= 64, "max_anchors", f"must lie in [1, 64], got {self.max_anchors}")
         check(self.image_max_side is None or self.image_max_side >= 32, "image_max_side",
               f"must be None or >= 32, got {self.image_max_side}")
+        check(self.cpu_repack in REPACK_SETTINGS, "cpu_repack",
+              f"expected one of {list(REPACK_SETTINGS)}, got {self.cpu_repack!r}")
 
 
 def _perf(llm) -> tuple[float, float, int, int]:
@@ -137,9 +143,10 @@ class GGUFPlanner:
                 raise PlanError(f"GGUF planner: cannot use vision projector {cfg.mmproj_path} with "
                                 f"{cfg.chat_handler!r} ({e})") from e
         try:
-            self._llm = lc.Llama(model_path=str(path), chat_handler=self._handler, n_ctx=cfg.n_ctx,
-                                 n_threads=cfg.n_threads or max(1, (os.cpu_count() or 2) - 1), n_gpu_layers=cfg.n_gpu_layers,
-                                 seed=cfg.seed, verbose=cfg.verbose)
+            with model_params_override(use_extra_bufts=resolve_cpu_repack(cfg.cpu_repack)):
+                self._llm = lc.Llama(model_path=str(path), chat_handler=self._handler, n_ctx=cfg.n_ctx,
+                                     n_threads=cfg.n_threads or max(1, (os.cpu_count() or 2) - 1),
+                                     n_gpu_layers=cfg.n_gpu_layers, seed=cfg.seed, verbose=cfg.verbose)
         except (ValueError, RuntimeError, OSError) as e:
             raise PlanError(f"GGUF planner: llama.cpp could not load {path} ({e}); is it a complete GGUF "
                             f"file of a supported architecture? Re-export it with 'edge-export vlm'") from e

@@ -1,12 +1,13 @@
 """Whether llama.cpp may repack quantised weights for the host CPU's matrix units.
 
 llama.cpp's CPU backend copies quantised weights into "extra buffer types" laid out for the CPU it runs
-on: interleaved blocks for AVX2 / NEON dot products, and tiles for Intel AMX. The AMX kernels can abort the
-whole process with an illegal instruction where the CPU reports AMX but the machine does not run it
-(measured on an x86 virtual machine reporting ``amx_tile``/``amx_int8``: Q8_0 and Q4_K_M models died in
-``ggml_backend_amx_mul_mat`` at the first decode; with the extra buffers off both ran). A planner that
-kills the runtime is worse than a slower one, so ``auto`` keeps repacking off on CPUs that report AMX
-and on everywhere else (the Jetson's NEON repack stays).
+on: interleaved blocks for AVX2 / NEON dot products, and tiles for Intel AMX. The AMX kernels aborted the
+whole process with an illegal instruction on an x86 virtual machine whose CPU reports ``amx_tile`` and
+``amx_int8``: Q8_0 and Q4_K_M models died at ``tilezero`` in ``ggml_backend_amx_mul_mat`` at the first
+decode, and ran with the extra buffers off. Whether the machine or llama.cpp is at fault was not
+established (a minimal ``ldtilecfg``/``tilezero`` sequence did run there, also in several threads). A
+planner that kills the runtime is worse than a slower one, so ``auto`` keeps repacking off on CPUs that
+report AMX and on everywhere else (the Jetson's NEON repack stays).
 
 llama-cpp-python does not expose the switch (``llama_model_params.use_extra_bufts``) as a ``Llama``
 argument; :func:`model_params_override` sets it on the default parameters ``Llama`` starts from, for the

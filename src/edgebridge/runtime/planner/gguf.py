@@ -49,8 +49,8 @@ class GGUFPlannerConfig:
     ``n_gpu_layers``: -1 offloads all layers (Jetson with a CUDA build), 0 keeps everything on the CPU.
     ``image_max_side``: the image is block-averaged down to this long side before encoding; anchors are
     scaled back to full resolution. ``cpu_repack``: whether llama.cpp repacks quantised weights for the CPU's
-    matrix units; ``auto`` is off on CPUs that report Intel AMX, whose kernels abort on machines that report
-    but do not run it, and on elsewhere (see ``cpu_repack.py``)."""
+    matrix units; ``auto`` is off on CPUs that report Intel AMX (llama.cpp's AMX kernels aborted on one such
+    machine) and on elsewhere (see ``cpu_repack.py``)."""
 
     model_path: str
     mmproj_path: str | None = None

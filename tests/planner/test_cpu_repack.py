@@ -15,7 +15,7 @@ vendor_id\t: GenuineIntel
 flags\t\t: fpu vme avx avx2 avx512f amx_bf16 avx512_fp16 amx_tile amx_int8
 bogomips\t: 4200.00
 processor\t: 1
-flags\t\t: fpu
+flags\t\t: fpu second_cpu_only
 """
 X86_PLAIN = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c\n"
 JETSON = "processor\t: 0\nBogoMIPS\t: 62.50\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp\n"
@@ -23,6 +23,7 @@ JETSON = "processor\t: 0\nBogoMIPS\t: 62.50\nFeatures\t: fp asimd evtstrm aes pm
 
 def test_cpu_flags_reads_x86_and_arm_and_first_processor_only():
     assert {"amx_tile", "amx_int8", "avx2"} <= cpu_flags(X86_AMX)
+    assert "second_cpu_only" not in cpu_flags(X86_AMX)
     assert "asimd" in cpu_flags(JETSON)
     assert cpu_flags("processor\t: 0\n") == frozenset()
 

@@ -5,6 +5,11 @@
 ``<name>.json``, the metadata :class:`edgebridge.runtime.expert.OnnxExpert` reads (sizes, K, action dt,
 normalisation stats, training command and data, commit, metrics, parity). Optional fp16 / int8 variants
 are written next to it with their measured error against the fp32 torch model.
+
+The graph is exported from :class:`edgebridge.train.fused_sampler.FusedDDIMSampler` (``graph="fused"``,
+the default: step-constant parts folded, static shapes, about half the nodes) or from
+:class:`edgebridge.train.model.DDIMSampler` as written (``graph="plain"``). Either way the parity check
+compares it with ``DDIMSampler``, the reference.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ OUTPUT = "action"
 OPSET = 17
 PARITY_TOL = 1e-4
 METADATA_VERSION = 1
+GRAPHS = ("fused", "plain")
 
 
 class ExportError(EdgebridgeError):
@@ -114,10 +120,30 @@ def _fp16_variant(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
+def constants_as_initializers(model):
+    """Move tensor-valued Constant nodes into the initializer list (the quantiser only quantises weights
+    that are initializers; the exporter leaves some folded weights as Constant nodes)."""
+    graph = model.graph
+    for node in [n for n in graph.node if n.op_type == "Constant"]:
+        attr = {a.name: a for a in node.attribute}
+        if "value" in attr:
+            tensor = attr["value"].t
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            graph.node.remove(node)
+    return model
+
+
 def _int8_variant(src: Path, dst: Path) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    staged = dst.with_name(f"{dst.stem}_staged.onnx")
+    onnx.save(constants_as_initializers(onnx.load(str(src))), str(staged))
+    try:
+        quantize_dynamic(str(staged), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def export_variants(sampler: DDIMSampler, fp32: Path, *, fp16: bool, int8: bool) -> dict:
@@ -144,21 +170,26 @@ def export_variants(sampler: DDIMSampler, fp32: Path, *, fp16: bool, int8: bool)
 
 
 def export_expert(net: ActionExpertNet, record: dict, out_dir: Path, *, k: int = 10, name: str = "expert",
-                  fp16: bool = False, int8: bool = False, tol: float = PARITY_TOL) -> Path:
+                  fp16: bool = False, int8: bool = False, tol: float = PARITY_TOL, graph: str = "fused") -> Path:
     """Export ``net`` with K unrolled DDIM steps to ``out_dir/<name>.onnx`` + ``<name>.json``.
 
     ``record`` is what training saved (``norm``, ``spec``, ``metrics``, ``command``, ``data``,
-    ``train_config``); missing entries are written as null. Returns the ONNX path."""
+    ``train_config``); missing entries are written as null; its ``extra_metadata`` entries are added to the
+    metadata as they are. ``graph``: ``"fused"`` or ``"plain"`` (module docstring). Returns the ONNX path."""
+    from ..train.fused_sampler import FusedDDIMSampler
     from ..train.model import DDIMSampler, count_parameters
 
+    if graph not in GRAPHS:
+        raise ExportError(f"export graph {graph!r}: expected one of {', '.join(GRAPHS)}")
     out_dir = Path(out_dir)
     net = net.eval()
     sampler = DDIMSampler(net, k).eval()
+    exported = FusedDDIMSampler(net, k).eval() if graph == "fused" else sampler
     path = out_dir / f"{name}.onnx"
     t0 = time.monotonic()
-    _export(sampler, example_inputs(net, 1), path, list(INPUTS), [OUTPUT])
+    _export(exported, example_inputs(net, 1), path, list(INPUTS), [OUTPUT])
     err = parity_check(sampler, path, tol=tol)
-    log.info("exported %s (%.1f MB, K=%d) in %.1f s; parity max abs diff %.2e", path,
+    log.info("exported %s (%s graph, %.1f MB, K=%d) in %.1f s; parity max abs diff %.2e", path, graph,
              path.stat().st_size / 1e6, k, time.monotonic() - t0, err)
     variants = export_variants(sampler, path, fp16=fp16, int8=int8)
     spec = record.get("spec") or {}
@@ -169,6 +200,7 @@ def export_expert(net: ActionExpertNet, record: dict, out_dir: Path, *, k: int =
         "model": path.name,
         "sha256": sha256(path),
         "opset": OPSET,
+        "graph": graph,
         "inputs": {"cloud": [-1, cfg.n_points, 3], "proprio": [-1, cfg.pose_dim],
                    "guidance": [-1, cfg.guidance_tokens, cfg.pose_dim], "noise": [-1, cfg.horizon, cfg.pose_dim]},
         "outputs": {OUTPUT: [-1, cfg.horizon, cfg.pose_dim]},
@@ -186,6 +218,7 @@ def export_expert(net: ActionExpertNet, record: dict, out_dir: Path, *, k: int =
         "commit": git_commit(), "metrics": record.get("metrics"),
         "parity": {"max_abs_diff": err, "tol": tol, "reference": "torch fp32 eager"},
         "variants": variants,
+        **(record.get("extra_metadata") or {}),
     }
     if meta["normalization"] is None:
         raise ExportError("record has no normalisation stats ('norm'); export from a finished training run")
@@ -230,6 +263,8 @@ def add_subparser(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="also write an fp16 variant and its error")
     p.add_argument("--int8", action="store_true", help="also write a dynamic-int8 variant and its error")
     p.add_argument("--tol", type=float, default=PARITY_TOL, help="parity tolerance vs torch (max abs diff)")
+    p.add_argument("--graph", choices=GRAPHS, default="fused",
+                   help="fused: step-constant parts folded, static shapes (default); plain: DDIMSampler as written")
     p.add_argument("--trt", type=Path, default=None,
                    help="also build a TensorRT engine at this path (needs tensorrt + an NVIDIA GPU)")
     p.set_defaults(func=_main)
@@ -237,7 +272,7 @@ def add_subparser(sub) -> None:
 
 def _main(args) -> int:
     path = export_from_run(args.run, args.out, k=args.k, name=args.name, fp16=args.fp16, int8=args.int8,
-                           tol=args.tol)
+                           tol=args.tol, graph=args.graph)
     meta = json.loads(path.with_suffix(".json").read_text())
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, K={args.k}, "
           f"parity max abs diff {meta['parity']['max_abs_diff']:.2e})")

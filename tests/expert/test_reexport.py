@@ -19,7 +19,8 @@ from edgebridge.train.model import ExpertConfig, make_net  # noqa: E402
 
 RECORD = {"norm": Normalizer.identity().to_dict(), "spec": {"action_dt": 0.2}, "command": "make weights",
           "train_config": {"seed": 3}, "metrics": {"val_pos_err_mm": 9.5},
-          "extra_metadata": {"make_weights": {"total_s": 12.0}}}
+          "extra_metadata": {"make_weights": {"total_s": 12.0}},
+    "correction_limit": {"position_m": 0.03, "rotation_rad": 0.2}}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def test_reexport_to_fused_keeps_function_and_provenance(plain_export, tmp_path)
     assert meta["graph"] == "fused" and meta["ddim_steps"] == 2 and meta["action_dt"] == 0.2
     assert meta["training_command"] == "make weights" and meta["metrics"] == {"val_pos_err_mm": 9.5}
     assert meta["data_seed"] == 3 and meta["make_weights"] == {"total_s": 12.0}
+    assert meta["correction_limit"] == {"position_m": 0.03, "rotation_rad": 0.2}  # the source's, not the default
     assert meta["reexport"]["max_abs_diff_vs_source"] < 1e-5
     src = json.loads(path.with_suffix(".json").read_text())
     assert meta["reexport"]["source_sha256"] == src["sha256"] != meta["sha256"]

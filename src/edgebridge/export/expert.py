@@ -174,7 +174,8 @@ def export_expert(net: ActionExpertNet, record: dict, out_dir: Path, *, k: int =
     """Export ``net`` with K unrolled DDIM steps to ``out_dir/<name>.onnx`` + ``<name>.json``.
 
     ``record`` is what training saved (``norm``, ``spec``, ``metrics``, ``command``, ``data``,
-    ``train_config``); missing entries are written as null; its ``extra_metadata`` entries are added to the
+    ``train_config``; ``correction_limit``, else the default); missing entries are written as null; its
+    ``extra_metadata`` entries are added to the
     metadata as they are. ``graph``: ``"fused"`` or ``"plain"`` (module docstring). Returns the ONNX path."""
     from ..train.fused_sampler import FusedDDIMSampler
     from ..train.model import DDIMSampler, count_parameters
@@ -209,7 +210,7 @@ def export_expert(net: ActionExpertNet, record: dict, out_dir: Path, *, k: int =
         "prediction": cfg.prediction, "action_dt": float(spec.get("action_dt", 0.1)),
         "normalization": record.get("norm"),
         "output": record.get("output") or OUTPUT_RELATIVE,
-        "correction_limit": asdict(CorrectionLimit()),
+        "correction_limit": record.get("correction_limit") or asdict(CorrectionLimit()),
         # the crop the training clouds had: the runtime must crop live clouds the same way
         "cloud_roi": (record.get("data") or {}).get("cloud_roi"),
         "model_config": cfg.to_dict(), "parameters": count_parameters(net),

@@ -136,6 +136,7 @@ def record_from_metadata(meta: dict) -> dict:
     return {"norm": meta["normalization"], "spec": {"action_dt": meta.get("action_dt", 0.1)},
             "output": meta.get("output"), "command": meta.get("training_command"), "data": meta.get("data"),
             "train_config": meta.get("train_config"), "metrics": meta.get("metrics"),
+            "correction_limit": meta.get("correction_limit"),
             "extra_metadata": {k: v for k, v in meta.items() if k not in regenerated}}
 
 

@@ -69,9 +69,9 @@ class OnnxExpert(ExpertBackend):
             if got != want:
                 raise ExpertError(f"{path}: input {i.name!r} has shape {i.shape}, metadata says (B, *{want})")
         self.output_name = self.session.get_outputs()[0].name
-        log.info("OnnxExpert %s: providers %s (available %s), K=%d, N=%d, H=%d", path.name,
+        log.info("OnnxExpert %s: providers %s (available %s), K=%d, N=%d, H=%d, %s graph", path.name,
                  self.session.get_providers(), ort.get_available_providers(), self.k, self.spec.n_points,
-                 self.spec.horizon)
+                 self.spec.horizon, self.meta.get("graph", "plain"))
 
     def _infer(self, feeds: dict) -> np.ndarray:
         try:

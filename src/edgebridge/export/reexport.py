@@ -65,10 +65,6 @@ def _locate(value: np.ndarray, tensors: dict[str, np.ndarray]) -> tuple[str, boo
     return None
 
 
-def _example(net):
-    return example_inputs(net, 1)
-
-
 def _outputs(path: Path, net, seed: int = 0) -> np.ndarray:
     args = example_inputs(net, 3, seed)
     return ort_session(path).run([OUTPUT], {n: a.numpy() for n, a in zip(INPUTS, args)})[0]
@@ -95,7 +91,7 @@ def recover_net(onnx_path: Path, meta: dict):
     source = graph_tensors(onnx_path)
     with tempfile.TemporaryDirectory() as tmp:
         probe_path = Path(tmp) / "probe.onnx"
-        _export(DDIMSampler(probe, k).eval(), _example(probe), probe_path, list(INPUTS), [OUTPUT])
+        _export(DDIMSampler(probe, k).eval(), example_inputs(probe, 1), probe_path, list(INPUTS), [OUTPUT])
         probe_tensors = graph_tensors(probe_path)
         state = {}
         for name, value in probe.state_dict().items():
@@ -118,7 +114,7 @@ def recover_net(onnx_path: Path, meta: dict):
             if found is not None and found[0] in source:
                 buffers[name].copy_(torch.from_numpy(np.array(source[found[0]]).reshape(value.shape)))
         check_path = Path(tmp) / "check.onnx"
-        _export(DDIMSampler(net, k).eval(), _example(net), check_path, list(INPUTS), [OUTPUT])
+        _export(DDIMSampler(net, k).eval(), example_inputs(net, 1), check_path, list(INPUTS), [OUTPUT])
         diff = float(np.max(np.abs(_outputs(check_path, net) - _outputs(onnx_path, net))))
     if not diff <= RECOVERY_TOL:
         raise ExportError(f"{onnx_path}: the recovered weights reproduce the graph only to {diff:.3g} "

@@ -36,6 +36,16 @@ def test_cli_bad_config_exits_2(capsys):
     assert "configuration error" in capsys.readouterr().err
 
 
+def test_cli_unknown_task_names_it_and_the_known_ones(capsys):
+    pytest.importorskip("pybullet", reason="the sim world needs pybullet ('sim' extra)")
+    from edgebridge.runtime.cli import main
+
+    assert main(["--task", "fly to the moon", "--expert", "ik"]) == 2
+    err = capsys.readouterr().err
+    assert "could not open the devices of sim_panda: unknown task or instruction 'fly to the moon'" in err
+    assert "known tasks: put_cup_in_tray" in err
+
+
 def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
     pytest.importorskip("pybullet", reason="the sim world needs pybullet ('sim' extra)")
     from edgebridge.runtime.cli import main

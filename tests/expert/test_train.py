@@ -110,6 +110,16 @@ def test_cli_parses_and_builds_config():
         TrainConfig(plan_shift_m=-0.01)
 
 
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from edgebridge.train.__main__ import main
+
+    assert main(["--demos", str(tmp_path / "missing"), "--run", str(tmp_path / "run"), "--tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "missing/meta.json: not found" in err and "edge-sim demos --out" in err and "Traceback" not in err
+    assert main(["--demos", str(tmp_path), "--run", str(tmp_path / "run"), "--goal-noise", "-1", "--tiny"]) == 2
+    assert "goal_noise: must be >= 0, got -1.0" in capsys.readouterr().err
+
+
 def test_plan_shift_equals_featurising_a_shifted_plan():
     """The in-batch augmentation is exactly what the featurisation gives for a plan moved by the shift."""
     from edgebridge.runtime.expert.features import FeatureSpec, Normalizer, raw_features, residual_targets

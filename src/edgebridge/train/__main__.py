@@ -76,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     from .appf import Trainer
 
     command = "python -m edgebridge.train " + " ".join(shlex.quote(a) for a in argv)
-    Trainer(args.demos, args.run, config_from_args(args), command=command, device=args.device).run()
+    try:  # bad settings, missing or malformed demonstrations, an unusable run directory or device: one line
+        trainer = Trainer(args.demos, args.run, config_from_args(args), command=command, device=args.device)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"python -m edgebridge.train: {e}", file=sys.stderr)
+        return 2
+    trainer.run()  # errors while training keep their traceback
     return 0
 
 

@@ -101,3 +101,11 @@ def test_cli_exports_a_run(tiny_run, tmp_path, capsys):
     assert main(["expert", "--run", str(tiny_run), "--out", str(tmp_path), "--k", "2"]) == 0
     assert "parity max abs diff" in capsys.readouterr().out
     assert (tmp_path / "expert.onnx").exists() and (tmp_path / "expert.json").exists()
+
+
+def test_cli_without_a_finished_run_names_the_file_and_exits_2(tmp_path, capsys):
+    from edgebridge.export.cli import main
+
+    assert main(["expert", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing/final.pt: no finished training run here" in err and "python -m edgebridge.train" in err

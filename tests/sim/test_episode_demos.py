@@ -29,6 +29,14 @@ def test_unknown_expert_is_a_clear_error():
         run_episode("put_cup_in_tray", seed=0, expert="nope")
 
 
+def test_onnx_expert_is_the_shipped_one_without_registering():
+    from edgebridge.runtime.expert import OnnxExpert, shipped_model_path
+    from edgebridge.sim.episode import make_expert
+
+    ex = make_expert("onnx")
+    assert isinstance(ex, OnnxExpert) and ex.config.model == str(shipped_model_path())
+
+
 def test_cli_exit_codes(tmp_path):
     cmd = [sys.executable, "-m", "edgebridge.sim.cli"]
     bad = subprocess.run(cmd + ["run", "--task", "make coffee"], capture_output=True, text=True)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import subprocess
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -272,8 +273,15 @@ def add_subparser(sub) -> None:
 
 
 def _main(args) -> int:
-    path = export_from_run(args.run, args.out, k=args.k, name=args.name, fp16=args.fp16, int8=args.int8,
-                           tol=args.tol, graph=args.graph)
+    try:
+        path = export_from_run(args.run, args.out, k=args.k, name=args.name, fp16=args.fp16, int8=args.int8,
+                               tol=args.tol, graph=args.graph)
+    except FileNotFoundError as e:  # no finished run there: say which file, and how to make it
+        print(f"edge-export expert: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except ExportError as e:  # the export failed or its parity check did: the message says which
+        print(f"edge-export expert: {e}", file=sys.stderr)
+        return 1
     meta = json.loads(path.with_suffix(".json").read_text())
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, K={args.k}, "
           f"parity max abs diff {meta['parity']['max_abs_diff']:.2e})")

@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run episodes (camera -> planner -> lift -> spline -> expert -> arm)")
     r.add_argument("--task", required=True, help="task slug or instruction, e.g. 'put cup in tray'")
     r.add_argument("--planner", default="oracle", choices=["oracle"])
-    r.add_argument("--expert", default="ik", help="expert name (ik, or one registered by an extension)")
+    r.add_argument("--expert", default="ik", help="expert name: ik (plain IK along the guidance), onnx (the shipped action "
+                   "expert) or one registered by an extension")
     r.add_argument("--seed", type=int, default=0, help="first seed")
     r.add_argument("--episodes", type=int, default=1)
     r.add_argument("--plan-noise-cm", type=float, default=0.0, help="3-D anchor offset of the oracle plan")

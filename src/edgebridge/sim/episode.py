@@ -43,7 +43,13 @@ def workspace():
     return WorkspaceBox.from_bounds(*WORKSPACE_BOUNDS)
 
 
-EXPERTS: dict[str, Callable[[], object]] = {"ik": IKExpert}
+def _shipped_onnx_expert():
+    from ..runtime.expert.onnx import load_shipped  # onnxruntime only when asked for
+
+    return load_shipped()
+
+
+EXPERTS: dict[str, Callable[[], object]] = {"ik": IKExpert, "onnx": _shipped_onnx_expert}
 
 
 def register_expert(name: str, factory: Callable[[], object]) -> None:

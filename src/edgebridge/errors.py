@@ -30,6 +30,14 @@ class SafetyViolation(EdgebridgeError):
     """A command failed validation against the arm's limits; it was not sent."""
 
 
+class UnknownNameError(KeyError):
+    """A lookup by name (task, expert, object, register) found nothing. A ``KeyError`` whose message
+    prints as written: ``str(KeyError(msg))`` would wrap it in quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class MissingExtraError(ImportError, EdgebridgeError):
     """An optional dependency is not installed."""
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from ..errors import UnknownNameError
+
 # Instructions (Feetech "SCS" protocol, same framing as Dynamixel protocol 1.0).
 INST_PING = 0x01
 INST_READ = 0x02
@@ -140,8 +142,8 @@ class ServoModel:
         try:
             return self.table[name]
         except KeyError as e:
-            raise KeyError(f"servo model {self.name!r} has no register {name!r}; "
-                           f"known registers: {', '.join(self.table)}") from e
+            raise UnknownNameError(f"servo model {self.name!r} has no register {name!r}; "
+                                   f"known registers: {', '.join(self.table)}") from e
 
 
 STS3215 = ServoModel("sts3215", 777, 4096, STS_CONTROL_TABLE, STS_SIGN_BITS, little_endian=True)

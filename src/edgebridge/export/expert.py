@@ -277,7 +277,7 @@ def _main(args) -> int:
         path = export_from_run(args.run, args.out, k=args.k, name=args.name, fp16=args.fp16, int8=args.int8,
                                tol=args.tol, graph=args.graph)
     except FileNotFoundError as e:  # no finished run there: say which file, and how to make it
-        print(f"edge-export expert: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"edge-export expert: {e}", file=sys.stderr)
         return 2
     except ExportError as e:  # the export failed or its parity check did: the message says which
         print(f"edge-export expert: {e}", file=sys.stderr)

@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 devices, instruction = build_devices(cfg, choices)
             except (ConfigError, EdgebridgeError, ImportError, ValueError, KeyError, OSError) as e:
-                msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
-                print(f"edge-run: could not open the devices of {cfg.name}: {msg}", file=sys.stderr)
+                print(f"edge-run: could not open the devices of {cfg.name}: {e}", file=sys.stderr)
                 return 2
             try:
                 if i == 0:

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         get_task(args.task)
     except KeyError as e:
-        print(f"edge-sim: {e.args[0]}", file=sys.stderr)
+        print(f"edge-sim: {e}", file=sys.stderr)
         return 2
     if args.episodes < 1:
         print(f"edge-sim: --episodes must be >= 1, got {args.episodes}", file=sys.stderr)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_episode(args.task, seed, args.planner, args.expert, plan_noise_m=args.plan_noise_cm / 100,
                             depth_noise=args.depth_noise_cm / 100, record_dir=rec, max_seconds=args.max_seconds, config=config)
         except (KeyError, ValueError) as e:
-            print(f"edge-sim: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+            print(f"edge-sim: {e}", file=sys.stderr)
             return 2
         results.append(r)
         print(f"{r.task} seed {r.seed}: {'success' if r.success else 'FAILED'} in {r.duration:.1f} s sim "

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..contracts import ArmCommand, Pose
 from ..drivers.kinematics import IKError
-from ..errors import EdgebridgeError, PlanError
+from ..errors import EdgebridgeError, PlanError, UnknownNameError
 from ..calib.depth_tare import DepthTareConfig, DepthTareError, estimate_depth_bias
 from ..runtime.ik_expert import GuidanceConfig, IKExpert, approach_waypoints, fit_guidance
 from ..runtime.lift import lift_plan
@@ -59,7 +59,7 @@ def register_expert(name: str, factory: Callable[[], object]) -> None:
 
 def make_expert(name: str):
     if name not in EXPERTS:
-        raise KeyError(f"unknown expert {name!r}; known: {sorted(EXPERTS)} (register others with "
+        raise UnknownNameError(f"unknown expert {name!r}; known: {sorted(EXPERTS)} (register others with "
                        f"edgebridge.sim.episode.register_expert)")
     return EXPERTS[name]()
 

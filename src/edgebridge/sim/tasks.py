@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import PlanError
+from ..errors import PlanError, UnknownNameError
 from .world import COLORS, SimWorld
 
 TRAY_INNER_HALF = 0.13
@@ -204,7 +204,7 @@ def get_task(key: str) -> TaskSpec:
         if norm == spec.slug or any(norm == normalize(p) for p in spec.phrasings):
             return spec
     known = "; ".join(f"{s.slug} ({s.instruction!r})" for s in TASKS.values())
-    raise KeyError(f"unknown task or instruction {key!r}; known tasks: {known}")
+    raise UnknownNameError(f"unknown task or instruction {key!r}; known tasks: {known}")
 
 
 _PICK_PLACE = re.compile(r"^(?:put|place|move|drop|stack|set) (?:the )?(?P<obj>[a-z0-9 ]+?) "

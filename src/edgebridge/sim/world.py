@@ -24,7 +24,7 @@ import numpy as np
 from ..clock import Clock, SimClock
 from ..config import check
 from ..contracts import Pose
-from ..errors import require
+from ..errors import UnknownNameError, require
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class SimWorld:
         try:
             return self.objects[name]
         except KeyError:
-            raise KeyError(f"no object {name!r} in the scene; it has: {', '.join(sorted(self.objects)) or 'nothing'}") from None
+            raise UnknownNameError(f"no object {name!r} in the scene; it has: {', '.join(sorted(self.objects)) or 'nothing'}") from None
 
     def pose(self, name: str) -> Pose:
         pos, quat = self.p.getBasePositionAndOrientation(self.object(name).body)

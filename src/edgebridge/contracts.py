@@ -4,7 +4,7 @@ Every type is a frozen dataclass that validates itself on construction: shape, d
 A bad value raises ``ValueError`` naming the type, the field and what was expected, so a fault is
 caught where it is made, not three stages later in the control loop.
 
-Conventions (see DESIGN.md): metres, seconds, radians; quaternions ``(x, y, z, w)``; gripper in
+Conventions (see docs/design.md): metres, seconds, radians; quaternions ``(x, y, z, w)``; gripper in
 [0, 1] with 0 closed; ``T_a_b`` maps points in frame b to frame a; stamps are ``time.monotonic_ns()``.
 """
 

@@ -1,4 +1,4 @@
-"""The device and model interfaces every stage speaks (DESIGN.md, "Contracts").
+"""The device and model interfaces every stage speaks (docs/design.md, "Contracts").
 
 Each is a context manager that releases its device on exit, also on error. Implementations live in
 ``drivers`` (real hardware), ``sim`` (the embedded default world) and ``runtime`` (planners, experts).

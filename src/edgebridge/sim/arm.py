@@ -30,7 +30,7 @@ FINGER_MAX_M = 0.04
 
 @dataclass(frozen=True)
 class SimArmConfig:
-    """Position-control settings of the simulated Panda (see NOTES.md: gain 0.05, 40 N fingers)."""
+    """Position-control settings of the simulated Panda (see docs/sim.md: gain 0.05, 40 N fingers)."""
 
     home: tuple[float, ...] = PANDA_HOME
     position_gain: float = 0.05

@@ -68,13 +68,11 @@ def train_and_export(name: str, v: dict, args) -> tuple[Path, list[dict], dict]:
 
 
 def _episode(job: tuple) -> bool:
-    from edgebridge.runtime.expert import ExpertConfig, OnnxExpert
     from edgebridge.sim.episode import run_episode
 
     onnx, task, seed, plan_m, threads = job
     logging.basicConfig(level=logging.ERROR)
-    with OnnxExpert(ExpertConfig(onnx, threads=threads)) as expert:
-        return run_episode(task, seed, "oracle", expert, plan_noise_m=plan_m).success
+    return run_episode(task, seed, "onnx", plan_noise_m=plan_m, expert_model=onnx, expert_threads=threads).success
 
 
 def success(onnx: Path, args, pool=None) -> dict[str, float]:

@@ -232,15 +232,13 @@ def _success(n: int, base: int, task: str = "put_cup_in_tray") -> dict:
     """Success of the shipped ONNX expert vs the plain-IK expert on held-out seeds."""
     import logging
 
-    from edgebridge.runtime.expert import load_shipped
-    from edgebridge.sim.episode import register_expert, run_episode
+    from edgebridge.sim.episode import run_episode
 
     logging.getLogger("edgebridge").setLevel(logging.ERROR)
-    register_expert("onnx", load_shipped)
     out, rows = {}, []
     for expert in ("ik", "onnx"):
         for cond, plan_m in SUCCESS_CONDITIONS.items():
-            res = [run_episode(task, base + s, "oracle", expert, plan_noise_m=plan_m) for s in range(n)]
+            res = [run_episode(task, base + s, expert, plan_noise_m=plan_m) for s in range(n)]
             rate = sum(r.success for r in res) / n
             out[f"success.{expert}.{task}.{cond}"] = rate
             fails = [r.reason for r in res if not r.success]

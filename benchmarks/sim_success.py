@@ -16,9 +16,10 @@ Timings: one physics step (1/240 s, Panda + objects) and one RGB-D + segmentatio
 renderer) at 320x240 and 640x480, with the 640/320 ratio.
 
 ``--json`` keys: ``success.<expert>.<task>.<condition>``, ``render_ms_320``, ``render_ms_640``, ``step_ms``.
-Experts are built by name with ``edgebridge.sim.episode.make_expert`` (register more with
-``register_expert``); ``onnx`` (alias ``expert``, the name the JSON keys of the expert-vs-IK table use) is the
-shipped action expert, or ``--onnx MODEL``. ``--jobs N`` runs episodes in N processes. The shipped expert was
+Every episode runs through the runtime's ``Pipeline`` in lock-step with the simulator, exactly as
+``edge-run`` runs it (``edgebridge.sim.episode.run_episode``). Experts: ``ik`` (plain IK along the
+guidance) and ``onnx`` (alias ``expert``, the name the JSON keys of the expert-vs-IK table use): the shipped
+action expert, or ``--onnx MODEL``. ``--jobs N`` runs episodes in N processes. The shipped expert was
 trained on demonstrations of seeds 0..59 (``make weights``): pass ``--seed-base 6000`` to measure it on held-out
 scenes.
 
@@ -59,33 +60,18 @@ def timings() -> dict:
     return out
 
 
-_ONNX_PATH: str | None = None  # set in the parent, inherited (fork) or passed (initializer) by workers
-_THREADS = 2
-
-
-def _register_learned(onnx_path: str | None, threads: int) -> None:
-    """``onnx`` and its alias ``expert``: the shipped action expert, or the model at ``onnx_path``."""
-    from edgebridge.runtime.expert import ExpertConfig, OnnxExpert, shipped_model_path
-    from edgebridge.sim.episode import register_expert
-
-    path = onnx_path or str(shipped_model_path())
-    for name in ("onnx", "expert"):
-        register_expert(name, lambda: OnnxExpert(ExpertConfig(path, threads=threads)))
-
-
-def _init_worker(onnx_path: str | None, threads: int) -> None:
+def _init_worker() -> None:
     logging.basicConfig(level=logging.ERROR)
-    _register_learned(onnx_path, threads)
 
 
 def _episode(job: tuple) -> object:
+    """One episode through the runtime pipeline (``edgebridge.sim.episode.run_episode``)."""
     from edgebridge.sim.episode import run_episode
 
-    from edgebridge.sim.episode import EpisodeConfig
-
-    task, seed, expert, plan_m, depth_m, tare = job
-    cfg = EpisodeConfig() if tare else EpisodeConfig(depth_tare=None)
-    return run_episode(task, seed, "oracle", expert, plan_noise_m=plan_m, depth_noise=depth_m, config=cfg)
+    task, seed, expert, plan_m, depth_m, tare, model, threads = job
+    return run_episode(task, seed, "onnx" if expert == "expert" else expert, plan_noise_m=plan_m, depth_noise=depth_m,
+                       depth_tare=tare, expert_model=model if expert != "ik" else None,
+                       expert_threads=threads if expert != "ik" else None)
 
 
 def vs_ik_table(counts: dict[tuple[str, str, str], tuple[int, int]]) -> dict:
@@ -125,12 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     add_json_arg(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    from edgebridge.sim.episode import make_expert
     from edgebridge.sim.tasks import get_task
 
     threads = max(1, 2 // max(1, args.jobs))
     onnx_path = str(args.onnx) if args.onnx is not None else None
-    _register_learned(onnx_path, threads)
 
     conds = [c for c in args.conditions.split(",") if c]
     bad = [c for c in conds if c not in CONDITIONS]
@@ -138,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown conditions {bad} (choose from {list(CONDITIONS)}) or --seeds < 1")
     tasks = [get_task(t).slug for t in args.tasks.split(",") if t]
     experts = [e for e in args.experts.split(",") if e]
-    for e in experts:
-        make_expert(e).close()  # fail early on an unknown or unloadable expert
+    bad = [e for e in experts if e not in ("ik", "onnx", "expert")]
+    if bad:
+        ap.error(f"unknown experts {bad}; choose from ik, onnx (alias expert)")
+    if onnx_path is not None and not Path(onnx_path).is_file():
+        ap.error(f"--onnx {onnx_path}: no such file")
 
     flat: dict = {}
     rows = []
@@ -149,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1:
         import multiprocessing as mp
 
-        pool = mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker, initargs=(onnx_path, threads))
+        pool = mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker)
     run = pool.map if pool is not None else (lambda f, jobs: [f(j) for j in jobs])
     for e in experts:
         for task in tasks:
             rates = {}
             for cond in conds:
                 plan_m, depth_m = CONDITIONS[cond]
-                res = run(_episode, [(task, s, e, plan_m, depth_m, not args.no_depth_tare)
+                res = run(_episode, [(task, s, e, plan_m, depth_m, not args.no_depth_tare, onnx_path, threads)
                                      for s in range(args.seed_base, args.seed_base + args.seeds)])
                 rates[cond] = sum(r.success for r in res) / len(res)
                 counts[(e, task, cond)] = (sum(r.success for r in res), len(res))

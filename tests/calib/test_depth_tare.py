@@ -100,9 +100,9 @@ def test_config_is_validated():
 
 def test_sim_episode_with_a_10cm_depth_bias():
     pytest.importorskip("pybullet")
-    from edgebridge.sim.episode import EpisodeConfig, run_episode
+    from edgebridge.sim.episode import run_episode
 
-    raw = run_episode("put_cup_in_tray", seed=1, depth_noise=0.10, config=EpisodeConfig(depth_tare=None))
+    raw = run_episode("put_cup_in_tray", seed=1, depth_noise=0.10, depth_tare=False)
     assert not raw.success and raw.reason.startswith("plan rejected")
     tared = run_episode("put_cup_in_tray", seed=1, depth_noise=0.10)
     assert tared.success, tared.reason

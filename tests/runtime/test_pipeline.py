@@ -10,7 +10,8 @@ from edgebridge.clock import MonotonicClock, SimClock
 from edgebridge.contracts import RGBD, ActionChunk, Anchor, Intrinsics, Plan
 from edgebridge.interfaces import DeviceBase
 from edgebridge.runtime.config import ExpertConfig, PerceptionConfig, RobotConfig
-from edgebridge.runtime.ik_expert import GuidanceConfig, IKExpert, IKExpertConfig
+from edgebridge.runtime.guidance import GuidanceConfig
+from edgebridge.runtime.ik_expert import IKExpert, IKExpertConfig
 from edgebridge.runtime.pipeline import Devices, Pipeline
 
 from runtime_fakes import LIMITS, PointKinematics, RecordingArm, loop_cfg

@@ -13,7 +13,7 @@ from edgebridge.config import ConfigError
 from edgebridge.contracts import Anchor, Plan
 from edgebridge.errors import PlanError
 from edgebridge.runtime.config import PlannerConfig
-from edgebridge.runtime.ik_expert import GuidanceConfig
+from edgebridge.runtime.guidance import GuidanceConfig
 from edgebridge.runtime.pipeline import Pipeline
 
 from test_pipeline import FAST, setup

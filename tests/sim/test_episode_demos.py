@@ -29,12 +29,36 @@ def test_unknown_expert_is_a_clear_error():
         run_episode("put_cup_in_tray", seed=0, expert="nope")
 
 
-def test_onnx_expert_is_the_shipped_one_without_registering():
+def test_onnx_expert_is_the_shipped_one():
+    from edgebridge.runtime.config import load_robot_config
+    from edgebridge.runtime.devices import RunChoices, build_devices
     from edgebridge.runtime.expert import OnnxExpert, shipped_model_path
-    from edgebridge.sim.episode import make_expert
 
-    ex = make_expert("onnx")
-    assert isinstance(ex, OnnxExpert) and ex.config.model == str(shipped_model_path())
+    dev, _ = build_devices(load_robot_config("sim_panda"), RunChoices(expert="onnx"))
+    try:
+        assert isinstance(dev.expert, OnnxExpert) and dev.expert.config.model == str(shipped_model_path())
+    finally:
+        dev.close()
+
+
+def test_episode_runs_through_the_runtime_pipeline(monkeypatch):
+    """edge-sim's episodes are the runtime's: the pipeline's control loop, safety layer and chunk
+    blending send every command."""
+    from edgebridge.runtime import chunks, loop, safety
+
+    calls = {"run": 0, "validate": 0, "push": 0}
+    for mod, cls, name in ((loop, "ControlLoop", "run"), (safety, "SafetyLayer", "validate"),
+                           (chunks, "ChunkBlender", "push")):
+        orig = getattr(getattr(mod, cls), name)
+
+        def counted(self, *a, _orig=orig, _name=name, **kw):
+            calls[_name] += 1
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(getattr(mod, cls), name, counted)
+    r = run_episode("put_cup_in_tray", seed=0)
+    assert r.success, r.reason
+    assert calls["run"] == 1 and calls["push"] > 10 and calls["validate"] >= r.loop["sent"] > 100
 
 
 def test_cli_exit_codes(tmp_path):

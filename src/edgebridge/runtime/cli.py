@@ -3,6 +3,7 @@
     edge-run                                   # sim world, oracle planner, shipped ONNX expert (or IK)
     edge-run --task stack_red_on_blue --episodes 5 --json out.json
     edge-run --planner gguf --vlm models/planner.gguf --profile runs/profile
+    edge-run --realtime --profile runs/rt      # the simulator on the wall clock: real concurrency
     edge-run --config so101_serial.toml --planner gguf --vlm planner.gguf --task "put the cube in the tray"
 
 One progress line per stage and one result line per episode; the exit code is 0 only when every
@@ -44,9 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-seconds", type=float, default=None, help="per-episode time limit (default: the setup's)")
     ap.add_argument("--record", metavar="DIR", default=None, help="write per-episode step logs + results under DIR")
     ap.add_argument("--profile", metavar="DIR", nargs="?", const="runs/profile", default=None,
-                    help="per-stage latency profile: table + profile.json, plots and index.html in DIR "
-                         "(default runs/profile)")
+                    help="per-stage latency profile: table + profile.json, profile.trace.json (Chrome trace "
+                         "events: Perfetto, chrome://tracing), plots and index.html in DIR (default runs/profile)")
     ap.add_argument("--dry-run", action="store_true", help="everything but sending commands to the arm")
+    ap.add_argument("--realtime", action="store_true", help="simulated setups: the simulator steps on the wall clock "
+                    "and frames arrive at the camera's rate, so the loop, planner and expert run concurrently as on "
+                    "a robot (default: lock-step)")
     ap.add_argument("--json", metavar="FILE", default=None, help="write one JSON object per episode "
                     "(task, seed, success, duration, reason) to FILE (JSON lines)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -71,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"edge-run: configuration error: {e}", file=sys.stderr)
         return 2
+    if args.realtime and cfg.arm.driver != "sim":
+        print(f"edge-run: --realtime applies to the simulated world only; {cfg.name} (arm driver "
+              f"{cfg.arm.driver!r}) always runs in real time", file=sys.stderr)
+        return 2
     from .devices import RunChoices, build_devices
     from .pipeline import Pipeline
     from .profiling import Profiler
@@ -80,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     json_out = open(args.json, "w") if args.json else None
     failed = 0
     loop_stats = None
+    realtime = True
     try:
         for i in range(args.episodes):
             seed = args.seed + i
             choices = RunChoices(task=args.task, seed=seed, planner=args.planner, vlm=args.vlm, mmproj=args.mmproj,
-                                 expert=args.expert)
+                                 expert=args.expert, sim_realtime=args.realtime)
             t0 = time.perf_counter()
             try:
                 devices, instruction = build_devices(cfg, choices)
@@ -96,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                     for note in devices.notes:
                         _say(f"[edge-run] {note}")
                     _say(f"[edge-run] loop: {cfg.loop.rate_hz:g} Hz, {'dry run (no commands sent)' if args.dry_run else 'live'}"
-                         f"{', lock-step with the simulator' if not devices.clock.realtime else ''}")
+                         f"{', lock-step with the simulator' if not devices.clock.realtime else ', real time'}")
                 _say(f"[edge-run] episode {i + 1}/{args.episodes}: {instruction!r} (seed {seed})")
                 record = Path(args.record) / f"episode_{i:03d}_seed{seed}" if args.record else None
                 pipe = Pipeline(cfg, devices, dry_run=args.dry_run, profiler=profiler, record_dir=record)
                 out = pipe.run(instruction, task=args.task, seed=seed, max_seconds=args.max_seconds)
                 if pipe.last_period_stats is not None:
                     loop_stats = pipe.last_period_stats
+                realtime = devices.clock.realtime
             finally:
                 devices.close()
             results.append(out)
@@ -132,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             json_out.close()
     if profiler is not None:
         try:
-            profiler.report(args.profile, loop_stats, title=f"edge-run profile ({cfg.name}, last episode's loop)")
+            profiler.report(args.profile, loop_stats, title=f"edge-run profile ({cfg.name}, last episode's loop)",
+                            realtime=realtime)
             _say(f"[edge-run] profile written to {args.profile}/index.html")
         except OSError as e:
             print(f"edge-run: could not write the profile to {args.profile}: {e}", file=sys.stderr)

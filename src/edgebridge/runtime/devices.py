@@ -19,6 +19,7 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,8 @@ CAMERA_DRIVERS = {"realsense": ("edgebridge.drivers.realsense", "RealSenseCamera
 
 @dataclass(frozen=True)
 class RunChoices:
-    """What the command line picks on top of the setup file."""
+    """What the command line picks on top of the setup file. The ``sim_*`` fields only apply to the
+    simulated world (``arm.driver = "sim"``): the experimental conditions of an episode and its clock."""
 
     task: str = "put_cup_in_tray"
     seed: int = 0
@@ -47,6 +49,10 @@ class RunChoices:
     vlm: str | None = None       # GGUF model path (planner gguf)
     mmproj: str | None = None    # its vision projector GGUF
     expert: str | None = None    # None: the setup's expert.backend
+    expert_instance: Any = None  # an already built ActionExpert (sim experiments, scripted demonstrators)
+    sim_plan_noise_m: float = 0.0  # oracle plans: a random 3-D offset of this size on every anchor
+    sim_depth_noise: Any = 0.0   # camera depth: a bias in m (+ stereo noise when > 0), or a sim DepthNoiseConfig
+    sim_realtime: bool = False   # the simulator steps on the wall clock (default: lock-step with the loop)
 
 
 def shipped_expert() -> Path | None:
@@ -81,7 +87,8 @@ def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict 
                               "'sim'; use --planner gguf --vlm MODEL.gguf or --planner remote on real hardware")
         from ..sim.oracle import OracleConfig, OraclePlanner
 
-        return OraclePlanner(sim_ctx["world"], sim_ctx["camera"], OracleConfig(seed=sim_ctx["seed"]))
+        return OraclePlanner(sim_ctx["world"], sim_ctx["camera"],
+                             OracleConfig(offset_m=sim_ctx.get("offset_m", 0.0), seed=sim_ctx["seed"]))
     if backend == "gguf":
         from .planner.gguf import GGUFPlanner, GGUFPlannerConfig
 
@@ -111,7 +118,10 @@ def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict 
     raise ConfigError(f"planner: unknown backend {backend!r}; expected oracle, gguf or remote")
 
 
-def make_expert(cfg: RobotConfig, backend: str, notes: list[str]):
+def make_expert(cfg: RobotConfig, backend: str, notes: list[str], instance: Any = None):
+    if instance is not None:
+        notes.append(f"expert: {getattr(instance, 'name', type(instance).__name__)} (given by the caller)")
+        return instance
     e = cfg.expert
     if backend == "onnx":
         model = e.model or (str(shipped_expert()) if shipped_expert() else "")
@@ -168,39 +178,54 @@ def build_devices(cfg: RobotConfig, choices: RunChoices) -> tuple[Devices, str]:
 
 
 def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
+    from ..clock import MonotonicClock
     from ..sim.episode import build_world, workspace
     from ..sim.tasks import check_success, get_task, resolve_steps
 
-    spec, world, camera, arm = build_world(choices.task, choices.seed)
+    clock = MonotonicClock(spin_ns=int(cfg.loop.spin_us * 1e3)) if choices.sim_realtime else None
+    spec, world, camera, arm = build_world(choices.task, choices.seed, depth_noise=choices.sim_depth_noise,
+                                           clock=clock)
     closers.append(world.close)
     camera.connect()
     closers.append(camera.disconnect)
     arm.connect()
     closers.append(arm.disconnect)
     instruction = spec.instruction if get_task(choices.task) is spec else choices.task
-    planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed},
+    planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed,
+                                                            "offset_m": choices.sim_plan_noise_m},
                            mmproj=choices.mmproj, notes=notes)
     closers.append(planner.close)
     if planner_name == "oracle":
         notes.append("planner: oracle (privileged simulator state, not a VLM); run a GGUF VLM with "
                      "--planner gguf --vlm MODEL.gguf")
-    expert = make_expert(cfg, expert_name, notes)
-    closers.append(expert.close)
+    expert = make_expert(cfg, expert_name, notes, choices.expert_instance)
+    if choices.expert_instance is None:
+        closers.append(expert.close)
     from .expert.base import untrained_task_note
 
     outside = untrained_task_note(expert, spec.slug)
     if outside is not None:
         notes.append(f"expert: {outside}")
+        log.warning("%s", outside)
 
     def success():
         return check_success(world, resolve_steps(world, instruction))
 
+    movable = [name for name, obj in world.objects.items() if not obj.fixed]
+
+    def abort():
+        for name in movable:
+            if not world.on_table(name):
+                return f"{name} was knocked off the table"
+        return None
+
     if cfg.loop.isolation == "process":
-        notes.append("loop: isolation 'process' does not apply to the lock-step simulator; the loop runs in-process")
-    notes.insert(0, f"world: simulated Panda + RGB-D camera (PyBullet), task {spec.slug}, seed {choices.seed}")
+        notes.append("loop: isolation 'process' does not apply to the simulator; the loop runs in-process")
+    notes.insert(0, f"world: simulated Panda + RGB-D camera (PyBullet), task {spec.slug}, seed {choices.seed}, "
+                    f"{'real time (physics on the wall clock)' if choices.sim_realtime else 'lock-step'}")
     return Devices(arm=arm, camera=camera, kinematics=arm.kin, planner=planner, expert=expert, clock=world.clock,
-                   T_base_cam=camera.T_base_cam, workspace=workspace(), success=success, notes=notes,
-                   closers=closers), instruction
+                   T_base_cam=camera.T_base_cam, workspace=workspace(), success=success, abort=abort, notes=notes,
+                   closers=closers, time_limit_s=spec.max_seconds), instruction
 
 
 def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):

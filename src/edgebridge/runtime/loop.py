@@ -272,14 +272,14 @@ class ControlLoop:
         self.cycle += 1
         for hook in self.hooks:  # lock-step stages (expert in the simulator); run before the arm is read
             hook(self.cycle)
-        w0 = time.perf_counter_ns() if prof is not None else 0  # profiling is wall time, also in lock-step
+        w0 = time.monotonic_ns() if prof is not None else 0  # profiling is wall time, also in lock-step
         try:
             st = self.arm.state()
         except Exception as e:
             self._driver_fault("state", e)
             return self.mode
         if prof is not None:
-            prof.record_ns("driver_io", time.perf_counter_ns() - w0)
+            prof.record_span("driver_io", w0, time.monotonic_ns() - w0)
         self.last_state = st
         for chunk in self.inbox.drain():
             self._latest_chunk = chunk
@@ -307,7 +307,7 @@ class ControlLoop:
                 self._follow(now)
         self.states.publish(st, self.cycle)
         if prof is not None:
-            prof.record_ns("loop_compute", time.perf_counter_ns() - w0)
+            prof.record_span("loop_compute", w0, time.monotonic_ns() - w0)
         return self.mode
 
     def _follow(self, now: int) -> None:
@@ -366,7 +366,7 @@ class ControlLoop:
 
     def _send(self, cmd) -> None:
         prof = self.profiler
-        t0 = time.perf_counter_ns() if prof is not None else 0
+        t0 = time.monotonic_ns() if prof is not None else 0
         if not self.dry_run:
             try:
                 self.arm.command(cmd)
@@ -378,8 +378,9 @@ class ControlLoop:
         self._holding = False
         self.sent += 1
         if prof is not None:
-            prof.record_ns("driver_io", time.perf_counter_ns() - t0)
-            prof.command_sent(cmd.stamp_ns, self._latest_chunk)
+            t1 = time.monotonic_ns()
+            prof.record_span("driver_io", t0, t1 - t0)
+            prof.command_sent(t1, self._latest_chunk)
 
     def _hold(self) -> None:
         """``Arm.hold()`` once (not again while already holding); the limiter restarts from rest."""

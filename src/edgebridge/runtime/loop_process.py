@@ -123,9 +123,13 @@ class ShmInbox:
 
 
 class ShmStatePublisher(StateBox):
-    def __init__(self, shm: _Shm) -> None:
+    """Publishes the loop's state into shared memory; sets ``first_state`` (a process-shared event) once
+    the first state is there, so the parent waits on it instead of polling."""
+
+    def __init__(self, shm: _Shm, first_state=None) -> None:
         super().__init__()
         self.shm = shm
+        self.first_state = first_state
 
     def publish(self, state: ArmState, cycle: int) -> None:
         rec = self.shm.state
@@ -138,12 +142,14 @@ class ShmStatePublisher(StateBox):
         rec["quat"][0] = state.ee_pose.quat
         rec["gripper"][0] = state.gripper
         rec["seq"][0] = seq + 2
+        if self.first_state is not None and seq == 0:
+            self.first_state.set()
 
 
 LOOP_STAGES = ("loop_compute", "driver_io", "end_to_end")  # what the child profiles and sends back
 
 
-def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run, profile, conn) -> None:
+def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run, profile, conn, first_state) -> None:
     shm = _Shm(n_joints, hmax, names)
     result = None
     try:
@@ -155,11 +161,12 @@ def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run
             prof = Profiler()
         with arm_factory() as arm:
             loop = ControlLoop(arm, limits, cfg, kin_factory(), inbox=ShmInbox(shm, watchdog, prof),
-                               states=ShmStatePublisher(shm), watchdog=watchdog, profiler=prof, dry_run=dry_run)
+                               states=ShmStatePublisher(shm, first_state), watchdog=watchdog, profiler=prof, dry_run=dry_run)
             conn.send(("ready", None))
             result = loop.run()
             if prof is not None:
                 result.profile = prof.samples_ns(LOOP_STAGES)
+                result.profile["__events__"] = prof.events_array()
                 result.period_stats = loop.stats
     except BaseException as e:  # report, never hang the parent
         result = LoopResult(reason=f"loop process failed: {type(e).__name__}: {e}", cycles=0, sent=0,
@@ -187,15 +194,18 @@ class LoopProcess:
         self._proc = None
         self._conn = None
         self._seq = 0
+        self._first_state = None
 
     def start(self) -> "LoopProcess":
         ctx = mp.get_context("spawn")
         self._shm = _Shm(self.limits.n_joints, self.hmax)
         parent, child = ctx.Pipe()
         self._conn = parent
+        self._first_state = ctx.Event()
         self._proc = ctx.Process(target=_child, name="control-loop", daemon=True,
                                  args=(self._shm.names, self.limits.n_joints, self.hmax, self.arm_factory,
-                                       self.kin_factory, self.limits, self.cfg, self.dry_run, self.profile, child))
+                                       self.kin_factory, self.limits, self.cfg, self.dry_run, self.profile, child,
+                                       self._first_state))
         self._proc.start()
         t_end = time.monotonic() + self.start_timeout_s
         while not parent.poll(0.1):
@@ -231,6 +241,10 @@ class LoopProcess:
         slot["observed_ns"] = int(observed_ns)
         slot["seq"] = wc + 1
         shm.ctrl["write_count"][0] = wc + 1
+
+    def wait_first_state(self, timeout_s: float) -> bool:
+        """Block until the loop has published its first arm state (True) or ``timeout_s`` passed (False)."""
+        return self._first_state is not None and self._first_state.wait(timeout_s)
 
     def latest_state(self) -> ArmState | None:
         rec = self._shm.state

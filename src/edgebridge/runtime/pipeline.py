@@ -30,37 +30,47 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..clock import Clock
 from ..contracts import RGBD, ActionChunk, ArmState
 from ..errors import EdgebridgeError
+from ..interfaces import ActionExpert, Arm, Camera, Planner
 from .config import RobotConfig
 from .loop import ControlLoop, LoopResult
 from .plan_session import GUIDANCE_COMPLETE, PlanSession
 from .profiling import Profiler, timer
-from .watchdog import SignalGuard, Watchdog
+from .safety import Kinematics
+from .watchdog import Health, SignalGuard, Watchdog
+
+if TYPE_CHECKING:
+    from ..kernels import WorkspaceBox
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GUIDANCE_COMPLETE", "Devices", "EpisodeOutcome", "Pipeline"]
+__all__ = ["GUIDANCE_COMPLETE", "Devices", "EpisodeOutcome", "Pipeline", "Supervisor"]
 
 
 @dataclass
 class Devices:
     """Everything the pipeline drives, built by a device factory. ``success`` (optional) is the task's
-    success check (the simulator has one; a real cell may not). ``closers`` run on ``close()``."""
+    success check (the simulator has one; a real cell may not); ``abort`` (optional) is checked by the
+    episode's supervisor at the expert's rate and returns a reason to stop early (the simulator: an
+    object knocked off the table) or None. ``closers`` run on ``close()``."""
 
-    arm: Any
-    camera: Any
-    kinematics: Any
-    planner: Any
-    expert: Any
-    clock: Any
+    arm: Arm | None
+    camera: Camera
+    kinematics: Kinematics
+    planner: Planner
+    expert: ActionExpert
+    clock: Clock
     T_base_cam: np.ndarray
-    workspace: Any = None
+    workspace: WorkspaceBox | None = None
     success: Callable[[], tuple[bool, str]] | None = None
+    abort: Callable[[], str | None] | None = None
+    time_limit_s: float | None = None  # the task's own limit (simulator tasks); else the setup's task_timeout_s
     notes: list[str] = field(default_factory=list)
     # loop isolation "process": the arm is opened in the loop's own process from these picklable
     # factories (``arm`` is then None in this process)
@@ -87,34 +97,58 @@ class EpisodeOutcome:
     loop: dict = field(default_factory=dict)
     timings_ms: dict = field(default_factory=dict)
     planning: dict = field(default_factory=dict)
+    wall_s: float = 0.0
 
     def to_dict(self) -> dict:
         return {"task": self.task, "seed": self.seed, "success": self.success, "duration": round(self.duration, 3),
-                "reason": self.reason, "loop": self.loop, "timings_ms": self.timings_ms, "planning": self.planning}
+                "reason": self.reason, "loop": self.loop, "timings_ms": self.timings_ms, "planning": self.planning,
+                "wall_s": round(self.wall_s, 3)}
 
 
 class Recorder:
-    """``--record DIR``: one JSON line per expert step (state, first chunk pose) and ``result.json``."""
+    """``--record DIR``: one JSON line per expert step (state, first chunk pose), ``result.json`` and,
+    when the expert saw camera frames and imageio is installed, ``camera.gif`` (every ``gif_every``-th
+    frame the expert used)."""
 
-    def __init__(self, out: Path | None) -> None:
+    def __init__(self, out: Path | None, gif_every: int = 2) -> None:
         self.out = out
         self._f = None
+        self.gif_every = int(gif_every)
+        self._frames: list[np.ndarray] = []
+        self._n = 0
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             self._f = open(out / "steps.jsonl", "w")
 
-    def step(self, t: float, state: ArmState, chunk: ActionChunk) -> None:
-        if self._f is not None:
-            self._f.write(json.dumps({"t": round(t, 4), "joints": state.joints.round(5).tolist(),
-                                      "ee": state.ee_pose.position.round(5).tolist(), "gripper": round(state.gripper, 4),
-                                      "chunk0": chunk.poses[0].round(5).tolist(), "inference_ms": chunk.inference_ms}) + "\n")
+    def step(self, t: float, state: ArmState, chunk: ActionChunk, frame: RGBD | None = None) -> None:
+        if self._f is None:
+            return
+        self._f.write(json.dumps({"t": round(t, 4), "joints": state.joints.round(5).tolist(),
+                                  "ee": state.ee_pose.position.round(5).tolist(), "gripper": round(state.gripper, 4),
+                                  "chunk0": chunk.poses[0].round(5).tolist(), "inference_ms": chunk.inference_ms}) + "\n")
+        if frame is not None and self.wants_frames and self._n % self.gif_every == 0:
+            self._frames.append(frame.rgb)
+        self._n += 1
+
+    @property
+    def wants_frames(self) -> bool:
+        return self._f is not None and self.gif_every > 0
 
     def close(self, outcome: EpisodeOutcome | None) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-            if outcome is not None:
-                (self.out / "result.json").write_text(json.dumps(outcome.to_dict(), indent=2) + "\n")
+        if self._f is None:
+            return
+        self._f.close()
+        self._f = None
+        if outcome is not None:
+            (self.out / "result.json").write_text(json.dumps(outcome.to_dict(), indent=2) + "\n")
+        if self._frames:
+            try:
+                import imageio.v2 as imageio
+            except ImportError:
+                log.info("--record: camera.gif skipped (imageio is not installed: pip install 'edgebridge[sim]')")
+            else:
+                imageio.mimsave(self.out / "camera.gif", self._frames, duration=0.2, loop=0)
+            self._frames = []
 
 
 class Pipeline:
@@ -173,7 +207,7 @@ class Pipeline:
     def build_guidance(self, lifted, state: ArmState, stamp_ns: int):
         """Lifted waypoints -> approach path -> spline from the arm's state; returns (duration_s, guidance
         sampled at ``perception.guidance_dt`` and stamped ``stamp_ns`` for its t = 0)."""
-        from .ik_expert import GuidanceConfig, approach_waypoints, fit_guidance
+        from .guidance import GuidanceConfig, approach_waypoints, fit_guidance
 
         with timer(self.profiler, "spline"):
             gcfg = self.guidance_config or GuidanceConfig()
@@ -208,15 +242,18 @@ class Pipeline:
     def run(self, instruction: str, *, task: str = "", seed: int = 0, max_seconds: float | None = None) -> EpisodeOutcome:
         cfg, dev = self.cfg, self.dev
         clock = dev.clock
-        limit = float(max_seconds if max_seconds is not None else cfg.task_timeout_s)
+        wall0 = time.perf_counter()
+        limit = float(max_seconds if max_seconds is not None else
+                      dev.time_limit_s if dev.time_limit_s is not None else cfg.task_timeout_s)
         cam_timeout = cfg.camera.max_frame_age_s if self.needs_cloud else None
         watchdog = Watchdog(cfg.loop.chunk_timeout_s, camera_timeout_s=cam_timeout)
         rec = Recorder(self.record_dir)
         t_start = clock.now_ns()
-        limit_ns = t_start + int(limit * 1e9)
         outcome: EpisodeOutcome | None = None
         session = self.plan_session(instruction, watchdog, blocking=not clock.realtime)
         self.last_planning = session.stats
+        sup = Supervisor(session, t_start + int(limit * 1e9), dev.abort,
+                         int(cfg.expert.every_k_ticks * cfg.loop.period_ns))
 
         def finish(success: bool, reason: str, res: LoopResult | None) -> EpisodeOutcome:
             nonlocal outcome
@@ -224,7 +261,7 @@ class Pipeline:
                                                  "rejections": res.rejections, **res.stats}
             timings = {k: round(v["p50_ms"], 3) for k, v in self.profiler.stage_table().items()} if self.profiler else {}
             outcome = EpisodeOutcome(task or instruction, seed, success, (clock.now_ns() - t_start) / 1e9, reason,
-                                     loop_info, timings, session.stats.to_dict())
+                                     loop_info, timings, session.stats.to_dict(), time.perf_counter() - wall0)
             return outcome
 
         try:
@@ -237,7 +274,7 @@ class Pipeline:
                 if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
                     raise ValueError("Pipeline: devices have no arm; a loop in its own process needs arm_factory, "
                                      "kin_factory and a real-time clock")
-                res = self._run_process(session, watchdog, rec, limit_ns)
+                res = self._run_process(sup, watchdog, rec)
                 if res is None:
                     res = LoopResult("the control-loop process did not report a result (killed or wedged)",
                                      0, 0, {}, 0, fault=True)
@@ -251,20 +288,19 @@ class Pipeline:
             with SignalGuard(watchdog):
                 if clock.realtime:
                     loop.start()  # the loop runs (holding) while the planner thinks
-                    res = self._run_realtime(loop, worker, session, watchdog, limit_ns)
+                    res = self._run_realtime(loop, worker, sup)
                 else:
-                    res = self._run_lockstep(loop, worker, session, limit_ns)
+                    res = self._run_lockstep(loop, worker, sup)
             return finish(*self._judge(res), res)
         finally:
             session.close()
             rec.close(outcome)
 
-    def _run_process(self, session: PlanSession, watchdog: Watchdog, rec: Recorder, limit_ns: int) -> LoopResult:
+    def _run_process(self, sup: "Supervisor", watchdog: Watchdog, rec: Recorder) -> LoopResult:
         """Real time with the loop in its own process (``loop.isolation = "process"``): no GIL shared with
         the planner and the expert. The parent supervises: planning, camera/expert faults and signals
         become a stop request through shared memory."""
         from .loop_process import LoopProcess
-        from .watchdog import Health
 
         cfg, dev, clock = self.cfg, self.dev, self.dev.clock
         lp = LoopProcess(dev.arm_factory, dev.kin_factory, cfg.limits, cfg.loop, dry_run=self.dry_run,
@@ -272,36 +308,27 @@ class Pipeline:
         stop = threading.Event()
         t = None
         try:
-            state, t_wait = None, time.monotonic() + 10.0
-            while state is None and time.monotonic() < t_wait:
-                state = lp.latest_state()
-                time.sleep(0.005)
-            if state is None:
+            if not lp.wait_first_state(10.0):
                 lp.request_stop("no arm state from the control-loop process within 10 s")
                 return lp.join(15.0)
-            worker = _ExpertWorker(self, _LoopProxy(lp, self.profiler), watchdog, session, rec)
+            worker = _ExpertWorker(self, _LoopProxy(lp, self.profiler), watchdog, sup.session, rec)
             t = threading.Thread(target=worker.run_periodic, name="expert-worker", daemon=True,
                                  args=(self.cfg.expert.every_k_ticks / cfg.loop.rate_hz, stop))
             t.start()
             stopping = None  # monotonic time of the stop request
             with SignalGuard(watchdog):
                 # supervise until the loop process exits; it reports its result through the pipe
-                while lp.alive and (stopping is None or time.monotonic() - stopping < 15.0):
-                    time.sleep(0.01)
-                    if stopping is not None:
-                        continue
-                    now = clock.now_ns()
-                    health, why = watchdog.check(now)
-                    if health is not Health.STOP:
-                        why = "time limit reached" if now >= limit_ns else session.tick(now, lp.latest_state())
-                    if why:
-                        lp.request_stop(why)
-                        stopping = time.monotonic()
+                while lp.join(sup.PERIOD_S) is None and (stopping is None or time.monotonic() - stopping < 15.0):
+                    if stopping is None:
+                        why = sup.check(clock.now_ns(), lp.latest_state(), watchdog)
+                        if why:
+                            lp.request_stop(why)
+                            stopping = time.monotonic()
             res = lp.join(15.0)
             if res is not None:
                 self.last_period_stats = res.period_stats
                 if self.profiler is not None and res.profile:
-                    self.profiler.merge_samples(res.profile)  # loop_compute, driver_io, end_to_end
+                    self.profiler.merge_samples(res.profile)  # loop_compute, driver_io, end_to_end (+ trace events)
             return res
         finally:
             stop.set()
@@ -317,50 +344,80 @@ class Pipeline:
         ok, why = self.dev.success()
         return bool(ok), why
 
-    def _run_lockstep(self, loop: ControlLoop, worker: "_ExpertWorker", session: PlanSession,
-                      limit_ns: int) -> LoopResult:
+    def _run_lockstep(self, loop: ControlLoop, worker: "_ExpertWorker", sup: "Supervisor") -> LoopResult:
+        """Lock-step: supervision and the expert step are a hook of every loop cycle."""
         k = self.cfg.expert.every_k_ticks
         clock = self.dev.clock
-        stopping = False
 
         def hook(cycle: int) -> None:
-            nonlocal stopping
-            if stopping:
+            if sup.stopping:
                 return
-            now = clock.now_ns()
-            why = "time limit reached" if now >= limit_ns else session.tick(now, loop.states.latest())
+            why = sup.check(clock.now_ns(), loop.states.latest())
             if why:
                 loop.request_stop(why)
-                stopping = True
             elif (cycle - 1) % k == 0:
                 worker.step()
 
         loop.hooks.append(hook)
         return loop.run()
 
-    def _run_realtime(self, loop: ControlLoop, worker: "_ExpertWorker", session: PlanSession, watchdog: Watchdog,
-                      limit_ns: int) -> LoopResult:
+    def _run_realtime(self, loop: ControlLoop, worker: "_ExpertWorker", sup: "Supervisor") -> LoopResult:
+        """Real time, loop in a thread: the expert in its own worker thread, supervision here."""
         clock = self.dev.clock
         period_s = self.cfg.expert.every_k_ticks / self.cfg.loop.rate_hz
         stop = threading.Event()
         t = threading.Thread(target=worker.run_periodic, args=(period_s, stop), name="expert-worker", daemon=True)
         t.start()
-        stopping = False
         try:
-            while loop.join(0.01) is None:
-                if stopping:
-                    continue
-                now = clock.now_ns()
-                why = "time limit reached" if now >= limit_ns else session.tick(now, loop.states.latest())
-                if why:
-                    watchdog.request_stop(why)
-                    stopping = True
+            while loop.join(sup.PERIOD_S) is None:
+                if not sup.stopping:
+                    why = sup.check(clock.now_ns(), loop.states.latest())
+                    if why:
+                        loop.request_stop(why)
         finally:
             stop.set()
             t.join(5.0)
             if t.is_alive():
                 log.warning("expert worker still busy after the loop stopped (a stalled expert call)")
         return loop.join()
+
+
+class Supervisor:
+    """What every run mode checks while an episode runs, in this order: a stop the watchdog latched
+    (only where the loop cannot see it itself: a loop in another process), the time limit, the setup's
+    ``abort`` check (at most once per ``abort_every_ns``), then planning (``PlanSession.tick``: the
+    first plan, re-plans, the end of the guidance). ``check`` returns the reason to stop (once), or None.
+    Real-time modes call it every ``PERIOD_S`` of wall time; lock-step calls it every loop cycle."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self, session: PlanSession, limit_ns: int, abort: Callable[[], str | None] | None,
+                 abort_every_ns: int) -> None:
+        self.session, self.limit_ns = session, int(limit_ns)
+        self.abort, self.abort_every_ns = abort, int(abort_every_ns)
+        self._next_abort_ns: int | None = None
+        self.reason: str | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.reason is not None
+
+    def check(self, now_ns: int, state: ArmState | None, watchdog: Watchdog | None = None) -> str | None:
+        if self.reason is not None:
+            return None
+        why = None
+        if watchdog is not None:
+            health, stop_why = watchdog.check(now_ns)
+            why = stop_why if health is Health.STOP else None
+        if why is None and now_ns >= self.limit_ns:
+            why = "time limit reached"
+        if why is None and self.abort is not None and (self._next_abort_ns is None or now_ns >= self._next_abort_ns):
+            self._next_abort_ns = now_ns + self.abort_every_ns
+            why = self.abort()
+        if why is None:
+            why = self.session.tick(now_ns, state)
+        self.reason = why or None
+        return self.reason
 
 
 class _LoopProxy:
@@ -398,21 +455,29 @@ class _ExpertWorker:
         if state is None:
             return
         frame = None
-        if pipe.needs_cloud:
+        realtime = pipe.dev.clock.realtime
+        observed_ns = state.stamp_ns if realtime else time.monotonic_ns()  # end-to-end runs on the wall clock
+        if pipe.needs_cloud or self.rec.wants_frames:  # --record keeps what the camera saw, for any expert
+            if not realtime:
+                observed_ns = time.monotonic_ns()
             try:
                 frame = pipe.capture(self.watchdog)
             except Exception as e:  # the watchdog stops the episode once frames are missing for too long
                 self.camera_failures += 1
                 if self.camera_failures == 1:
                     log.warning("camera read failed: %s: %s (the loop holds if this continues)", type(e).__name__, e)
-                return
-            self.camera_failures = 0
+                if pipe.needs_cloud:
+                    return
+            else:
+                self.camera_failures = 0
+                if realtime and pipe.needs_cloud:
+                    observed_ns = frame.stamp_ns
         guidance = self.session.guidance  # swapped by the planning side at sub-task boundaries
         if guidance is None:  # no plan yet: nothing to follow (frames above still feed the camera watchdog)
             return
         try:
             cloud = None
-            if frame is not None:
+            if frame is not None and pipe.needs_cloud:
                 box_fn = getattr(pipe.dev.expert, "cloud_box", None)
                 cloud = pipe.cloud(frame, box_fn(state, guidance, pipe.workspace_bounds) if box_fn else None)
                 if cloud.n_valid == 0:
@@ -433,9 +498,9 @@ class _ExpertWorker:
         self.failures = 0
         self.steps += 1
         if pipe.profiler is not None:
-            pipe.profiler.chunk_observed(chunk, frame.stamp_ns if frame is not None else state.stamp_ns)
+            pipe.profiler.chunk_observed(chunk, observed_ns)
         self.loop.inbox.put(chunk)
-        self.rec.step((state.stamp_ns - guidance.stamp_ns) / 1e9, state, chunk)
+        self.rec.step((state.stamp_ns - guidance.stamp_ns) / 1e9, state, chunk, frame)
 
     def run_periodic(self, period_s: float, stop: threading.Event) -> None:
         t_next = time.monotonic()

@@ -1,13 +1,19 @@
 """Latency profiling for ``edge-run --profile``: per-stage timings, loop jitter, CPU and memory.
 
-Stages (milliseconds): capture, cloud (kernels), planner, planner_wait, planner_hold, lift, spline, expert, loop_compute, driver_io
-and end_to_end (observation stamp -> first command sent from the chunk computed on it; the observation
-is the camera frame when the expert uses the cloud, else the arm state; in lock-step it is simulated time).
+Stages (milliseconds, wall time): capture, cloud (kernels), planner, planner_wait, planner_hold, lift,
+spline, expert, loop_compute, driver_io and end_to_end: observation -> the first command sent from the
+chunk computed on it, on the wall clock (``time.monotonic_ns``). The observation is the camera frame when
+the expert uses the cloud, else the arm state; in real time its stamp, in lock-step the wall time its
+capture started (the simulated clock stands still while stages compute, so it cannot time them).
 When profiling is off the runtime holds ``None`` instead of a :class:`Profiler`, so the only cost is an
-``is not None`` test per stage. Samples go to preallocated arrays (no allocation in the loop).
+``is not None`` test per stage. Samples and timeline events go to preallocated arrays (no allocation
+in the loop).
 
-``Profiler.report(out_dir, loop_stats)`` prints a rich table and writes ``profile.json``, PNG plots
-(matplotlib, Agg, imported only here) and ``index.html`` showing them.
+``Profiler.report(out_dir, loop_stats, realtime=...)`` prints a rich table and writes ``profile.json``,
+``profile.trace.json`` (Chrome trace events: one track per process and thread; open it in
+https://ui.perfetto.dev or chrome://tracing), PNG plots (matplotlib, Agg, imported only here) and
+``index.html`` showing them. Loop period and jitter are wall-clock figures only in real time: in
+lock-step the loop never waits on the wall clock, so the report leaves them out and says why.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+LOCKSTEP_NOTE = ("period and jitter not measured in lock-step: the loop does not wait on the wall clock "
+                 "(simulated time stands still while stages compute); run with --realtime to measure them")
 
 STAGES = ("capture", "cloud", "planner", "planner_wait", "planner_hold", "lift", "spline", "expert", "loop_compute",
           "driver_io", "end_to_end")
@@ -43,15 +52,25 @@ class _Samples:
         return self.buf[:min(self.n, len(self.buf))] / 1e6
 
 
-class Profiler:
-    """Thread-safe enough for its use: each stage is written by one thread (the loop or one worker)."""
+EVENT_DTYPE = np.dtype([("stage", np.int16), ("pid", np.int64), ("tid", np.int64), ("start_ns", np.int64),
+                        ("dur_ns", np.int64)])
 
-    def __init__(self, capacity: int = 1 << 16) -> None:
+
+class Profiler:
+    """Thread-safe enough for its use: each stage is written by one thread (the loop or one worker);
+    timeline events share one ring whose slot counter is taken under a lock."""
+
+    def __init__(self, capacity: int = 1 << 16, event_capacity: int = 1 << 17) -> None:
         self._s = {name: _Samples(capacity) for name in STAGES}
         self._lock = threading.Lock()
         self._obs: dict[int, int] = {}
         self._t0_wall = time.perf_counter()
         self._t0_cpu = time.process_time()
+        self._events = np.zeros(event_capacity, dtype=EVENT_DTYPE)
+        self._n_events = 0
+        self._stage_ids: dict[str, int] = {name: i for i, name in enumerate(STAGES)}
+        self._threads: dict[tuple[int, int], str] = {}  # (pid, tid) -> thread name
+        self._pid = os.getpid()
 
     def record_ns(self, stage: str, ns: int) -> None:
         s = self._s.get(stage)
@@ -59,6 +78,57 @@ class Profiler:
             with self._lock:
                 s = self._s.setdefault(stage, _Samples(1 << 12))
         s.add(int(ns))
+
+    def record_span(self, stage: str, start_ns: int, dur_ns: int) -> None:
+        """A stage that ran on the calling thread from ``start_ns`` (``time.monotonic_ns``) for ``dur_ns``:
+        a latency sample and a timeline event."""
+        self.record_ns(stage, dur_ns)
+        sid = self._stage_ids.get(stage)
+        if sid is None:
+            with self._lock:
+                sid = self._stage_ids.setdefault(stage, len(self._stage_ids))
+        tid = threading.get_ident()
+        key = (self._pid, tid)
+        if key not in self._threads:
+            self._threads[key] = threading.current_thread().name
+        with self._lock:
+            i = self._n_events % len(self._events)
+            self._n_events += 1
+        self._events[i] = (sid, self._pid, tid, start_ns, dur_ns)
+
+    def events_array(self) -> dict:
+        """The timeline events (oldest lost when the ring wrapped) with their stage and thread names, to
+        ship to another process or write as a trace."""
+        n = min(self._n_events, len(self._events))
+        names = {i: name for name, i in self._stage_ids.items()}
+        return {"rows": self._events[:n].copy(), "stages": names, "threads": dict(self._threads)}
+
+    def merge_events(self, ev: dict) -> None:
+        """Add timeline events recorded by another process's profiler (see :meth:`events_array`)."""
+        for row in ev["rows"]:
+            name = ev["stages"][int(row["stage"])]
+            sid = self._stage_ids.setdefault(name, len(self._stage_ids))
+            i = self._n_events % len(self._events)
+            self._n_events += 1
+            self._events[i] = (sid, row["pid"], row["tid"], row["start_ns"], row["dur_ns"])
+        self._threads.update(ev["threads"])
+
+    def trace_events(self, process_names: dict[int, str] | None = None) -> dict:
+        """Chrome trace-event JSON (``{"traceEvents": [...]}``): one complete ("X") event per recorded
+        span, microseconds from the first event, named tracks per process and thread."""
+        ev = self.events_array()
+        rows = ev["rows"]
+        t0 = int(rows["start_ns"].min()) if rows.size else 0
+        out = []
+        for pid in sorted({int(p) for p in rows["pid"]} | {self._pid}):
+            name = (process_names or {}).get(pid) or ("edge-run" if pid == self._pid else "control loop process")
+            out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": f"{name} ({pid})"}})
+        for (pid, tid), tname in sorted(ev["threads"].items()):
+            out.append({"name": "thread_name", "ph": "M", "pid": int(pid), "tid": int(tid), "args": {"name": tname}})
+        for r in rows[np.argsort(rows["start_ns"], kind="stable")]:
+            out.append({"name": ev["stages"][int(r["stage"])], "ph": "X", "pid": int(r["pid"]), "tid": int(r["tid"]),
+                        "ts": (int(r["start_ns"]) - t0) / 1e3, "dur": int(r["dur_ns"]) / 1e3})
+        return {"traceEvents": out, "displayTimeUnit": "ms"}
 
     def time(self, stage: str) -> "_Timer":
         """``with profiler.time("expert"): ...``"""
@@ -81,14 +151,19 @@ class Profiler:
         return {k: s.buf[:min(s.n, len(s.buf))].copy() for k, s in self._s.items()
                 if (stages is None or k in stages) and s.n}
 
-    def merge_samples(self, samples: dict[str, np.ndarray]) -> None:
-        """Add samples recorded elsewhere (the control-loop process) to this profiler."""
+    def merge_samples(self, samples: dict) -> None:
+        """Add samples recorded elsewhere (the control-loop process) to this profiler; the key
+        ``__events__`` holds that process's timeline events (:meth:`events_array`)."""
         for stage, values in (samples or {}).items():
+            if stage == "__events__":
+                self.merge_events(values)
+                continue
             for v in np.asarray(values, dtype=np.int64):
                 self.record_ns(stage, int(v))
 
     def command_sent(self, now_ns: int, chunk) -> None:
-        """Called by the loop after each sent command: end-to-end latency, once per chunk."""
+        """Called by the loop after each sent command with the wall time (``time.monotonic_ns``):
+        end-to-end latency, once per chunk."""
         if chunk is not None:
             obs = self._obs.pop(id(chunk), None)
             if obs is not None:
@@ -118,16 +193,24 @@ class Profiler:
                 "rss_peak_mb": rss_mb, "rss_mb": rss_mb_now, "cpus": os.cpu_count()}
 
     # ------------------------------------------------------------------ report
-    def report(self, out_dir: str | Path | None, loop_stats=None, title: str = "edge-run profile") -> dict:
-        """Print the table; with ``out_dir`` also write profile.json, PNGs and index.html. Returns the data."""
+    def report(self, out_dir: str | Path | None, loop_stats=None, title: str = "edge-run profile", *,
+               realtime: bool = True) -> dict:
+        """Print the table; with ``out_dir`` also write profile.json, profile.trace.json, PNGs and
+        index.html. Returns the data. ``realtime=False`` (lock-step): the loop's period statistics are
+        on simulated time, so only its cycle and miss counts are kept, with a note saying why."""
         stages = self.stage_table()
-        data = {"stages": stages, "system": self.system(), "loop": loop_stats.summary() if loop_stats else {}}
+        loop = loop_stats.summary() if loop_stats else {}
+        if loop and not realtime:
+            loop = {"cycles": loop.get("cycles", 0),
+                    "note": LOCKSTEP_NOTE}
+        data = {"stages": stages, "system": self.system(), "loop": loop, "realtime": bool(realtime)}
         self._print(stages, data, title)
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             (out / "profile.json").write_text(json.dumps(data, indent=2) + "\n")
-            pngs = self._plots(out, loop_stats)
+            (out / "profile.trace.json").write_text(json.dumps(self.trace_events()) + "\n")
+            pngs = self._plots(out, loop_stats if realtime else None)
             self._html(out, data, pngs, title)
             log.info("profile written to %s", out)
         return data
@@ -150,7 +233,9 @@ class Profiler:
         if lp.get("cycles", 0) > 1 and "period_err_p99_ms" in lp:
             cap = (f"loop: {lp['cycles']} cycles, {lp['misses']} deadline misses, period error p50 "
                    f"{lp['period_err_p50_ms']:.3f} / p99 {lp['period_err_p99_ms']:.3f} / max "
-                   f"{lp['period_err_max_ms']:.3f} ms (on the loop's clock: simulated time in lock-step). " + cap)
+                   f"{lp['period_err_max_ms']:.3f} ms (wall clock). " + cap)
+        elif "note" in lp:
+            cap = f"loop: {lp['cycles']} cycles; {lp['note']}. " + cap
         t.caption = cap
         Console().print(t)
 
@@ -212,12 +297,12 @@ class _Timer:
         self.p, self.stage = p, stage
 
     def __enter__(self) -> "_Timer":
-        self.t0 = time.perf_counter_ns()
+        self.t0 = time.monotonic_ns()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.p is not None:
-            self.p.record_ns(self.stage, time.perf_counter_ns() - self.t0)
+            self.p.record_span(self.stage, self.t0, time.monotonic_ns() - self.t0)
 
 
 class _NullTimer:

@@ -79,12 +79,14 @@ class SimCameraConfig:
     noise: DepthNoiseConfig = field(default_factory=DepthNoiseConfig)
     seed: int = 0
     segmentation: bool = True
+    fps: float = 15.0  # real time only: read() waits for the next frame time, as a streaming camera does
 
     def __post_init__(self) -> None:
         check(16 <= self.width <= 4096 and 16 <= self.height <= 4096, "camera.width/height",
               f"must lie in [16, 4096], got {self.width}x{self.height}")
         check(5 <= self.vfov_deg <= 150, "camera.vfov_deg", f"must lie in [5, 150], got {self.vfov_deg}")
         check(0 < self.near < self.far, "camera.near/far", f"need 0 < near < far, got {self.near}, {self.far}")
+        check(0 < self.fps <= 120, "camera.fps", f"must lie in (0, 120], got {self.fps}")
         f = np.subtract(self.target, self.eye)
         check(np.linalg.norm(f) > 1e-6, "camera.target", "must differ from camera.eye")
         check(np.linalg.norm(np.cross(f, self.up)) > 1e-6, "camera.up", "must not be parallel to the viewing direction")
@@ -114,6 +116,7 @@ class SimCamera(DeviceBase):
         self.config = config or SimCameraConfig()
         self._rng = np.random.default_rng(self.config.seed)
         self.last_segmentation: np.ndarray | None = None
+        self._next_frame_ns: int | None = None
         self._set_matrices()
 
     def _set_matrices(self) -> None:
@@ -141,6 +144,14 @@ class SimCamera(DeviceBase):
     def read(self) -> RGBD:
         """Render one frame (about 50 ms at 320x240 on a laptop core) and apply the noise model."""
         self._require_connected()
+        clock = self.world.clock
+        if clock.realtime:  # frames arrive at the camera's rate: wait for the next frame time
+            period = int(1e9 / self.config.fps)
+            now = clock.now_ns()
+            due = self._next_frame_ns if self._next_frame_ns is not None else now
+            if due > now:
+                clock.sleep_until(due)
+            self._next_frame_ns = max(due, now - period) + period
         self.world.sync()
         rgb, depth, seg = self.render()
         self.last_segmentation = seg

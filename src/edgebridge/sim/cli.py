@@ -1,11 +1,12 @@
 """`edge-sim`: run episodes in the embedded world, write demonstrations, list tasks.
 
     edge-sim run --task "put cup in tray" --planner oracle --expert ik --seed 0 --episodes 5 \
-        [--plan-noise-cm 1] [--depth-noise-cm 1] [--json FILE] [--record DIR]
-    edge-sim demos --task put_cup_in_tray --episodes 20 --out demos/ [--seed 0]
+        [--plan-noise-cm 1] [--depth-noise-cm 1] [--no-depth-tare] [--realtime] [--json FILE] [--record DIR]
+    edge-sim demos --task put_cup_in_tray --episodes 20 --out demos/ [--seed 0] [--print-config]
     edge-sim tasks
 
-`run` exits 1 when any episode fails, 2 on bad arguments.
+Episodes (and demonstrations) run through the same runtime pipeline as ``edge-run``
+(``edgebridge.sim.episode``). `run` exits 1 when any episode fails, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge-sim", description="edgebridge embedded simulated world")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run episodes (camera -> planner -> lift -> spline -> expert -> arm)")
+    r = sub.add_parser("run", help="run episodes through the runtime pipeline under experimental conditions")
     r.add_argument("--task", required=True, help="task slug or instruction, e.g. 'put cup in tray'")
     r.add_argument("--planner", default="oracle", choices=["oracle"])
-    r.add_argument("--expert", default="ik", help="expert name: ik (plain IK along the guidance), onnx (the shipped action "
-                   "expert) or one registered by an extension")
+    r.add_argument("--expert", default="ik", choices=["ik", "onnx"],
+                   help="ik (plain IK along the guidance) or onnx (the shipped action expert)")
+    r.add_argument("--onnx", type=Path, default=None, metavar="MODEL", help="run --expert onnx on this exported "
+                   "model (metadata JSON beside it) instead of the shipped one")
+    r.add_argument("--realtime", action="store_true", help="the simulator steps on the wall clock (default: "
+                   "lock-step with the control loop)")
     r.add_argument("--seed", type=int, default=0, help="first seed")
     r.add_argument("--episodes", type=int, default=1)
     r.add_argument("--plan-noise-cm", type=float, default=0.0, help="3-D anchor offset of the oracle plan")
@@ -40,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--episodes", type=int, required=True)
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--print-config", action="store_true",
+                   help="print the demonstration settings (DemoConfig as JSON) and write nothing")
     sub.add_parser("tasks", help="list the registered tasks and their phrasings")
     return ap
 
@@ -69,23 +76,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-sim: --episodes must be >= 1, got {args.episodes}", file=sys.stderr)
         return 2
     if args.cmd == "demos":
-        from .demos import write_demos
+        from .demos import DemoConfig, write_demos
 
+        if args.print_config:
+            from dataclasses import asdict
+
+            print(json.dumps(asdict(DemoConfig())))
+            return 0
         meta = write_demos(args.task, args.episodes, args.out, seed=args.seed)
         ok = sum(e["success"] for e in meta["episodes"])
         print(f"wrote {len(meta['episodes'])} episodes ({ok} successful) to {args.out} in {meta['wall_s']:.1f} s")
         return 0
-    from .episode import EpisodeConfig, run_episode
+    from ..config import ConfigError
+    from ..errors import EdgebridgeError
+    from .episode import run_episode
 
-    config = EpisodeConfig(depth_tare=None) if args.no_depth_tare else EpisodeConfig()
     results = []
     for i in range(args.episodes):
         seed = args.seed + i
         rec = args.record / f"{get_task(args.task).slug}_seed{seed}" if args.record else None
         try:
-            r = run_episode(args.task, seed, args.planner, args.expert, plan_noise_m=args.plan_noise_cm / 100,
-                            depth_noise=args.depth_noise_cm / 100, record_dir=rec, max_seconds=args.max_seconds, config=config)
-        except (KeyError, ValueError) as e:
+            r = run_episode(args.task, seed, args.expert, plan_noise_m=args.plan_noise_cm / 100,
+                            depth_noise=args.depth_noise_cm / 100, depth_tare=not args.no_depth_tare, record_dir=rec,
+                            max_seconds=args.max_seconds, realtime=args.realtime,
+                            expert_model=str(args.onnx) if args.onnx else None)
+        except (KeyError, ValueError, ConfigError, EdgebridgeError, OSError) as e:
             print(f"edge-sim: {e}", file=sys.stderr)
             return 2
         results.append(r)

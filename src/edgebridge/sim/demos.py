@@ -20,8 +20,11 @@ Per episode (seed ``seed + i``), with a noise level drawn per episode:
    cropped to the expert's region of interest (``cloud_roi``: a box around the noisy guidance's goal,
    clipped to the workspace; ``None``: the whole workspace) -> ``cloud``, and the arm state is logged.
 
-Episodes whose noisy plan cannot be lifted (e.g. a depth hole under an anchor) are redrawn with new
-noise up to 3 times, then skipped with a warning.
+Every episode runs through the runtime's :class:`~edgebridge.runtime.pipeline.Pipeline` (planning,
+chunk blending, joint limiter, safety layer, watchdog, control loop) with the demonstrator as its
+action expert (:class:`DemoRecorder`; the setup: :func:`demo_setup`). Episodes whose noisy plan
+cannot be lifted (e.g. a depth hole under an anchor) are redrawn with new noise up to 3 times, then
+skipped with a warning.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ from .. import __version__
 from ..contracts import RGBD, Waypoints
 from ..errors import PlanError
 from ..runtime.expert.features import CloudROI, goal_position
-from ..runtime.ik_expert import GuidanceConfig, IKExpert, IKExpertConfig, approach_waypoints, fit_guidance
+from ..runtime.guidance import GuidanceConfig, PiecewiseGuidance, approach_waypoints, fit_guidance
+from ..runtime.ik_expert import IKExpert, IKExpertConfig
 from ..runtime.lift import lift_plan
+from ..runtime.pipeline import Pipeline
 from .camera import DepthNoiseConfig
-from .episode import WORKSPACE_BOUNDS, EpisodeConfig, build_world, execute, workspace
+from .episode import WORKSPACE_BOUNDS, workspace
 from .oracle import OracleConfig, OraclePlanner
-from .tasks import check_success, resolve_steps
+from .tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +72,11 @@ class DemoConfig:
     execution_noise_fade_s: float = 1.0
 
 
-def _plan_to_path(world, camera, arm, frame: RGBD, instruction: str, offset_m: float, seed: int,
-                  gcfg: GuidanceConfig):
-    oracle = OraclePlanner(world, camera, OracleConfig(offset_m=offset_m, seed=seed))
-    plan = oracle.plan(frame, instruction)
-    lifted = lift_plan(plan, frame, camera.T_base_cam, workspace())
-    path, durations = approach_waypoints(lifted, arm.state(), config=gcfg)
-    return lifted, path, durations
-
-
 def fit_with_timing(path: Waypoints, ref):
     """Spline pieces through ``path`` with exactly the segment durations of ``ref`` (a
     ``PiecewiseGuidance`` through a path of the same length and gripper sequence), so both trajectories
     reach each waypoint at the same time."""
     from ..kernels import GuidanceSpline
-    from ..runtime.ik_expert import PiecewiseGuidance
 
     seg = [np.diff(p.knots) for p in ref.pieces]
     if sum(len(d) for d in seg) != len(path) - 1:
@@ -144,82 +139,156 @@ class PerturbedDemonstrator:
         pass
 
 
-def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float, depth_noise: DepthNoiseConfig):
-    """One demonstration: (dict of arrays, info dict), or raises PlanError when the noisy plan fails."""
-    from ..kernels import depth_to_cloud
+class DemoRecorder:
+    """The scripted demonstrator as the pipeline's action expert, recording as it goes.
 
-    spec, world, camera, arm = build_world(task, seed, depth_noise=depth_noise)
-    ecfg = EpisodeConfig(expert_dt=cfg.expert_dt)
-    try:
-        with camera, arm:
-            instruction = spec.instruction
-            steps = resolve_steps(world, instruction)
-            rgb, depth, _ = camera.render()
-            clean = RGBD(rgb, depth, camera.intrinsics, stamp_ns=world.clock.now_ns())
-            noisy = camera.read()
-            _, clean_path, _ = _plan_to_path(world, camera, arm, clean, instruction, 0.0, seed, ecfg.guidance)
-            noisy_lift, noisy_path, noisy_d = _plan_to_path(world, camera, arm, noisy, instruction, plan_noise_m,
-                                                            seed + 7919, ecfg.guidance)
-            noisy_g = fit_guidance(noisy_path, noisy_d, ecfg.guidance)
-            if not np.array_equal(clean_path.gripper, noisy_path.gripper):
-                raise PlanError(f"demo {spec.slug} seed {seed}: clean and noisy plans differ in gripper events")
-            clean_g = fit_with_timing(clean_path, noisy_g)  # same phase at the same time as the noisy guidance
-            guidance = noisy_g.sample(cfg.expert_dt)
-            contacts = [i for i in range(len(noisy_lift)) if i == 0 and noisy_lift.gripper[0] < 0.5
-                        or i > 0 and noisy_lift.gripper[i] != noisy_lift.gripper[i - 1]]
-            goals_all = np.concatenate([noisy_lift.positions, noisy_lift.quats, noisy_lift.gripper[:, None]], axis=1)
-            box = workspace()
-            rows: dict[str, list] = {k: [] for k in ("t", "cloud", "cloud_n_valid", "ee_pose", "gripper", "joints",
+    Before the episode (:meth:`attach`) it plans the *clean* view: the oracle on a noise-free render,
+    lifted with the true depth. When the pipeline builds its guidance from the *noisy* plan
+    (:meth:`on_guidance`), it times the clean path like the noisy one (:func:`fit_with_timing`) and from
+    then on follows it with :class:`PerturbedDemonstrator`; its chunks go through the pipeline's chunk
+    blending, joint limiter, safety layer and control loop like any expert's. At every expert step it
+    records the cloud (a fresh noisy frame cropped to the region of interest), the arm state, the goal
+    and the unperturbed clean chunk."""
+
+    needs_cloud = False
+    name = "scripted demonstrator"
+
+    def __init__(self, cfg: DemoConfig, seed: int) -> None:
+        self.cfg, self.seed = cfg, int(seed)
+        self.rows: dict[str, list] = {k: [] for k in ("t", "cloud", "cloud_n_valid", "ee_pose", "gripper", "joints",
                                                       "goal", "action")}
-            events = [0]
+        self.error: str | None = None
+        self.guidance = None        # the noisy guidance, sampled at expert_dt (recorded)
+        self._clean = None          # the clean guidance the demonstrator follows, sampled at expert_dt
+        self._events = 0
+        self._policy = PerturbedDemonstrator(IKExpert(IKExpertConfig(horizon=cfg.horizon, dt=cfg.expert_dt)),
+                                             cfg.execution_noise_m, cfg.execution_noise_hold_s,
+                                             cfg.execution_noise_fade_s, np.random.default_rng(seed + 104729))
 
-            expert = PerturbedDemonstrator(IKExpert(IKExpertConfig(horizon=cfg.horizon, dt=cfg.expert_dt)),
-                                           cfg.execution_noise_m, cfg.execution_noise_hold_s,
-                                           cfg.execution_noise_fade_s, np.random.default_rng(seed + 104729))
+    def attach(self, world, camera, instruction: str) -> None:
+        """Plan the clean view of the scene (before the arm moves)."""
+        self.world, self.camera = world, camera
+        rgb, depth, _ = camera.render()
+        clean = RGBD(rgb, depth, camera.intrinsics, stamp_ns=world.clock.now_ns())
+        plan = OraclePlanner(world, camera, OracleConfig(offset_m=0.0, seed=self.seed)).plan(clean, instruction)
+        self._clean_lifted = lift_plan(plan, clean, camera.T_base_cam, workspace())
 
-            def on_step(t, state, chunk):
-                chunk = expert.last_clean  # record what the demonstrator meant, not the perturbed execution
-                roi = cfg.cloud_roi.box(goal_position(guidance, t), WORKSPACE_BOUNDS,
-                                        margin_m=cfg.cloud_roi_margin_m) if cfg.cloud_roi else box
-                cloud = depth_to_cloud(camera.read(), camera.T_base_cam, roi, cfg.n_points)
-                if len(cloud) == 0:
-                    raise PlanError(f"demo {spec.slug} seed {seed}: empty workspace crop at t={t:.1f} s")
-                prev = rows["action"][-1][0, 7] if rows["action"] else 1.0
-                if (prev >= 0.5) != (chunk.poses[0, 7] >= 0.5):
-                    events[0] += 1
-                k = contacts[min(events[0], len(contacts) - 1)] if contacts else 0
-                rows["t"].append(t)
-                rows["cloud"].append(cloud.xyz)
-                rows["cloud_n_valid"].append(cloud.n_valid)
-                rows["ee_pose"].append(np.concatenate([state.ee_pose.position, state.ee_pose.quat]))
-                rows["gripper"].append(state.gripper)
-                rows["joints"].append(state.joints)
-                rows["goal"].append(goals_all[k])
-                rows["action"].append(chunk.poses.astype(np.float64))
+    def on_guidance(self, noisy_lifted: Waypoints, state, stamp_ns: int, gcfg: GuidanceConfig) -> None:
+        """The pipeline built its guidance from ``noisy_lifted`` at ``state``: time the clean path alike."""
+        clean_path, _ = approach_waypoints(self._clean_lifted, state, config=gcfg)
+        noisy_path, noisy_d = approach_waypoints(noisy_lifted, state, config=gcfg)
+        if not np.array_equal(clean_path.gripper, noisy_path.gripper):
+            raise PlanError(f"demo seed {self.seed}: clean and noisy plans differ in gripper events")
+        noisy_g = fit_guidance(noisy_path, noisy_d, gcfg)
+        clean_g = fit_with_timing(clean_path, noisy_g)  # same phase at the same time as the noisy guidance
+        self.guidance = noisy_g.sample(self.cfg.expert_dt, stamp_ns=stamp_ns)
+        self._clean = clean_g.sample(self.cfg.expert_dt, stamp_ns=stamp_ns)
+        self._contacts = [i for i in range(len(noisy_lifted)) if i == 0 and noisy_lifted.gripper[0] < 0.5
+                          or i > 0 and noisy_lifted.gripper[i] != noisy_lifted.gripper[i - 1]]
+        self._goals = np.concatenate([noisy_lifted.positions, noisy_lifted.quats, noisy_lifted.gripper[:, None]], axis=1)
 
-            limit = cfg.max_seconds or spec.max_seconds
-            failure = execute(world, arm, clean_g, expert, ecfg, limit, on_step=on_step)
-            world.settle(0.3)
-            ok, why = (False, failure) if failure else check_success(world, steps)
+    def act(self, cloud, state, guidance):
+        from ..kernels import depth_to_cloud
+
+        if self._clean is None:
+            raise PlanError("the demonstrator has no clean guidance (on_guidance was not called)")
+        cfg = self.cfg
+        chunk = self._policy.act(None, state, self._clean)
+        clean_chunk = self._policy.last_clean  # record what the demonstrator meant, not the perturbed execution
+        t = (state.stamp_ns - self._clean.stamp_ns) / 1e9
+        roi = cfg.cloud_roi.box(goal_position(self.guidance, t), WORKSPACE_BOUNDS,
+                                margin_m=cfg.cloud_roi_margin_m) if cfg.cloud_roi else workspace()
+        frame = depth_to_cloud(self.camera.read(), self.camera.T_base_cam, roi, cfg.n_points)
+        if len(frame) == 0:
+            self.error = f"demo seed {self.seed}: empty workspace crop at t={t:.1f} s"
+            raise PlanError(self.error)
+        rows = self.rows
+        prev = rows["action"][-1][0, 7] if rows["action"] else 1.0
+        if (prev >= 0.5) != (clean_chunk.poses[0, 7] >= 0.5):
+            self._events += 1
+        k = self._contacts[min(self._events, len(self._contacts) - 1)] if self._contacts else 0
+        rows["t"].append(t)
+        rows["cloud"].append(frame.xyz)
+        rows["cloud_n_valid"].append(frame.n_valid)
+        rows["ee_pose"].append(np.concatenate([state.ee_pose.position, state.ee_pose.quat]))
+        rows["gripper"].append(state.gripper)
+        rows["joints"].append(state.joints)
+        rows["goal"].append(self._goals[k])
+        rows["action"].append(clean_chunk.poses.astype(np.float64))
+        return chunk
+
+    def arrays(self, success: bool) -> dict:
+        r, g = self.rows, self.guidance
+        return {
+            "t": np.asarray(r["t"], np.float64),
+            "cloud": np.asarray(r["cloud"], np.float32),
+            "cloud_n_valid": np.asarray(r["cloud_n_valid"], np.int32),
+            "ee_pose": np.asarray(r["ee_pose"], np.float64),
+            "gripper": np.asarray(r["gripper"], np.float64),
+            "joints": np.asarray(r["joints"], np.float64),
+            "guidance_t": g.t,
+            "guidance": np.concatenate([g.positions, g.quats, g.gripper[:, None]], axis=1),
+            "goal": np.asarray(r["goal"], np.float64),
+            "action": np.asarray(r["action"], np.float64),
+            "success": np.array(bool(success)),
+        }
+
+    def close(self) -> None:
+        pass
+
+
+class _DemoPipeline(Pipeline):
+    """The runtime pipeline, telling the demonstrator which guidance it built (nothing else differs)."""
+
+    def __init__(self, cfg, devices, demo: DemoRecorder) -> None:
+        super().__init__(cfg, devices)
+        self.demo = demo
+
+    def build_guidance(self, lifted, state, stamp_ns: int):
+        duration, guidance = super().build_guidance(lifted, state, stamp_ns)
+        self.demo.on_guidance(lifted, state, guidance.stamp_ns, self.guidance_config or GuidanceConfig())
+        return duration, guidance
+
+
+def demo_setup(cfg: DemoConfig):
+    """The embedded setup as the demonstrations run it: one plan for the whole instruction (no re-plan
+    at sub-task boundaries, so the clean and noisy paths pair up anchor by anchor), frames as read (the
+    depth bias stays in the guidance for the expert to learn to correct), the expert every ``expert_dt``."""
+    from ..runtime.config import load_robot_config, with_overrides
+
+    rcfg = load_robot_config("sim_panda")
+    k = int(round(cfg.expert_dt * rcfg.loop.rate_hz))
+    if k < 1 or abs(k / rcfg.loop.rate_hz - cfg.expert_dt) > 1e-9:
+        raise ValueError(f"DemoConfig.expert_dt: {cfg.expert_dt} s is not a whole number of "
+                         f"{rcfg.loop.rate_hz:g} Hz control ticks")
+    return with_overrides(rcfg, camera={"depth_tare": False}, planner={"replan_subtasks": False},
+                          expert={"every_k_ticks": k, "horizon": cfg.horizon, "dt": cfg.expert_dt})
+
+
+def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float, depth_noise: DepthNoiseConfig):
+    """One demonstration through the runtime pipeline: (dict of arrays, info dict), or raises PlanError
+    when the noisy plan cannot be executed."""
+    from ..runtime.devices import RunChoices, build_devices
+
+    rcfg = demo_setup(cfg)
+    demo = DemoRecorder(cfg, seed)
+    devices, instruction = build_devices(rcfg, RunChoices(task=task, seed=seed, planner="oracle", expert_instance=demo,
+                                                          sim_plan_noise_m=plan_noise_m, sim_depth_noise=depth_noise))
+    try:
+        demo.attach(devices.camera.world, devices.camera, instruction)
+        spec_slug = get_task(task).slug
+        out = _DemoPipeline(rcfg, devices, demo).run(instruction, task=spec_slug, seed=seed, max_seconds=cfg.max_seconds)
+        T_base_cam = devices.camera.T_base_cam.tolist()
     finally:
-        world.close()
-    arrays = {
-        "t": np.asarray(rows["t"], np.float64),
-        "cloud": np.asarray(rows["cloud"], np.float32),
-        "cloud_n_valid": np.asarray(rows["cloud_n_valid"], np.int32),
-        "ee_pose": np.asarray(rows["ee_pose"], np.float64),
-        "gripper": np.asarray(rows["gripper"], np.float64),
-        "joints": np.asarray(rows["joints"], np.float64),
-        "guidance_t": guidance.t,
-        "guidance": np.concatenate([guidance.positions, guidance.quats, guidance.gripper[:, None]], axis=1),
-        "goal": np.asarray(rows["goal"], np.float64),
-        "action": np.asarray(rows["action"], np.float64),
-        "success": np.array(bool(ok)),
-    }
-    info = {"task": spec.slug, "seed": int(seed), "success": bool(ok), "reason": why, "steps": len(rows["t"]),
-            "plan_noise_m": float(plan_noise_m), "depth_noise": asdict(depth_noise),
-            "T_base_cam": camera.T_base_cam.tolist()}
-    return arrays, info
+        devices.close()
+    if demo.error is not None:
+        raise PlanError(demo.error)
+    if demo.guidance is None or out.reason.startswith("plan rejected"):
+        raise PlanError(f"demo {spec_slug} seed {seed}: {out.reason}")
+    info = {"task": spec_slug, "seed": int(seed), "success": bool(out.success), "reason": out.reason,
+            "steps": len(demo.rows["t"]), "plan_noise_m": float(plan_noise_m), "depth_noise": asdict(depth_noise),
+            "T_base_cam": T_base_cam}
+    return demo.arrays(out.success), info
 
 
 def write_demos(task: str, episodes: int, out: str | Path, seed: int = 0, cfg: DemoConfig | None = None) -> dict:

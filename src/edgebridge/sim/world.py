@@ -8,7 +8,9 @@
 - real time: a :class:`~edgebridge.clock.MonotonicClock`; nothing steps in the background. Every device
   read (``SimArm.state``, ``SimCamera.read``) calls :meth:`SimWorld.sync`, which runs the physics steps
   that wall time owes since the last sync (at most ``max_catchup_steps`` at once, the rest is dropped and
-  counted in ``dropped_steps``).
+  counted in ``dropped_steps``). The control loop and the expert worker read from different threads:
+  ``sync`` holds a lock, so wall time is stepped once. PyBullet holds the GIL inside each call, so a
+  render (tens of ms) delays the loop thread as a slow driver would.
 
 The world knows nothing of tasks or episodes: a task places objects with :meth:`add_object`.
 Base frame = world frame: the robot base sits at the origin, the table top is the plane z = 0.
@@ -17,6 +19,7 @@ Base frame = world frame: the robot base sits at the origin, the table top is th
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +101,7 @@ class SimWorld:
         for link in (9, 10):
             self.p.changeDynamics(self.robot, link, lateralFriction=self.config.finger_friction)
         self._last_sync_ns = self.clock.now_ns()
+        self._sync_lock = threading.Lock()
         if isinstance(self.clock, SimClock):
             self.clock.add_stepper(self.step, self.period_ns)
 
@@ -210,15 +214,16 @@ class SimWorld:
         """Real-time mode: run the physics steps wall time owes since the last call. Lock-step: no-op."""
         if isinstance(self.clock, SimClock):
             return
-        now = self.clock.now_ns()
-        owed = (now - self._last_sync_ns) // self.period_ns
-        if owed <= 0:
-            return
-        run = min(int(owed), self.config.max_catchup_steps)
-        for _ in range(run):
-            self.step()
-        self.dropped_steps += int(owed) - run
-        self._last_sync_ns += int(owed) * self.period_ns
+        with self._sync_lock:
+            now = self.clock.now_ns()
+            owed = (now - self._last_sync_ns) // self.period_ns
+            if owed <= 0:
+                return
+            run = min(int(owed), self.config.max_catchup_steps)
+            for _ in range(run):
+                self.step()
+            self.dropped_steps += int(owed) - run
+            self._last_sync_ns += int(owed) * self.period_ns
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """Compiled evaluation of a GuidanceSpline's packed segment table (see ``spline.py`` for the columns).
 
-``tick`` is the control loop's per-cycle call: one float and one array in, one (8,) array out, so the
-Numba dispatch cost stays small. Same maths as the numpy methods of ``GuidanceSpline``.
+``many(ts, tab)``: (T, 8) rows ``x y z qx qy qz qw gripper`` for (T,) times, behind
+``GuidanceSpline.evaluate_many``. Same formulas as the numpy methods of ``GuidanceSpline``.
 """
 
 from __future__ import annotations
@@ -53,34 +53,9 @@ def _row(t, tab, out, o):
 
 
 @njit(cache=True)
-def tick(t, tab):
-    out = np.empty(8)
-    _row(t, tab, out, 0)
-    return out
-
-
-@njit(cache=True)
 def many(ts, tab):
     out = np.empty((ts.size, 8))
     flat = out.reshape(-1)
     for k in range(ts.size):
         _row(ts[k], tab, flat, 8 * k)
     return out
-
-
-@njit(cache=True)
-def positions_block(t0, dt, k0, tab, t_first, t_last, out):
-    """Positions at ``t0 + dt * k`` for ``k = k0 .. k0 + K - 1`` into ``out`` (3, K), the same
-    operations as ``GuidanceSpline.position`` (clamp to the first / last knot, last segment starting at
-    or before the time, Horner in ``tau``), so the values equal the numpy path's."""
-    S = tab.shape[0]
-    i = 0
-    for k in range(out.shape[1]):
-        tc = min(max(t0 + dt * (k0 + k), t_first), t_last)
-        if tab[i, C_T0] > tc:
-            i = 0
-        while i + 1 < S and tab[i + 1, C_T0] <= tc:
-            i += 1
-        tau = tc - tab[i, C_T0]
-        for a in range(3):
-            out[a, k] = tab[i, C_A + a] + tau * (tab[i, C_B + a] + tau * (tab[i, C_C + a] + tau * tab[i, C_D + a]))

@@ -10,26 +10,14 @@ Orientation: per segment, slerp along the shortest arc with the smoothstep ``3s^
 quaternions, interpolates every waypoint, zero angular velocity at waypoints, and closed-form peaks
 (angular speed 1.5 theta/h, angular acceleration 6 theta/h^2). Gripper: linear in time per segment.
 Outside [0, duration] the trajectory holds its end values with zero velocity.
-Per-tick evaluation, cheapest first:
 
-* ``cursor(t0, dt)`` -> :class:`PositionCursor`: the control loop's per-tick path for a fixed-rate
-  clock. ``nxt = spline.cursor(t0, dt).next`` once, then ``x, y, z = nxt()`` every tick gives the
-  position at ``t0 + k dt`` for tick ``k = 0, 1, 2, ...`` (holding the end past it; it never runs out).
-  Positions are computed ``CURSOR_BLOCK`` ticks ahead by one compiled call at the exact times
-  ``t0 + dt * k`` (no accumulated clock, no forward-difference drift: equal to ``position``), so a
-  tick is one C-level iterator step; every ``CURSOR_BLOCK``-th tick also refills (~10 us). After a
-  missed tick or a new plan, make a new cursor (``cursor(t_now, dt)``; costs one refill).
-* ``position_at(t)``: any time, pure Python with a cached segment cursor, no Numba dispatch.
-* ``evaluate_at(t)``: the full pose + gripper row (Numba).
+Evaluation: ``position`` / ``velocity`` / ``acceleration`` / ``orientation`` / ``gripper`` / ``sample``
+(numpy, vectorised) and ``evaluate_many(ts)`` -> (T, 8) rows ``x y z qx qy qz qw gripper`` in one
+compiled call (Numba, ``_spline_jit.many``: the numpy methods' formulas, equal to them within 1e-12;
+gripper clipped to [0, 1]), the faster way to sample many times at once.
 """
 
 from __future__ import annotations
-
-import bisect
-import math
-import sys
-from itertools import chain
-from operator import length_hint
 
 import numpy as np
 
@@ -39,18 +27,10 @@ NOMINAL_SPEED_M_S = 0.1
 ROT_LENGTH_M_PER_RAD = 0.1
 GRIP_LENGTH_M = 0.02
 MERGE_TOL = 1e-9
-CURSOR_BLOCK = 256  # ticks a PositionCursor computes per refill
 
-# packed per-segment table columns (one row per segment; the evaluate_at kernel reads only this)
+# packed per-segment table columns (one row per segment; the compiled kernel reads only this)
 C_T0, C_H, C_A, C_B, C_C, C_D, C_Q0, C_Q1, C_TH, C_G0, C_G1 = 0, 1, 2, 5, 8, 11, 14, 18, 22, 23, 24
 N_COLS = 25
-
-
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ax, ay, az, aw = np.moveaxis(a, -1, 0)
-    bx, by, bz, bw = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz], axis=-1)
 
 
 def _complete_spline_slopes(t: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -79,36 +59,6 @@ def _complete_spline_slopes(t: np.ndarray, p: np.ndarray) -> np.ndarray:
         x[i] = dp[i] - cp[i] * x[i + 1]
     m[1:-1] = x
     return m
-
-
-def _position_pieces(tab: np.ndarray, knots: np.ndarray) -> tuple[list[tuple], list[float]]:
-    """Per-piece tuples ``(lo, hi, a0 a1 a2, b0 b1 b2, c0 c1 c2, d0 d1 d2)`` of Python floats for
-    :meth:`GuidanceSpline.position_at`: on ``lo <= t < hi`` the position is ``a + x (b + x (c + x d))``
-    with ``x = t - lo``. Constant hold pieces (b = c = d = 0) cover the times before the start and from
-    the end on; their outer bounds are the largest finite floats, so a non-finite time always misses."""
-    big = sys.float_info.max
-    z9 = (0.0,) * 9
-    if knots.size == 1:
-        return [(-big, big, *(float(v) for v in tab[0, C_A:C_A + 3]), *z9)], [-big]
-    h = tab[-1, C_H]  # the end value exactly as ``position`` computes it (clamped to the last knot)
-    end = tab[-1, C_A:C_A + 3] + h * (tab[-1, C_B:C_B + 3] + h * (tab[-1, C_C:C_C + 3] + h * tab[-1, C_D:C_D + 3]))
-    pieces = [(-big, float(knots[0]), *(float(v) for v in tab[0, C_A:C_A + 3]), *z9)]
-    pieces += [(float(knots[i]), float(knots[i + 1]), *(float(v) for v in tab[i, C_A:C_D + 3]))
-               for i in range(tab.shape[0])]  # segment bounds are the knots themselves, as in ``_locate``
-    pieces.append((float(knots[-1]), big, *(float(v) for v in end), *z9))
-    return pieces, [p[0] for p in pieces]
-
-
-_TICK = None
-
-
-def _load_tick():
-    """Import the compiled tick kernel once (keeps Numba out of ``import edgebridge``)."""
-    global _TICK
-    from ._spline_jit import tick
-
-    _TICK = tick
-    return tick
 
 
 class GuidanceSpline:
@@ -143,8 +93,6 @@ class GuidanceSpline:
             tab[:, C_G0], tab[:, C_G1] = self._g[:-1], self._g[1:]
         self._tab = np.ascontiguousarray(tab)
         self._tab.flags.writeable = False
-        self._pieces, self._starts = _position_pieces(self._tab, self._t)
-        self._cur = self._pieces[0]  # position_at's segment cursor (a cache; any piece is valid)
 
     # ------------------------------------------------------------------ construction
 
@@ -306,39 +254,11 @@ class GuidanceSpline:
 
     # ------------------------------------------------------------------ evaluation (compiled)
 
-    def evaluate_at(self, t: float) -> np.ndarray:
-        """The control tick's fast scalar path: (8,) float64 ``x y z qx qy qz qw gripper`` at time ``t``
-        (the layout of an ``ActionChunk`` row). Compiled with Numba on first use (cached on disk)."""
-        t = float(t)
-        if t - t != 0.0:  # NaN or +-Inf
-            raise ValueError(f"t: expected a finite time, got {t}")
-        return (_TICK or _load_tick())(t, self._tab)
-
-    def position_at(self, t: float) -> tuple[float, float, float]:
-        """The cheapest per-tick call: the position ``(x, y, z)`` at time ``t`` as Python floats, like
-        :meth:`position` (holding the ends outside ``[0, duration]``). Pure Python with a cached segment
-        cursor, so a monotone clock (the control loop) almost never searches; no Numba dispatch."""
-        lo, hi, a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2 = self._cur
-        if not lo <= t < hi:
-            lo, hi, a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2 = self._seek(t)
-        x = t - lo
-        return a0 + x * (b0 + x * (c0 + x * d0)), a1 + x * (b1 + x * (c1 + x * d1)), a2 + x * (b2 + x * (c2 + x * d2))
-
-    def cursor(self, t0: float, dt: float, *, block: int = CURSOR_BLOCK) -> "PositionCursor":
-        """A fixed-rate per-tick stepper: positions at ``t0, t0 + dt, t0 + 2 dt, ...``, one per
-        ``next()`` call (see :class:`PositionCursor`)."""
-        return PositionCursor(self, t0, dt, block=block)
-
-    def _seek(self, t) -> tuple:
-        t = float(t)
-        if t - t != 0.0:  # NaN or +-Inf
-            raise ValueError(f"t: expected a finite time, got {t}")
-        piece = self._pieces[bisect.bisect_right(self._starts, t) - 1]
-        self._cur = piece
-        return piece
-
     def evaluate_many(self, t) -> np.ndarray:
-        """(T, 8) rows like :meth:`evaluate_at` for (T,) times, in one compiled call."""
+        """(T, 8) float64 rows ``x y z qx qy qz qw gripper`` (the layout of an ``ActionChunk`` row) for
+        (T,) times, in one compiled call: the columns equal :meth:`position`, :meth:`orientation` and
+        :meth:`gripper` (clipped to [0, 1]) at the same times. Compiled with Numba on first use (cached
+        on disk)."""
         from ._spline_jit import many
 
         ts = np.ascontiguousarray(np.atleast_1d(np.asarray(t, np.float64)))
@@ -348,61 +268,3 @@ class GuidanceSpline:
 
     def __repr__(self) -> str:
         return f"GuidanceSpline(waypoints={self._t.size}, duration={self.duration:.3f} s)"
-
-
-class PositionCursor:
-    """Positions of a :class:`GuidanceSpline` at the fixed-rate times ``t0 + dt * k``, ``k = 0, 1, ...``.
-
-    ``next()`` (also ``next(cursor)`` / iteration) returns ``(x, y, z)`` Python floats for the next
-    tick, equal to ``spline.position(t0 + dt * k)`` (same operations; the tests hold it to the bit on
-    long runs across segments and past the end, where the end is held). Endless. ``block`` ticks are
-    computed per compiled refill, so a tick costs one iterator step and every ``block``-th one also
-    the refill. ``k`` is the index of the next tick, ``t`` its time.
-    """
-
-    def __init__(self, spline: GuidanceSpline, t0: float, dt: float, *, block: int = CURSOR_BLOCK):
-        t0, dt = float(t0), float(dt)
-        if not math.isfinite(t0):
-            raise ValueError(f"t0: expected a finite start time in seconds, got {t0!r}")
-        if not (math.isfinite(dt) and dt > 0):
-            raise ValueError(f"dt: expected a tick period > 0 s, got {dt!r}")
-        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-            raise ValueError(f"block: expected an int >= 1 ticks per refill, got {block!r}")
-        from ._spline_jit import positions_block
-
-        self.t0, self.dt, self.block = t0, dt, int(block)
-        self._fill = positions_block
-        self._tab, self._first, self._last = spline._tab, float(spline._t[0]), float(spline._t[-1])
-        self._buf = np.empty((3, self.block))
-        self._k0 = -self.block  # first tick of the current block
-        self._cur = iter(())
-        self._it = chain.from_iterable(self._blocks())
-        self.next = self._it.__next__  # the per-tick call: C-level, no Python frame per tick
-
-    def _blocks(self):
-        buf, n = self._buf, self.block
-        while True:
-            self._k0 += n
-            self._fill(self.t0, self.dt, self._k0, self._tab, self._first, self._last, buf)
-            x, y, z = buf.tolist()
-            self._cur = iter(list(zip(x, y, z)))
-            yield self._cur
-
-    def __iter__(self) -> "PositionCursor":
-        return self
-
-    def __next__(self) -> tuple[float, float, float]:
-        return self.next()
-
-    @property
-    def k(self) -> int:
-        """Index of the tick the next call returns."""
-        return self._k0 + self.block - length_hint(self._cur) if self._k0 >= 0 else 0
-
-    @property
-    def t(self) -> float:
-        """Time of the tick the next call returns (``t0 + dt * k``)."""
-        return self.t0 + self.dt * self.k
-
-    def __repr__(self) -> str:
-        return f"PositionCursor(t0={self.t0}, dt={self.dt}, k={self.k})"

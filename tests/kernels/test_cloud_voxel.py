@@ -1,5 +1,6 @@
 """The fused depth -> dense box-grid voxel path: every backend bit-identical to the numpy twin, the
-twin consistent with the unfused kernels, the automatic voxel size, FPS ties, and the hash fallback."""
+twin consistent with the unfused kernels, the box grid equal to the world grid when they coincide, the
+automatic voxel size, FPS ties, and the hash fallback."""
 
 from __future__ import annotations
 
@@ -87,6 +88,22 @@ def test_reference_twin_agrees_with_unfused_kernels():
     np.testing.assert_allclose(got, want, atol=2e-6)
     assert np.abs(gc.astype(int) - want_col).max() <= 1
     assert BOX.contains(got).all()
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + FAST)
+def test_axis_aligned_box_on_the_grid_equals_world_voxel_grid(backend):
+    """With an axis-aligned box whose min corner sits on the world grid, the box grid is the world grid:
+    same voxels, same order (first pixel), same centroids as the unfused crop followed by downsample's
+    world-anchored voxel grid (float32 rounding of the unfused points is the only difference)."""
+    intr, depth, rgb = _frame(h=60, w=80, seed=5)
+    box = WorkspaceBox.from_bounds([0.25, -0.25, 0.0], [0.75, 0.25, 0.3])  # corners on the 5 cm grid
+    np.testing.assert_array_equal(_ref.grid_dims(box.half_extents, 0.05), [10, 10, 6])
+    a = (depth, intr.as_array(), _T(), box.as_array(), 0.05, 3.0, 1, rgb)
+    got, _ = _backend.module(backend).cloud_voxel(*a, 0.05)
+    inside, _ = _ref.cloud(*a)
+    ref, k = downsample(inside, inside.shape[0], "voxel", voxel_size=0.05, backend=backend)
+    assert got.shape[0] == k > 20
+    np.testing.assert_allclose(got, ref[:k], atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["numpy"] + FAST)

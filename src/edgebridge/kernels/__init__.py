@@ -6,8 +6,8 @@ the first call that needs them.
 """
 
 from ._backend import CUDA_CONFIG, available_backends
-from .cloud import WorkspaceBox, crop_box, crop_voxel, deproject, depth_to_cloud, downsample, transform_points
+from .cloud import WorkspaceBox, crop_box, deproject, depth_to_cloud, downsample, transform_points
 from .spline import GuidanceSpline
 
-__all__ = ["CUDA_CONFIG", "GuidanceSpline", "WorkspaceBox", "available_backends", "crop_box", "crop_voxel", "deproject",
+__all__ = ["CUDA_CONFIG", "GuidanceSpline", "WorkspaceBox", "available_backends", "crop_box", "deproject",
            "depth_to_cloud", "downsample", "transform_points"]

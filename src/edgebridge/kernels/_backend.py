@@ -1,8 +1,61 @@
-"""Backend selection and the CUDA launch configuration (one place; tests patch it small).
+"""Backend selection, the CUDA launch configuration (one place; tests patch it small), and the argument
+table of the backend modules.
 
-Backends: ``"numpy"`` (reference), ``"cpu"`` (Numba ``@njit``), ``"cuda"`` (``numba.cuda``; the
-simulator when ``NUMBA_ENABLE_CUDASIM=1``). ``"auto"`` picks ``"cuda"`` only on a real GPU, else ``"cpu"``.
-Numba modules are imported on first use, never at ``import edgebridge`` time.
+Backends: ``"numpy"`` (``_ref``, the reference), ``"cpu"`` (``_cpu``, Numba ``@njit``), ``"cuda"``
+(``_cuda``, ``numba.cuda``; the simulator when ``NUMBA_ENABLE_CUDASIM=1``). ``"auto"`` is ``"cpu"``
+unless ``EDGEBRIDGE_KERNELS=cuda`` (see :func:`resolve`). Numba modules are imported on first use, never at
+``import edgebridge`` time.
+
+Backend module contract. Each of ``_ref``, ``_cpu`` and ``_cuda`` provides these functions; the public
+functions in ``cloud.py`` validate the inputs and call them positionally in this order. Every backend
+returns the same arrays, bit for bit (``tests/kernels``)::
+
+    deproject(depth, intr, dmin, dmax, stride, rgb)               -> (xyz, col)  camera frame
+    transform(xyz, T)                                              -> xyz
+    crop(xyz, box, rgb)                                            -> (xyz, col)
+    fps(xyz, n, start)                                             -> (min(n, N),) int64 indices
+    voxel_grid(xyz, voxel, rgb)                                    -> (xyz, col)  world-anchored cells
+    cloud(depth, intr, T, box, dmin, dmax, stride, rgb)            -> (xyz, col)  deproject+transform+crop
+    cloud_voxel(depth, intr, T, box, dmin, dmax, stride, rgb, voxel) -> (xyz, col)  + box-grid centroids
+
+Arguments (the same name means the same thing in every module, kernels included):
+
+==========  ==========================  ==============================================================
+name        type                        meaning
+==========  ==========================  ==============================================================
+depth       (H, W) float32, C order     metres; 0, NaN or Inf = no reading
+intr        (10,) float64               ``Intrinsics.as_array()``: fx fy cx cy k1 k2 p1 p2 k3 model id
+                                        (0 pinhole, 1 Brown-Conrady, 2 inverse Brown-Conrady)
+T           (4, 4) float64              camera -> base frame (``T_base_cam``)
+box         (15,) float64               ``WorkspaceBox.as_array()``: center (3), half extents (3),
+                                        row-major R (9) with box axes -> base frame
+dmin, dmax  float                       depth range kept, metres, both ends included
+stride      int >= 1                    pixel step: rows and columns 0, s, 2s, ...
+rgb         uint8 or None               (H, W, 3) with a depth image, (N, 3) with a cloud
+voxel       float > 0                   voxel edge, metres
+xyz         (N, 3) float32              points; results are float32 too
+col         (N, 3) uint8 or None        colours of the returned points (None when rgb is None)
+n, start    int                         FPS: number of picks, index of the first pick
+==========  ==========================  ==============================================================
+
+Derived inputs of the compiled kernels (computed on the host: ``_ref.cached_rays``,
+``_ref.pinhole_axes``, ``_ref.box_frame``, ``_ref.grid_dims``, gathered by ``_cpu.voxel_args``):
+
+==========  ==========================  ==============================================================
+rays        (hs, ws, 2) float64         undistorted normalised rays of the strided pixels; (0, 0, 2)
+                                        for a pinhole model (kernels compute ``(u - cx) / fx`` inline)
+colx, rowy  (ws,), (hs,) float64        pinhole rays per strided column / row (zeros when distorted)
+A, bl       (3, 3), (3,) float64        camera point p -> box-local coordinates ``A @ p + bl``
+half        (3,) float64                the box's half extents
+inv_v       float                       ``1 / voxel``
+dims        (3,) int64                  voxels per box axis over the box
+use_T       bool                        apply T (False for ``deproject``, with T the identity)
+use_box     bool                        apply the box test (False for ``deproject``)
+out, ok     device outputs (CUDA)       per-pixel / per-point values and keep flags, compacted on
+loc, cell                               the host in input order (cell -1 = not kept)
+==========  ==========================  ==============================================================
+
+``hs, ws`` are the strided image's rows and columns: ``ceil(H / stride)``, ``ceil(W / stride)``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Numba CPU kernels (``@njit(cache=True)``), same contract and same arithmetic order as ``_ref``.
+Functions and arguments (kernels included): the table in ``_backend``'s docstring.
 
-Serial loops: on the 2-core development machine ``parallel=True`` gave nothing for these sizes
-(NOTES.md), and serial keeps the output order and the float64 sums bit-identical to the reference.
+Serial loops: on the 2-core development machine ``parallel=True`` gave nothing for these sizes, and
+serial keeps the output order and the float64 sums bit-identical to the reference.
 """
 
 from __future__ import annotations
@@ -324,80 +325,6 @@ def _group_kernel(cell, loc, rgb, ncell):
     return sums[:K], cnt[:K], csum[:K]
 
 
-@njit(cache=True)
-def _crop_voxel_kernel(xyz, box, inv_v, dims, dense, rgb):
-    """Fused crop + box-aligned voxel grid of a cloud in one pass (contract: ``_ref.crop_voxel``).
-    ``dense``: voxel ids from a dense per-cell array over the box; else from an open-addressing hash
-    table keyed by cell id (grids too large for a dense array). Per-voxel sums accumulate directly in
-    input order (keeping them in registers along runs, as ``_cloud_voxel_kernel`` does, measured 3x
-    slower here: scattered clouds have short runs)."""
-    N = xyz.shape[0]
-    has_rgb = rgb.shape[0] > 0
-    n0, n1, n2 = dims[0], dims[1], dims[2]
-    ncell = n0 * n1 * n2 if dense else 0
-    cap = min(ncell, N) if dense else N
-    slot = np.full(ncell, -1, np.int32)
-    tcap = 1
-    while not dense and tcap < 2 * N:
-        tcap *= 2
-    table = np.full(tcap if not dense else 0, -1, np.int64)
-    mask = tcap - 1
-    keys = np.empty(0 if dense else cap, np.int64)
-    sums = np.empty((cap, 3))
-    cnt = np.empty(cap, np.int64)
-    csum = np.empty((cap if has_rgb else 0, 3), np.int64)
-    c0, c1, c2, h0, h1, h2 = box[0], box[1], box[2], box[3], box[4], box[5]
-    r00, r01, r02, r10, r11, r12, r20, r21, r22 = (box[6], box[7], box[8], box[9], box[10], box[11],
-                                                   box[12], box[13], box[14])
-    K = 0
-    for i in range(N):
-        d0, d1, d2 = np.float64(xyz[i, 0]) - c0, np.float64(xyz[i, 1]) - c1, np.float64(xyz[i, 2]) - c2
-        l0 = r00 * d0 + r10 * d1 + r20 * d2
-        if not abs(l0) <= h0:
-            continue
-        l1 = r01 * d0 + r11 * d1 + r21 * d2
-        if not abs(l1) <= h1:
-            continue
-        l2 = r02 * d0 + r12 * d1 + r22 * d2
-        if not abs(l2) <= h2:
-            continue
-        i0 = min(np.int64((l0 + h0) * inv_v), n0 - 1)
-        i1 = min(np.int64((l1 + h1) * inv_v), n1 - 1)
-        i2 = min(np.int64((l2 + h2) * inv_v), n2 - 1)
-        cell = (i0 * n1 + i1) * n2 + i2
-        if dense:
-            vid = np.int64(slot[cell])
-            if vid < 0:
-                vid = K
-                slot[cell] = K
-        else:
-            s = np.int64((np.uint64(cell) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
-            while True:
-                vid = table[s]
-                if vid < 0:
-                    vid = K
-                    table[s] = K
-                    keys[K] = cell
-                    break
-                if keys[vid] == cell:
-                    break
-                s = (s + 1) & mask
-        if vid == K:
-            K += 1
-            sums[vid, 0], sums[vid, 1], sums[vid, 2], cnt[vid] = 0.0, 0.0, 0.0, 0
-            if has_rgb:
-                csum[vid, 0], csum[vid, 1], csum[vid, 2] = 0, 0, 0
-        sums[vid, 0] += l0
-        sums[vid, 1] += l1
-        sums[vid, 2] += l2
-        cnt[vid] += 1
-        if has_rgb:
-            csum[vid, 0] += np.int64(rgb[i, 0])
-            csum[vid, 1] += np.int64(rgb[i, 1])
-            csum[vid, 2] += np.int64(rgb[i, 2])
-    return sums[:K], cnt[:K], csum[:K]
-
-
 # --------------------------------------------------------------------------- module contract (see _ref)
 
 
@@ -458,12 +385,5 @@ def cloud_voxel(depth, intr, T, box, dmin, dmax, stride, rgb, voxel):
     colx, rowy, rays, A, bl, half, inv_v, dims = voxel_args(depth, intr, T, box, stride, voxel)
     sums, cnt, csum = _cloud_voxel_kernel(depth, stride, colx, rowy, rays, dmin, dmax, A, bl, half, inv_v, dims,
                                           _rgb_arg(rgb))
-    out, col = _finish_kernel(sums, cnt, csum, box)
-    return out, None if rgb is None else col
-
-
-def crop_voxel(xyz, box, voxel, rgb, dense=True):
-    dims = _ref.grid_dims(box[3:6], voxel)
-    sums, cnt, csum = _crop_voxel_kernel(xyz, box, 1.0 / voxel, dims, dense, _EMPTY_COL if rgb is None else rgb)
     out, col = _finish_kernel(sums, cnt, csum, box)
     return out, None if rgb is None else col

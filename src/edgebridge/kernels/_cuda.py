@@ -1,5 +1,6 @@
 """``numba.cuda`` kernels, same contract and arithmetic order as ``_ref`` (runs in the CUDA simulator
-when ``NUMBA_ENABLE_CUDASIM=1``).
+when ``NUMBA_ENABLE_CUDASIM=1``). Functions and arguments (kernels included): the table in ``_backend``'s
+docstring.
 
 Elementwise kernels use grid-stride loops and the launch shape from ``_backend.CUDA_CONFIG``; they
 write a per-pixel / per-point flag and the host compacts in input order, so the output order matches
@@ -166,25 +167,6 @@ def _cloud_cell_kernel(depth, stride, colx, rowy, rays, dmin, dmax, A, bl, half,
         cell[k] = idx
 
 
-@cuda.jit
-def _crop_cell_kernel(xyz, box, inv_v, dims, loc, cell):
-    """Per point: box-local coordinates and dense-grid cell id, or cell -1 (contract: _ref.crop_voxel)."""
-    for i in range(cuda.grid(1), xyz.shape[0], cuda.gridsize(1)):
-        cell[i] = -1
-        d0 = float64(xyz[i, 0]) - box[0]
-        d1 = float64(xyz[i, 1]) - box[1]
-        d2 = float64(xyz[i, 2]) - box[2]
-        idx = 0
-        for a in range(3):
-            la = _mul(box[6 + a], d0) + _mul(box[9 + a], d1) + _mul(box[12 + a], d2)
-            if not abs(la) <= box[3 + a]:
-                idx = -1
-                break
-            loc[i, a] = la
-            idx = idx * dims[a] + min(int64((la + box[3 + a]) * inv_v), dims[a] - 1)
-        cell[i] = idx
-
-
 # --------------------------------------------------------------------------- module contract (see _ref)
 
 _NO_T = np.eye(4)
@@ -266,30 +248,6 @@ def cloud_voxel(depth, intr, T, box, dmin, dmax, stride, rgb, voxel):
     col = None if rgb is None else np.ascontiguousarray(rgb[::stride, ::stride].reshape(P, 3)[ok])
     sums, cnt, csum = _cpu.group_cells(np.ascontiguousarray(cell[ok]), np.ascontiguousarray(d_loc.copy_to_host()[ok]),
                                        col, int(np.prod(dims)))
-    return _ref.voxel_finish(sums, cnt, csum, box)
-
-
-def crop_voxel(xyz, box, voxel, rgb, dense=True):
-    """Cells on the device; per-voxel sums on the host in input order (bit-identical to the reference):
-    the Numba dense-slot grouping, or ``_ref.group_cells`` (sort-based) when the grid is too large."""
-    from . import _cpu
-
-    dims = _ref.grid_dims(box[3:6], voxel)
-    N = xyz.shape[0]
-    d_loc = cuda.device_array((N, 3), np.float64)
-    d_cell = cuda.device_array(N, np.int64)
-    g, b = _launch(N)
-    _crop_cell_kernel[g, b](cuda.to_device(xyz), cuda.to_device(box), 1.0 / voxel, cuda.to_device(dims), d_loc, d_cell)
-    cell = d_cell.copy_to_host()
-    ok = cell >= 0
-    if not ok.any():
-        return np.zeros((0, 3), np.float32), None if rgb is None else np.zeros((0, 3), np.uint8)
-    col = None if rgb is None else np.ascontiguousarray(rgb[ok])
-    cell, loc = np.ascontiguousarray(cell[ok]), np.ascontiguousarray(d_loc.copy_to_host()[ok])
-    if dense:
-        sums, cnt, csum = _cpu.group_cells(cell, loc, col, int(np.prod(dims)))
-    else:
-        sums, cnt, csum = _ref.group_cells(cell, loc, col)
     return _ref.voxel_finish(sums, cnt, csum, box)
 
 

@@ -1,8 +1,7 @@
 """numpy reference implementations: the contract the Numba CPU and CUDA kernels are tested against.
 
-Private: inputs are already validated by the public functions in ``cloud.py``. Array layouts:
-``intr`` is ``Intrinsics.as_array()`` (fx fy cx cy k1 k2 p1 p2 k3 model_id), ``T`` a (4, 4) float64
-transform, ``box`` ``WorkspaceBox.as_array()`` (center 3, half extents 3, row-major R 9).
+Private: inputs are already validated by the public functions in ``cloud.py``. Functions, arguments and
+array layouts: the table in ``_backend``'s docstring.
 """
 
 from __future__ import annotations
@@ -265,35 +264,6 @@ def cloud_voxel(depth: np.ndarray, intr: np.ndarray, T: np.ndarray, box: np.ndar
     if loc.shape[0] == 0:
         return np.zeros((0, 3), np.float32), None if rgb is None else np.zeros((0, 3), np.uint8)
     idx = np.minimum(((loc + half) * (1.0 / voxel)).astype(np.int64), dims - 1)
-    cell = (idx[:, 0] * dims[1] + idx[:, 1]) * dims[2] + idx[:, 2]
-    sums, cnt, csum = group_cells(cell, loc, col)
-    return voxel_finish(sums, cnt, csum, box)
-
-
-# --------------------------------------------------------------------------- fused crop + voxel of a cloud
-#
-# Same dense-grid idea for an (N, 3) cloud: box-local coordinates l_a = R[0,a] d0 + R[1,a] d1 + R[2,a] d2
-# with d = p - c in float64 (exactly the crop test of ``box_mask``), kept when |l_a| <= h_a on every axis
-# (so NaN/Inf points are never kept), cell indices as in ``cloud_voxel``; voxels numbered by first point.
-
-
-def crop_voxel(xyz: np.ndarray, box: np.ndarray, voxel: float, rgb: np.ndarray | None,
-               dense: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """(``dense`` only picks the compiled backends' grouping structure; the result is the same.)"""
-    c, h, R = box[0:3], box[3:6], box[6:15].reshape(3, 3)
-    p = xyz.astype(np.float64)
-    d = [p[:, i] - c[i] for i in range(3)]
-    loc = np.empty((p.shape[0], 3))
-    inside = np.ones(p.shape[0], bool)
-    for a in range(3):
-        loc[:, a] = R[0, a] * d[0] + R[1, a] * d[1] + R[2, a] * d[2]
-        inside &= np.abs(loc[:, a]) <= h[a]
-    loc = loc[inside]
-    if loc.shape[0] == 0:
-        return np.zeros((0, 3), np.float32), None if rgb is None else np.zeros((0, 3), np.uint8)
-    col = None if rgb is None else rgb[inside]
-    dims = grid_dims(h, voxel)
-    idx = np.minimum(((loc + h) * (1.0 / voxel)).astype(np.int64), dims - 1)
     cell = (idx[:, 0] * dims[1] + idx[:, 1]) * dims[2] + idx[:, 2]
     sums, cnt, csum = group_cells(cell, loc, col)
     return voxel_finish(sums, cnt, csum, box)

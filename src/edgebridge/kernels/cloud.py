@@ -2,7 +2,8 @@
 
 Each public function validates its inputs (a ``ValueError`` names the argument, the value and what is
 expected) and dispatches to a private kernel module: ``_ref`` (numpy), ``_cpu`` (Numba) or ``_cuda``
-(``numba.cuda``). All backends return the same points in the same order; the tests hold them to it.
+(``numba.cuda``), whose functions and arguments are tabled in ``_backend``'s docstring. All backends
+return the same points in the same order; the tests hold them to it.
 """
 
 from __future__ import annotations
@@ -185,44 +186,6 @@ def crop_box(xyz, box: WorkspaceBox, rgb=None,
     if p.shape[0] == 0:
         return p.copy(), None if col is None else col.copy()
     return _backend.module(be).crop(p, b, col)
-
-
-MAX_CELL_ID = 1 << 62  # crop_voxel: the box's cell ids (i0 * d1 + i1) * d2 + i2 must fit in int64
-
-
-def crop_voxel(xyz, box: WorkspaceBox, voxel_size: float, rgb=None,
-               backend: str = "auto") -> tuple[np.ndarray, np.ndarray | None]:
-    """Crop to ``box`` and average the kept points per voxel, in one pass (the fused form of
-    ``crop_box`` followed by a voxel grid).
-
-    The voxel grid is laid over the box, aligned with its axes: along box axis ``a`` cell ``i`` covers
-    box-local ``[-h_a + i v, -h_a + (i + 1) v)`` (the last cell also takes ``+h_a``), ``v = voxel_size``
-    m. So the cells are anchored at the box's min corner, not at the frame origin (``downsample(...,
-    "voxel")``) nor at the cloud's min bound (Open3D's ``voxel_down_sample``). The crop test is exactly
-    ``crop_box``'s. Points with NaN/Inf coordinates are never inside the box and are dropped (no error).
-    Returns ``(centroids (K, 3) float32 in the points' frame, mean colours (K, 3) uint8 or None)``, one
-    row per occupied voxel, ordered by the first point that falls in it. Uses a dense cell array while
-    the box holds at most ``MAX_DENSE_CELLS`` voxels, else a hash table (same result).
-    """
-    arr = np.asarray(xyz)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"xyz: expected an (N, 3) array of points, got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"xyz: expected real numbers, got dtype {arr.dtype}")
-    p = np.ascontiguousarray(arr, dtype=np.float32)
-    b = _box(box)
-    vs = float(voxel_size)
-    if not (np.isfinite(vs) and vs > 0):
-        raise ValueError(f"voxel_size: expected a positive length in metres, got {voxel_size!r}")
-    cells = float(np.prod(_ref.grid_dims(b[3:6], vs).astype(np.float64)))
-    if cells >= MAX_CELL_ID:
-        raise ValueError(f"voxel_size: {vs!r} m gives {cells:.3g} cells over a box of extents "
-                         f"{2 * b[3:6]} m, more than int64 cell ids hold; use a larger voxel_size")
-    col = _colours("rgb", rgb, p.shape[0])
-    be = _backend.resolve(backend)
-    if p.shape[0] == 0:
-        return p.copy(), None if col is None else col.copy()
-    return _backend.module(be).crop_voxel(p, b, vs, col, cells <= MAX_DENSE_CELLS)
 
 
 def _pad(xyz: np.ndarray, col: np.ndarray | None, n: int):

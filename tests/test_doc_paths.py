@@ -155,7 +155,7 @@ PATH_CHARS = re.compile(r"[A-Za-z0-9_./*+-]+")
 
 
 def word_tokens(text: str) -> list[str]:
-    """The path-like head of each word: ``\`\`assets/x.toml\`\`'s`` -> ``assets/x.toml``; placeholders kept whole."""
+    """The path-like head of each word (quotes, backticks, a trailing "'s" or "." dropped); placeholders kept whole."""
     out = []
     for w in text.split():
         w = w.lstrip(STRIP)

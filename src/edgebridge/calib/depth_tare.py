@@ -28,6 +28,7 @@ import numpy as np
 from ..config import check
 from ..contracts import RGBD, check_transform
 from ..errors import EdgebridgeError
+from .undistort import undistort_normalized
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ class DepthTare:
 def plane_depth(frame: RGBD, T_base_cam: np.ndarray, table_z_m: float = 0.0) -> np.ndarray:
     """(H, W) depth (optical-axis z, metres) at which each pixel's ray meets the plane ``z = table_z_m``
     of the base frame; NaN where the ray misses it (parallel, or the plane lies behind the camera)."""
-    from ..runtime.lift import undistort_normalized
-
     T = check_transform("T_base_cam", T_base_cam)
     k = frame.intrinsics
     v, u = np.mgrid[0:k.height, 0:k.width].astype(np.float64)

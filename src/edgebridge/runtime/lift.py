@@ -28,12 +28,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..calib.undistort import undistort_normalized
 from ..contracts import Intrinsics, Plan, RGBD, Waypoints, check_transform
 from ..errors import PlanError
 
 log = logging.getLogger(__name__)
-
-_UNDISTORT_ITERATIONS = 20
 
 
 class Workspace(Protocol):
@@ -56,50 +55,6 @@ def window_depth(depth: np.ndarray, u: int, v: int, *, window: int = 5, depth_mi
     if vals.size < max(1, min_valid):
         return None
     return float(np.median(vals))
-
-
-def _radial(r2: np.ndarray, k1: float, k2: float, k3: float) -> np.ndarray:
-    return 1 + k1 * r2 + k2 * r2 * r2 + k3 * r2 * r2 * r2
-
-
-def undistort_normalized(x: np.ndarray, y: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
-    """Map normalised image coordinates ``((u-cx)/fx, (v-cy)/fy)`` to undistorted ray coordinates.
-
-    Follows librealsense's ``rs2_deproject_pixel_to_point`` (coefficients k1 k2 p1 p2 k3), which both
-    models invert by fixed-point iteration of the forward model in :func:`distort_normalized`:
-    ``brown_conrady`` (tangential term on the undistorted point) and ``inverse_brown_conrady``
-    (tangential term on the radially distorted point, librealsense's "modified" form).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if intr.model == "none" or not np.any(intr.coeffs):
-        return x, y
-    k1, k2, p1, p2, k3 = (float(c) for c in intr.coeffs)
-    modified = intr.model == "inverse_brown_conrady"
-    xu, yu = x.copy(), y.copy()
-    for _ in range(_UNDISTORT_ITERATIONS):
-        r2 = xu * xu + yu * yu
-        radial = _radial(r2, k1, k2, k3)
-        xt, yt = (xu * radial, yu * radial) if modified else (xu, yu)
-        dx = 2 * p1 * xt * yt + p2 * (r2 + 2 * xt * xt)
-        dy = 2 * p2 * xt * yt + p1 * (r2 + 2 * yt * yt)
-        xu = (x - dx) / radial
-        yu = (y - dy) / radial
-    return xu, yu
-
-
-def distort_normalized(x: np.ndarray, y: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
-    """Forward distortion of undistorted normalised coordinates (librealsense's projection)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if intr.model == "none":
-        return x, y
-    k1, k2, p1, p2, k3 = (float(c) for c in intr.coeffs)
-    r2 = x * x + y * y
-    radial = _radial(r2, k1, k2, k3)
-    xt, yt = (x * radial, y * radial) if intr.model == "inverse_brown_conrady" else (x, y)
-    return (x * radial + 2 * p1 * xt * yt + p2 * (r2 + 2 * xt * xt),
-            y * radial + 2 * p2 * xt * yt + p1 * (r2 + 2 * yt * yt))
 
 
 def deproject_pixel(intr: Intrinsics, u: float, v: float, depth: float) -> np.ndarray:

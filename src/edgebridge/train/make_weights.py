@@ -29,16 +29,30 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets" / "expert"
 TASKS = ("put_cup_in_tray",)
 
 
+def _sim_cli() -> list[str]:
+    """The command line of ``edge-sim`` (the simulator is driven as a program, never imported here)."""
+    exe = Path(sys.executable).with_name("edge-sim")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "edgebridge.sim.cli"]
+
+
+def _demo_config(task: str, episodes: int, out: Path, seed: int) -> dict:
+    """The settings ``edge-sim demos`` writes demonstrations with (its ``--print-config``)."""
+    cmd = [*_sim_cli(), "demos", "--task", task, "--episodes", str(episodes), "--out", str(out),
+           "--seed", str(seed), "--print-config"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        printed, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed with exit {proc.returncode}; the simulator extra is "
+                           "needed: pip install 'edgebridge[sim]'")
+    return json.loads(printed)
+
+
 def _demos(task: str, episodes: int, out: Path, seed: int) -> Path:
     """Run ``edge-sim demos`` unless ``out`` already holds these demonstrations (same count, seed and config)."""
     meta = out / "meta.json"
     if meta.exists():
-        from dataclasses import asdict
-
-        from ..sim.demos import DemoConfig
-
         recorded = json.loads(meta.read_text())
-        wanted = {"episodes": episodes, "seed": seed, "config": json.loads(json.dumps(asdict(DemoConfig())))}
+        wanted = {"episodes": episodes, "seed": seed, "config": _demo_config(task, episodes, out, seed)}
         found = {"episodes": len(list(out.glob("episode_*.npz"))), "seed": recorded.get("seed"),
                  "config": recorded.get("config")}
         if found == wanted:
@@ -49,9 +63,7 @@ def _demos(task: str, episodes: int, out: Path, seed: int) -> Path:
         log.info("%s holds other demonstrations (%s); recording again", out, differ)
         for f in out.glob("episode_*.npz"):
             f.unlink()
-    exe = Path(sys.executable).with_name("edge-sim")
-    prog = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgebridge.sim.cli"]
-    cmd = [*prog, "demos", "--task", task, "--episodes", str(episodes),
+    cmd = [*_sim_cli(), "demos", "--task", task, "--episodes", str(episodes),
            "--out", str(out), "--seed", str(seed)]
     log.info("running %s", " ".join(shlex.quote(c) for c in cmd))
     try:

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from edgebridge.contracts import (ActionChunk, Anchor, ArmCommand, ArmState, Guidance, Intrinsics, Plan,
-                                  PointCloud, Pose, RGBD, Waypoints, check_transform, matrix_to_quat,
-                                  quat_to_matrix)
+                                  PointCloud, Pose, RGBD, Waypoints, check_transform)
+from edgebridge.rotations import matrix_to_quat, quat_to_matrix
 
 
 def intr(w=8, h=6):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .rotations import matrix_to_quat, quat_to_matrix
+
 DISTORTION_MODELS = ("none", "brown_conrady", "inverse_brown_conrady")
 
 
@@ -93,32 +95,6 @@ def _unit_quats(owner: str, name: str, q: np.ndarray, tol: float = 1e-3) -> np.n
 
 
 # --------------------------------------------------------------------------- poses
-
-
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(..., 4) unit quaternions (x, y, z, w) -> (..., 3, 3) rotation matrices."""
-    q = np.asarray(q, dtype=np.float64)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    r = np.empty(q.shape[:-1] + (3, 3))
-    r[..., 0, 0] = 1 - 2 * (y * y + z * z)
-    r[..., 0, 1] = 2 * (x * y - z * w)
-    r[..., 0, 2] = 2 * (x * z + y * w)
-    r[..., 1, 0] = 2 * (x * y + z * w)
-    r[..., 1, 1] = 1 - 2 * (x * x + z * z)
-    r[..., 1, 2] = 2 * (y * z - x * w)
-    r[..., 2, 0] = 2 * (x * z - y * w)
-    r[..., 2, 1] = 2 * (y * z + x * w)
-    r[..., 2, 2] = 1 - 2 * (x * x + y * y)
-    return r
-
-
-def matrix_to_quat(r: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (x, y, z, w), w >= 0."""
-    from scipy.spatial.transform import Rotation
-
-    r = np.asarray(r, dtype=np.float64)
-    q = Rotation.from_matrix(r.reshape(-1, 3, 3)).as_quat().reshape(r.shape[:-2] + (4,))
-    return np.where(q[..., 3:4] < 0, -q, q)
 
 
 @dataclass(frozen=True)

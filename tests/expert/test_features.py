@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from edgebridge.contracts import quat_to_matrix
 from edgebridge.errors import ExpertError
+from edgebridge.rotations import matrix_from_rot6d, matrix_to_quat, quat_to_matrix, rot6d_from_matrix
 from edgebridge.runtime.expert.features import (FeatureSpec, Normalizer, absolute_from_relative, action_targets,
-                                                decode_action, goal_index, matrix_from_rot6d, matrix_to_quat_np,
-                                                raw_features, relative_features, resample_cloud, rot6d_from_matrix,
-                                                sample_guidance)
+                                                decode_action, goal_index, raw_features, relative_features,
+                                                resample_cloud, sample_guidance)
 
 
 def _random_poses(rng, shape):
@@ -31,12 +30,12 @@ def test_rot6d_round_trip():
 
 def test_degenerate_rot6d_is_an_expert_error():
     with pytest.raises(ExpertError, match="degenerate"):
-        matrix_from_rot6d(np.zeros(6))
+        absolute_from_relative(np.zeros((1, 3)), np.array([[0.0, 0.0, 0.0, 1.0]]), np.zeros((1, 1, 10)))
 
 
 def test_matrix_to_quat_matches_scipy_up_to_sign():
     r = Rotation.random(200, random_state=3)
-    q = matrix_to_quat_np(r.as_matrix())
+    q = matrix_to_quat(r.as_matrix())
     ref = r.as_quat()
     ref = np.where(ref[:, 3:4] < 0, -ref, ref)
     np.testing.assert_allclose(q, ref, atol=1e-9)
@@ -142,7 +141,7 @@ def test_residual_round_trip_and_zero_is_the_base():
     # a target within the bound: a few cm away, rotated by < 0.2 rad, other gripper value
     small = Rotation.from_rotvec(rng.normal(0, 0.05, (48, 3))).as_matrix().reshape(3, 16, 3, 3)
     r = np.einsum("bkij,bkjl->bkil", quat_to_matrix(bq), small)
-    action = np.concatenate([bp + rng.normal(0, 0.01, bp.shape), matrix_to_quat_np(r),
+    action = np.concatenate([bp + rng.normal(0, 0.01, bp.shape), matrix_to_quat(r),
                              rng.uniform(0, 1, (3, 16, 1))], axis=-1)
     res = residual_features(base, action)
     bound_only = CorrectionLimit(position_m=0.05, rotation_rad=0.2, distrust_from_m=None, distrust_full_m=None)

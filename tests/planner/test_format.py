@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from edgebridge.contracts import Anchor, Plan, quat_to_matrix
+from edgebridge.contracts import Anchor, Plan
+from edgebridge.rotations import quat_to_matrix
 from edgebridge.errors import PlanError
 from edgebridge.runtime.planner.format import (build_grammar, int_range_gbnf, parse_plan, plan_schema,
                                                plan_to_json, validate_json, yaw_to_quat)

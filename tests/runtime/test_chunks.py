@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from edgebridge.contracts import ActionChunk
-from edgebridge.runtime.chunks import ChunkBlender, ChunkTrack, Target, quat_angle, slerp
+from edgebridge.rotations import quat_angle, slerp
+from edgebridge.runtime.chunks import ChunkBlender, ChunkTrack, Target
 
 from runtime_fakes import chunk_line
 

@@ -96,7 +96,7 @@ def test_oracle_plan_points_at_the_right_objects(cup_world):
     for a, name in zip(plan.anchors, ("cup", "tray")):
         assert seg[a.v, a.u] == w.object(name).body, name
     # fingers across the mug: the tool's y axis (finger direction) is the mug's x axis, up to sign
-    from edgebridge.contracts import quat_to_matrix
+    from edgebridge.rotations import quat_to_matrix
 
     fingers = quat_to_matrix(plan.orientation)[:, 1]
     mug_x = quat_to_matrix(w.pose("cup").quat)[:, 0]

@@ -19,25 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..contracts import ActionChunk, Pose
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    """Spherical interpolation between unit quaternions (x, y, z, w), shortest path, ``a`` in [0, 1]."""
-    d = float(q0 @ q1)
-    if d < 0.0:
-        q1, d = -q1, -d
-    if d > 0.9995:
-        q = q0 + a * (q1 - q0)
-        return q / math.sqrt(float(q @ q))
-    th = math.acos(min(d, 1.0))
-    s = math.sin(th)
-    return (math.sin((1.0 - a) * th) / s) * q0 + (math.sin(a * th) / s) * q1
-
-
-def quat_angle(q0: np.ndarray, q1: np.ndarray) -> float:
-    """Rotation angle (rad) between two unit quaternions."""
-    d = min(abs(float(q0 @ q1)), 1.0)
-    return 2.0 * math.acos(d)
+from ..rotations import quat_angle, slerp
 
 
 @dataclass(frozen=True)

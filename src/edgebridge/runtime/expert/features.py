@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...contracts import quat_to_matrix
 from ...errors import ExpertError
+from ...rotations import matrix_from_rot6d, matrix_to_quat, quat_to_matrix, rot6d_from_matrix
 
 POSE_DIM = 10
 STATS_KEYS = ("cloud", "proprio", "guidance", "action")
@@ -174,54 +174,13 @@ class CloudROI:
 # --------------------------------------------------------------------------- rotations
 
 
-def rot6d_from_matrix(r: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) -> (..., 6): first column then second column."""
-    r = np.asarray(r)
-    return np.concatenate([r[..., :, 0], r[..., :, 1]], axis=-1)
-
-
-def matrix_from_rot6d(d6: np.ndarray) -> np.ndarray:
-    """(..., 6) -> (..., 3, 3) proper rotation by Gram-Schmidt (the inverse of :func:`rot6d_from_matrix`)."""
-    d6 = np.asarray(d6, dtype=np.float64)
-    a, b = d6[..., :3], d6[..., 3:6]
-    na = np.linalg.norm(a, axis=-1, keepdims=True)
-    if np.any(na < 1e-8):
-        raise ExpertError("6-D rotation with a zero first column; the network output is degenerate")
-    x = a / na
-    b = b - np.sum(x * b, axis=-1, keepdims=True) * x
-    nb = np.linalg.norm(b, axis=-1, keepdims=True)
-    if np.any(nb < 1e-8):
-        raise ExpertError("6-D rotation with parallel columns; the network output is degenerate")
-    y = b / nb
-    z = np.cross(x, y)
-    return np.stack([x, y, z], axis=-1)
-
-
-def matrix_to_quat_np(r: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotations -> (..., 4) unit quaternions (x, y, z, w), w >= 0 (Shepperd's method)."""
-    r = np.asarray(r, dtype=np.float64)
-    m = r.reshape(-1, 3, 3)
-    q = np.empty((m.shape[0], 4))
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    diag = np.stack([m[:, 0, 0], m[:, 1, 1], m[:, 2, 2], tr], axis=1)
-    k = np.argmax(diag, axis=1)
-    for i in range(m.shape[0]):
-        a = m[i]
-        if k[i] == 3:
-            s = 2.0 * np.sqrt(max(1.0 + tr[i], 1e-12))
-            q[i] = [(a[2, 1] - a[1, 2]) / s, (a[0, 2] - a[2, 0]) / s, (a[1, 0] - a[0, 1]) / s, 0.25 * s]
-        elif k[i] == 0:
-            s = 2.0 * np.sqrt(max(1.0 + a[0, 0] - a[1, 1] - a[2, 2], 1e-12))
-            q[i] = [0.25 * s, (a[0, 1] + a[1, 0]) / s, (a[0, 2] + a[2, 0]) / s, (a[2, 1] - a[1, 2]) / s]
-        elif k[i] == 1:
-            s = 2.0 * np.sqrt(max(1.0 + a[1, 1] - a[0, 0] - a[2, 2], 1e-12))
-            q[i] = [(a[0, 1] + a[1, 0]) / s, 0.25 * s, (a[1, 2] + a[2, 1]) / s, (a[0, 2] - a[2, 0]) / s]
-        else:
-            s = 2.0 * np.sqrt(max(1.0 + a[2, 2] - a[0, 0] - a[1, 1], 1e-12))
-            q[i] = [(a[0, 2] + a[2, 0]) / s, (a[1, 2] + a[2, 1]) / s, 0.25 * s, (a[1, 0] - a[0, 1]) / s]
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(q[:, 3:4] < 0, -q, q)
-    return q.reshape(r.shape[:-2] + (4,))
+def _rotation_from_output(d6: np.ndarray) -> np.ndarray:
+    """:func:`~edgebridge.rotations.matrix_from_rot6d` of a network output; a degenerate one is an
+    :class:`ExpertError`."""
+    try:
+        return matrix_from_rot6d(d6)
+    except ValueError as e:
+        raise ExpertError(f"{e}; the network output is degenerate") from e
 
 
 # --------------------------------------------------------------------------- pose features
@@ -250,9 +209,9 @@ def absolute_from_relative(ref_pos: np.ndarray, ref_quat: np.ndarray, rel: np.nd
     ``x y z qx qy qz qw gripper`` with the gripper clipped to [0, 1]."""
     rel = np.asarray(rel, dtype=np.float64)
     ref_r = quat_to_matrix(ref_quat)  # (B, 3, 3)
-    r = np.einsum("bij,bkjl->bkil", ref_r, matrix_from_rot6d(rel[..., 3:9]))
+    r = np.einsum("bij,bkjl->bkil", ref_r, _rotation_from_output(rel[..., 3:9]))
     pos = rel[..., :3] + np.asarray(ref_pos, np.float64)[:, None, :]
-    quat = matrix_to_quat_np(r)
+    quat = matrix_to_quat(r)
     grip = np.clip(rel[..., 9:10], 0.0, 1.0)
     return np.concatenate([pos, quat, grip], axis=-1)
 
@@ -451,7 +410,7 @@ def apply_residual(base: np.ndarray, residual: np.ndarray, limit: CorrectionLimi
     if limit is not None:
         n = np.linalg.norm(dp, axis=-1, keepdims=True)
         dp = dp * np.minimum(1.0, limit.position_m / np.maximum(n, 1e-12))
-    q = matrix_to_quat_np(matrix_from_rot6d(res[..., 3:9] + _I6))  # (B, H, 4), w >= 0
+    q = matrix_to_quat(_rotation_from_output(res[..., 3:9] + _I6))  # (B, H, 4), w >= 0
     if limit is not None:
         half = np.arccos(np.clip(q[..., 3:4], -1.0, 1.0))  # half the rotation angle
         axis_s = np.linalg.norm(q[..., :3], axis=-1, keepdims=True)
@@ -459,7 +418,7 @@ def apply_residual(base: np.ndarray, residual: np.ndarray, limit: CorrectionLimi
         scale = np.where(axis_s > 1e-12, np.sin(cap) / np.maximum(axis_s, 1e-12), 0.0)
         q = np.concatenate([q[..., :3] * scale, np.cos(cap)], axis=-1)
     r = np.einsum("...ij,...jk->...ik", quat_to_matrix(base[..., 3:7]), quat_to_matrix(q))
-    quat = matrix_to_quat_np(r)
+    quat = matrix_to_quat(r)
     # keep the base chunk's hemisphere: consecutive rows are interpolated linearly by the executor, and a
     # top-down grasp has w ~ 0, where the w >= 0 convention would flip signs from row to row
     quat = np.where(np.sum(quat * base[..., 3:7], axis=-1, keepdims=True) < 0, -quat, quat)

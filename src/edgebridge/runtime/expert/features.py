@@ -22,7 +22,7 @@ Frames and encodings (see docs/expert.md):
   position offset (base axes), a rotation ``R_base^T R`` as 6-D minus the identity's 6-D, and a
   gripper offset. A zero correction reproduces the IK executor, so the expert's timing always comes
   from the guidance. :func:`apply_residual` bounds the correction (``CorrectionLimit``).
-  The older encoding (``output = "ee_relative"``: the H poses relative to the current pose) is still
+  The other output encoding, ``output = "ee_relative"`` (the H poses relative to the current pose), is
   decoded by :func:`decode_action`.
 """
 
@@ -34,13 +34,14 @@ import numpy as np
 
 from ...errors import ExpertError
 from ...rotations import matrix_from_rot6d, matrix_to_quat, quat_to_matrix, rot6d_from_matrix
+from ..ik_expert import IKExpertConfig
 
 POSE_DIM = 10
 STATS_KEYS = ("cloud", "proprio", "guidance", "action")
 MIN_STD = 1e-2
 OUTPUT_RESIDUAL = "guidance_residual"
 OUTPUT_RELATIVE = "ee_relative"
-IK_MIN_Z = 0.005  # the plain-IK executor's floor on target height (IKExpertConfig.min_z)
+IK_MIN_Z = IKExpertConfig().min_z  # the plain-IK executor's floor on target height
 _I6 = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
@@ -48,22 +49,17 @@ _I6 = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 class CorrectionLimit:
     """Safety bounds on the learned correction of the guidance.
 
-    Bound: per step at most ``position_m`` of translation and ``rotation_rad`` of rotation (larger ones
-    are scaled down to the bound). The plan noise the expert is trained to correct is a few centimetres;
-    a bigger correction is not trusted. The default (2 cm, 0.1 rad) was chosen on held-out tuning scenes
-    (seeds 3000-3007): at 5 cm the expert shipped then knocked the cup over while correcting in 6 of 20
-    clean episodes (``benchmarks/results/sim_expert.md``).
+    Bound: per step at most ``position_m`` of translation and ``rotation_rad`` of rotation; a larger
+    correction is scaled down to the bound. The plan error the expert is trained to correct is a few
+    centimetres; a bigger correction is not trusted.
 
-    Distrust: when the network asks for far more than the bound — a largest position correction over
-    the chunk of ``distrust_from_m`` or more — the scene is one it does not understand, and clipping its
-    request to the bound would still push the arm a full bound in a wrong direction. The whole correction
-    is then faded out: weight 1 up to ``distrust_from_m``, 0 from ``distrust_full_m`` (the chunk follows
-    the guidance unchanged, as plain IK does), linear between. None (the default): no distrust. Measured
-    with 45 / 65 mm — above the shipped expert's closed-loop requests on its own task (at most 29 mm on
-    clean plans, 40 mm under 3 cm plan noise), below its 40-100 mm while placing a cube on another — on
-    tuning scenes 3000-3019: "put cup in tray" unchanged (clean 20/20, 3 cm plan noise 18/20), stacking
-    12/20 against 10/20 without: the placing follows the guidance again, but the grasp correction (10-30 mm,
-    as on clean mug plans) still moves the cube grasp off centre (``benchmarks/results/sim_expert.md``)."""
+    Distrust: a chunk whose largest position correction reaches ``distrust_from_m`` is taken as a scene
+    the network does not understand (clipping its request to the bound would still push the arm a full
+    bound in a wrong direction), so the chunk's whole correction is faded out: weight 1 up to
+    ``distrust_from_m``, 0 from ``distrust_full_m`` (the chunk is then the guidance unchanged, as with
+    plain IK), linear between. Both None (the default): no distrust. ``distrust_from_m`` belongs above
+    the corrections the expert requests on the tasks it was trained on and below those on scenes it was
+    not; the measured requests and success rates are in ``benchmarks/results/sim_expert.md``."""
 
     position_m: float = 0.02
     rotation_rad: float = 0.1

@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_json_arg, fmt_ms, fmt_ratio, machine_line, print_table, ratio, time_call, write_json  # noqa: E402
 
+RUNTIME_PATHS = ["edgebridge.runtime.expert.onnx:OnnxExpert.act"]
 ASSET = Path(__file__).resolve().parents[1] / "src" / "edgebridge" / "assets" / "expert" / "expert.onnx"
 KS = (1, 2, 4, 10)
 

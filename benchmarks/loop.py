@@ -37,6 +37,7 @@ from edgebridge.runtime.config import LoopConfig, SafetyLimits  # noqa: E402
 from edgebridge.runtime.loop import ControlLoop  # noqa: E402
 from edgebridge.runtime.loop_process import LoopProcess  # noqa: E402
 
+RUNTIME_PATHS = ["edgebridge.runtime.loop:ControlLoop.run"]
 LIMITS = SafetyLimits(joint_lower=(-1.0, -1.0, 0.0), joint_upper=(1.0, 1.0, 1.0), joint_velocity=(1.0,) * 3,
                       joint_acceleration=(10.0,) * 3, workspace_min=(-1, -1, 0), workspace_max=(1, 1, 1))
 

@@ -39,6 +39,7 @@ from edgebridge.runtime.lift import lift_plan  # noqa: E402
 from edgebridge.runtime.planner.format import parse_plan  # noqa: E402
 from edgebridge.runtime.planner.gguf import GGUFPlanner, GGUFPlannerConfig, blank_frame  # noqa: E402
 
+RUNTIME_PATHS = ["edgebridge.runtime.planner.gguf:GGUFPlanner.plan", "edgebridge.runtime.lift:lift_plan"]
 INSTRUCTION = "put the red block in the tray"
 
 

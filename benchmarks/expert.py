@@ -59,11 +59,11 @@ def _worker(kind: str, k: int, tmp: Path, repeats: int) -> float:
 
     from edgebridge.export.expert import ort_session
     from edgebridge.train.fused_sampler import FusedDDIMSampler
-    from edgebridge.train.model import DDIMSampler, ExpertConfig, make_net
+    from edgebridge.train.model import DDIMSampler, ExpertNetConfig, make_net
 
     torch.set_num_threads(2)
     rec = torch.load(tmp / "net.pt", weights_only=False)
-    net = make_net(ExpertConfig.from_dict(rec["config"])).eval()
+    net = make_net(ExpertNetConfig.from_dict(rec["config"])).eval()
     net.load_state_dict(rec["state"])
     inputs = _inputs(net.cfg, torch)
     feeds = {n: a.numpy() for n, a in zip(("cloud", "proprio", "guidance", "noise"), inputs)}
@@ -154,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgebridge.export.expert import export_expert, export_step_graphs
     from edgebridge.runtime.expert.features import Normalizer
-    from edgebridge.train.model import ExpertConfig, count_parameters, make_net
+    from edgebridge.train.model import ExpertNetConfig, count_parameters, make_net
 
-    cfg = ExpertConfig()
+    cfg = ExpertNetConfig()
     if ASSET.with_suffix(".json").exists():
-        cfg = ExpertConfig.from_dict(json.loads(ASSET.with_suffix(".json").read_text())["model_config"])
+        cfg = ExpertNetConfig.from_dict(json.loads(ASSET.with_suffix(".json").read_text())["model_config"])
     net = make_net(cfg).eval()
     record = {"norm": Normalizer.identity().to_dict()}
     results: dict = {"parameters": count_parameters(net)}
@@ -253,7 +253,7 @@ def _success(n: int, base: int, task: str = "put_cup_in_tray") -> dict:
 
 def _time_act(repeats: int) -> float:
     from edgebridge.contracts import ArmState, Guidance, PointCloud, Pose
-    from edgebridge.runtime.expert import ExpertConfig, OnnxExpert
+    from edgebridge.runtime.expert import ExpertBackendConfig, OnnxExpert
 
     rng = np.random.default_rng(0)
     cloud = PointCloud(rng.uniform(-0.3, 0.3, (2000, 3)).astype(np.float32) + np.float32([0.5, 0, 0.1]))
@@ -261,7 +261,7 @@ def _time_act(repeats: int) -> float:
     t = np.arange(60) * 0.1
     pos = np.stack([0.45 + 0.002 * np.arange(60), np.zeros(60), 0.3 - 0.004 * np.arange(60)], axis=1)
     guidance = Guidance(t, pos, np.tile([1.0, 0, 0, 0], (60, 1)), np.ones(60), stamp_ns=10**9 - 10**8)
-    with OnnxExpert(ExpertConfig(str(ASSET), max_offset_m=10.0)) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(ASSET), max_offset_m=10.0)) as ex:
         return time_call(lambda: ex.act(cloud, state, guidance), repeats=repeats, warmup=5)["median_ms"]
 
 

@@ -24,9 +24,9 @@ def demo_dir(tmp_path_factory) -> Path:
 def tiny_run(demo_dir, tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     from edgebridge.train.appf import StageConfig, Trainer, TrainConfig
-    from edgebridge.train.model import ExpertConfig
+    from edgebridge.train.model import ExpertNetConfig
 
-    cfg = TrainConfig(model=ExpertConfig(**TINY), stage1=StageConfig(4, 64, 1e-3, False),
+    cfg = TrainConfig(model=ExpertNetConfig(**TINY), stage1=StageConfig(4, 64, 1e-3, False),
                       stage2=StageConfig(4, 32, 1e-3, True), eval_every=2, ckpt_every=2, warmup=2,
                       val_fraction=0.25)
     run = tmp_path_factory.mktemp("run")

@@ -14,12 +14,12 @@ from conftest import observation
 from edgebridge.contracts import ActionChunk, PointCloud
 from edgebridge.errors import ExpertError
 from edgebridge.interfaces import ActionExpert
-from edgebridge.runtime.expert import ExpertConfig, OnnxExpert, choose_providers
+from edgebridge.runtime.expert import ExpertBackendConfig, OnnxExpert, choose_providers
 
 
 def test_act_returns_an_absolute_chunk(tiny_onnx):
     cloud, state, guidance, ep = observation()
-    with OnnxExpert(ExpertConfig(str(tiny_onnx), seed=3)) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(tiny_onnx), seed=3)) as ex:
         assert isinstance(ex, ActionExpert)
         chunk = ex.act(cloud, state, guidance)
         assert isinstance(chunk, ActionChunk) and chunk.poses.shape == (16, 8)
@@ -27,13 +27,13 @@ def test_act_returns_an_absolute_chunk(tiny_onnx):
         assert chunk.start_ns == state.stamp_ns  # step k for stamp + k * dt, as the demonstrations
         assert np.max(np.linalg.norm(chunk.poses[:, :3] - state.ee_pose.position, axis=1)) < 1.0
     # the initial noise is seeded: a second backend with the same seed gives the same chunk
-    with OnnxExpert(ExpertConfig(str(tiny_onnx), seed=3)) as ex2:
+    with OnnxExpert(ExpertBackendConfig(str(tiny_onnx), seed=3)) as ex2:
         np.testing.assert_allclose(ex2.act(cloud, state, guidance).poses, chunk.poses, atol=1e-6)
 
 
 def test_wrong_shapes_and_types_are_rejected(tiny_onnx):
     cloud, state, guidance, _ = observation()
-    with OnnxExpert(ExpertConfig(str(tiny_onnx))) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(tiny_onnx))) as ex:
         feeds = ex.features(cloud, state, guidance)
         feeds["noise"] = np.zeros((1, 16, 10), np.float32)
         assert ex.run(feeds).shape == (1, 16, 10)
@@ -73,14 +73,14 @@ def test_nan_output_is_an_expert_error(tiny_onnx, tmp_path):
     pytest.importorskip("onnx")
     path = _nan_model(tmp_path / "nan.onnx", tiny_onnx.with_suffix(".json"))
     cloud, state, guidance, _ = observation()
-    with OnnxExpert(ExpertConfig(str(path))) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(path))) as ex:
         with pytest.raises(ExpertError, match="non-finite"):
             ex.act(cloud, state, guidance)
 
 
 def test_implausible_chunk_is_rejected(tiny_onnx):
     cloud, state, guidance, _ = observation()
-    with OnnxExpert(ExpertConfig(str(tiny_onnx), max_offset_m=1e-4)) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(tiny_onnx), max_offset_m=1e-4)) as ex:
         with pytest.raises(ExpertError, match="max_offset_m"):
             ex.act(cloud, state, guidance)
 
@@ -89,18 +89,18 @@ def test_missing_or_bad_metadata(tiny_onnx, tmp_path):
     lone = tmp_path / "lone.onnx"
     shutil.copy(tiny_onnx, lone)
     with pytest.raises(ExpertError, match="metadata not found"):
-        OnnxExpert(ExpertConfig(str(lone)))
+        OnnxExpert(ExpertBackendConfig(str(lone)))
     meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
     meta["n_points"] = 256
     lone.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ExpertError, match="metadata says"):
-        OnnxExpert(ExpertConfig(str(lone)))
+        OnnxExpert(ExpertBackendConfig(str(lone)))
     del meta["normalization"]
     lone.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ExpertError, match="normalization"):
-        OnnxExpert(ExpertConfig(str(lone)))
+        OnnxExpert(ExpertBackendConfig(str(lone)))
     with pytest.raises(ExpertError, match="not found"):
-        OnnxExpert(ExpertConfig(str(tmp_path / "absent.onnx"), metadata=str(tiny_onnx.with_suffix(".json"))))
+        OnnxExpert(ExpertBackendConfig(str(tmp_path / "absent.onnx"), metadata=str(tiny_onnx.with_suffix(".json"))))
 
 
 def test_provider_preference():
@@ -113,9 +113,9 @@ def test_provider_preference():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="threads"):
-        ExpertConfig("m.onnx", threads=0)
+        ExpertBackendConfig("m.onnx", threads=0)
     with pytest.raises(ValueError, match="providers"):
-        ExpertConfig("m.onnx", providers=())
+        ExpertBackendConfig("m.onnx", providers=())
 
 
 def test_runtime_expert_does_not_import_torch():
@@ -151,7 +151,7 @@ def test_zero_correction_reproduces_the_ik_expert(tiny_onnx, tmp_path):
     norm = meta["normalization"]["action"]
     zero = -np.asarray(norm["mean"]) / np.asarray(norm["std"])  # normalised "no correction"
     path = _constant_model(tmp_path / "zero.onnx", tiny_onnx.with_suffix(".json"), np.tile(zero, (16, 1)))
-    with OnnxExpert(ExpertConfig(str(path))) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(path))) as ex:
         for step in (0, 5, 20):
             cloud, state, guidance, _ = observation(step=step)
             ik = IKExpert().act(cloud, state, guidance)
@@ -162,7 +162,7 @@ def test_zero_correction_reproduces_the_ik_expert(tiny_onnx, tmp_path):
     big = zero.copy()
     big[0] += 1.0 / norm["std"][0]  # +1 m in x
     path = _constant_model(tmp_path / "big.onnx", tiny_onnx.with_suffix(".json"), np.tile(big, (16, 1)))
-    with OnnxExpert(ExpertConfig(str(path))) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(path))) as ex:
         cloud, state, guidance, _ = observation(step=5)
         d = ex.act(cloud, state, guidance).poses[:, :3] - IKExpert().act(cloud, state, guidance).poses[:, :3]
         np.testing.assert_allclose(d, np.tile([meta["correction_limit"]["position_m"], 0, 0], (16, 1)), atol=1e-5)
@@ -187,7 +187,7 @@ def test_a_correction_far_beyond_the_bound_is_faded_out_when_the_metadata_asks(t
         big = zero.copy()
         big[1] += request_m / norm["std"][1]  # in y
         path = _constant_model(tmp_path / "big.onnx", src, np.tile(big, (16, 1)))
-        with OnnxExpert(ExpertConfig(str(path))) as ex:
+        with OnnxExpert(ExpertBackendConfig(str(path))) as ex:
             cloud, state, guidance, _ = observation(step=5)
             d = ex.act(cloud, state, guidance).poses[:, :3] - IKExpert().act(cloud, state, guidance).poses[:, :3]
             np.testing.assert_allclose(d, np.tile([0, applied_m, 0], (16, 1)), atol=1e-5)
@@ -201,20 +201,20 @@ def test_noise_scale_zero_is_deterministic_and_validated(tiny_onnx):
     cloud, state, guidance, _ = observation()
     chunks = []
     for seed, scale in ((1, 0.0), (2, 0.0), (1, 1.0), (2, 1.0)):
-        with OnnxExpert(ExpertConfig(str(tiny_onnx), seed=seed, noise_scale=scale)) as ex:
+        with OnnxExpert(ExpertBackendConfig(str(tiny_onnx), seed=seed, noise_scale=scale)) as ex:
             chunks.append(ex.act(cloud, state, guidance).poses)
     np.testing.assert_array_equal(chunks[0], chunks[1])  # default: DDIM from zero noise, seed irrelevant
     assert not np.allclose(chunks[2], chunks[3])  # sampled noise: the seed matters
-    assert ExpertConfig(str(tiny_onnx)).noise_scale == 0.0
+    assert ExpertBackendConfig(str(tiny_onnx)).noise_scale == 0.0
     with pytest.raises(ValueError, match="noise_scale"):
-        ExpertConfig(str(tiny_onnx), noise_scale=2.0)
+        ExpertBackendConfig(str(tiny_onnx), noise_scale=2.0)
 
 
 def test_cloud_box_follows_the_metadata_roi(tiny_onnx, tmp_path):
     from edgebridge.runtime.expert.features import goal_position
 
     cloud, state, guidance, _ = observation(step=5)
-    with OnnxExpert(ExpertConfig(str(tiny_onnx))) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(tiny_onnx))) as ex:
         no_roi = json.loads(tiny_onnx.with_suffix(".json").read_text()).get("cloud_roi") is None
         assert (ex.cloud_box(state, guidance) is None) == no_roi
     meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
@@ -222,7 +222,7 @@ def test_cloud_box_follows_the_metadata_roi(tiny_onnx, tmp_path):
     model = tmp_path / "roi.onnx"
     shutil.copy(tiny_onnx, model)
     model.with_suffix(".json").write_text(json.dumps(meta))
-    with OnnxExpert(ExpertConfig(str(model))) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(model))) as ex:
         box = ex.cloud_box(state, guidance)
         goal = goal_position(guidance, (state.stamp_ns - guidance.stamp_ns) * 1e-9)
         np.testing.assert_allclose(box.center, goal + [0.0, 0.0, 0.025], atol=1e-9)
@@ -230,26 +230,26 @@ def test_cloud_box_follows_the_metadata_roi(tiny_onnx, tmp_path):
     meta["cloud_roi"] = {"half_xy_m": -1}
     model.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ExpertError, match="cloud_roi"):
-        OnnxExpert(ExpertConfig(str(model)))
+        OnnxExpert(ExpertBackendConfig(str(model)))
 
 
 def test_trained_tasks_come_from_the_metadata_and_outside_tasks_are_warned(tiny_onnx, tmp_path, caplog):
-    from edgebridge.sim.episode import _warn_untrained_task
+    from edgebridge.runtime.devices import warn_untrained_task
 
     meta = json.loads(tiny_onnx.with_suffix(".json").read_text())
     meta["data"] = {**(meta.get("data") or {}), "tasks": ["put_cup_in_tray"]}
     model = tmp_path / "tasks.onnx"
     shutil.copy(tiny_onnx, model)
     model.with_suffix(".json").write_text(json.dumps(meta))
-    with OnnxExpert(ExpertConfig(str(model))) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(model))) as ex:
         assert ex.trained_tasks == ("put_cup_in_tray",)
-        with caplog.at_level("WARNING", logger="edgebridge.sim.episode"):
-            _warn_untrained_task(ex, "put_cup_in_tray")
+        with caplog.at_level("WARNING", logger="edgebridge.runtime.devices"):
+            assert warn_untrained_task(ex, "put_cup_in_tray") is None
             assert not caplog.records
-            _warn_untrained_task(ex, "stack_red_on_blue")
-            _warn_untrained_task(ex, "stack_red_on_blue")  # once per expert and task
+            assert "stack_red_on_blue is outside" in warn_untrained_task(ex, "stack_red_on_blue")
+            warn_untrained_task(ex, "stack_red_on_blue")  # logged once per expert and task
         assert len(caplog.records) == 1 and "stack_red_on_blue is outside" in caplog.text
     del meta["data"]["tasks"]
     model.with_suffix(".json").write_text(json.dumps(meta))
-    with OnnxExpert(ExpertConfig(str(model))) as ex:
+    with OnnxExpert(ExpertBackendConfig(str(model))) as ex:
         assert ex.trained_tasks is None

@@ -15,7 +15,7 @@ from conftest import TINY  # noqa: E402
 from edgebridge.export.expert import (ExportError, OPSET, example_inputs, export_expert,  # noqa: E402
                                       export_step_graphs, ort_session, parity_check)
 from edgebridge.runtime.expert.features import Normalizer  # noqa: E402
-from edgebridge.train.model import DDIMSampler, ExpertConfig, make_net  # noqa: E402
+from edgebridge.train.model import DDIMSampler, ExpertNetConfig, make_net  # noqa: E402
 
 RECORD = {"norm": Normalizer.identity().to_dict(), "spec": {"action_dt": 0.1}, "command": "test",
           "train_config": {"seed": 7}, "metrics": {"val_pos_err_mm": 1.0}}
@@ -23,7 +23,7 @@ RECORD = {"norm": Normalizer.identity().to_dict(), "spec": {"action_dt": 0.1}, "
 
 @pytest.mark.parametrize("k", [4])
 def test_export_parity_dynamic_batch_and_metadata(tmp_path, k):
-    net = make_net(ExpertConfig(**TINY), seed=3)
+    net = make_net(ExpertNetConfig(**TINY), seed=3)
     path = export_expert(net, RECORD, tmp_path, k=k)
     model = onnx.load(str(path))
     assert model.opset_import[0].version == OPSET >= 17
@@ -45,7 +45,7 @@ def test_export_parity_dynamic_batch_and_metadata(tmp_path, k):
 
 
 def test_unrolled_graph_shares_weights_across_steps(tmp_path):
-    net = make_net(ExpertConfig(**TINY))
+    net = make_net(ExpertNetConfig(**TINY))
     one = export_expert(net, RECORD, tmp_path / "k1", k=1).stat().st_size
     three = export_expert(net, RECORD, tmp_path / "k3", k=3).stat().st_size
     weight_bytes = 4 * sum(p.numel() for p in net.parameters())
@@ -54,15 +54,15 @@ def test_unrolled_graph_shares_weights_across_steps(tmp_path):
 
 
 def test_parity_check_catches_a_wrong_graph(tmp_path):
-    net = make_net(ExpertConfig(**TINY), seed=1)
+    net = make_net(ExpertNetConfig(**TINY), seed=1)
     path = export_expert(net, RECORD, tmp_path, k=2)
-    other = DDIMSampler(make_net(ExpertConfig(**TINY), seed=2).eval(), 2)
+    other = DDIMSampler(make_net(ExpertNetConfig(**TINY), seed=2).eval(), 2)
     with pytest.raises(ExportError, match="differs from torch"):
         parity_check(other, path)
 
 
 def test_variants_report_their_error(tmp_path):
-    net = make_net(ExpertConfig(**TINY), seed=4)
+    net = make_net(ExpertNetConfig(**TINY), seed=4)
     path = export_expert(net, RECORD, tmp_path, k=2, fp16=True, int8=True)
     meta = json.loads(path.with_suffix(".json").read_text())
     for name in ("fp16", "int8"):
@@ -75,11 +75,11 @@ def test_variants_report_their_error(tmp_path):
 
 def test_export_needs_normalisation_stats(tmp_path):
     with pytest.raises(ExportError, match="normalisation"):
-        export_expert(make_net(ExpertConfig(**TINY)), {}, tmp_path, k=1)
+        export_expert(make_net(ExpertNetConfig(**TINY)), {}, tmp_path, k=1)
 
 
 def test_step_graphs_compose_to_the_unrolled_result(tmp_path):
-    net = make_net(ExpertConfig(**TINY), seed=5).eval()
+    net = make_net(ExpertNetConfig(**TINY), seed=5).eval()
     enc, den = export_step_graphs(net, tmp_path)
     cloud, proprio, guidance, noise = (a.numpy() for a in example_inputs(net, 1, seed=3))
     s_enc, s_den = ort_session(enc), ort_session(den)

@@ -16,12 +16,12 @@ from edgebridge.export.expert import (INPUTS, OUTPUT, ExportError, example_input
                                       ort_session)
 from edgebridge.runtime.expert.features import Normalizer  # noqa: E402
 from edgebridge.train.fused_sampler import FusedDDIMSampler, ddim_linear_coeffs, group_norm_static  # noqa: E402
-from edgebridge.train.model import DDIMSampler, ExpertConfig, ddim_step, make_net  # noqa: E402
+from edgebridge.train.model import DDIMSampler, ExpertNetConfig, ddim_step, make_net  # noqa: E402
 
 RECORD = {"norm": Normalizer.identity().to_dict()}
 
 
-def _perturbed(cfg: ExpertConfig, seed: int):
+def _perturbed(cfg: ExpertNetConfig, seed: int):
     """A network whose norm scales, biases and FiLM weights are all away from their initial 1 / 0."""
     net = make_net(cfg, seed=seed).eval()
     g = torch.Generator().manual_seed(seed)
@@ -35,7 +35,7 @@ def _perturbed(cfg: ExpertConfig, seed: int):
 @pytest.mark.parametrize("schedule", ["squaredcos_cap_v2", "linear"])
 @pytest.mark.parametrize("k", [1, 2, 4, 10])
 def test_fused_sampler_matches_ddim_sampler(k, prediction, schedule):
-    net = _perturbed(ExpertConfig(**TINY, prediction=prediction, beta_schedule=schedule), seed=k)
+    net = _perturbed(ExpertNetConfig(**TINY, prediction=prediction, beta_schedule=schedule), seed=k)
     args = example_inputs(net, 3, seed=k)
     with torch.no_grad():
         ref = DDIMSampler(net, k)(*args)
@@ -64,7 +64,7 @@ def test_static_group_norm_equals_group_norm():
 
 
 def test_fused_export_has_no_shape_arithmetic_and_half_the_nodes(tmp_path):
-    net = _perturbed(ExpertConfig(**TINY), seed=5)
+    net = _perturbed(ExpertNetConfig(**TINY), seed=5)
     fused = export_expert(net, RECORD, tmp_path / "fused", k=4)
     plain = export_expert(net, RECORD, tmp_path / "plain", k=4, graph="plain")
     ops = {p: collections.Counter(n.op_type for n in onnx.load(str(p)).graph.node) for p in (fused, plain)}
@@ -83,4 +83,4 @@ def test_fused_export_has_no_shape_arithmetic_and_half_the_nodes(tmp_path):
 
 def test_unknown_graph_kind_is_refused(tmp_path):
     with pytest.raises(ExportError, match="'folded'.*fused, plain"):
-        export_expert(make_net(ExpertConfig(**TINY)), RECORD, tmp_path, k=1, graph="folded")
+        export_expert(make_net(ExpertNetConfig(**TINY)), RECORD, tmp_path, k=1, graph="folded")

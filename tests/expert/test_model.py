@@ -11,12 +11,12 @@ torch = pytest.importorskip("torch")
 
 from conftest import TINY  # noqa: E402
 
-from edgebridge.train.model import (DDIMSampler, ExpertConfig, alphas_cumprod, betas_for,  # noqa: E402
+from edgebridge.train.model import (DDIMSampler, ExpertNetConfig, alphas_cumprod, betas_for,  # noqa: E402
                                     count_parameters, ddim_timesteps, make_net)
 
 
 def test_shapes_and_default_size():
-    net = make_net(ExpertConfig(**TINY)).eval()
+    net = make_net(ExpertNetConfig(**TINY)).eval()
     b = 3
     cloud, proprio, guidance = torch.randn(b, 512, 3), torch.randn(b, 10), torch.randn(b, 17, 10)
     cond = net.encode(cloud, proprio, guidance)
@@ -24,14 +24,14 @@ def test_shapes_and_default_size():
     out = net.denoise(torch.randn(b, 16, 10), torch.tensor([0, 50, 99]), cond)
     assert out.shape == (b, 16, 10)
     assert net.encode(None, proprio, guidance)[:, :net.cfg.cloud_feat].abs().max() == 0  # stage-1 condition
-    full = make_net(ExpertConfig())
+    full = make_net(ExpertNetConfig())
     n = count_parameters(full)
     assert 1_000_000 < n < 5_000_000, n  # edge-sized: fp32 ONNX well under 20 MB
 
 
 def test_cosine_schedule_matches_closed_form():
     steps = 100
-    ab = alphas_cumprod(ExpertConfig(train_steps=steps)).numpy()
+    ab = alphas_cumprod(ExpertNetConfig(train_steps=steps)).numpy()
     f = lambda t: math.cos((t / steps + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
     # uncapped steps follow alpha_bar(t) = f(t + 1) / f(0)
     expect = np.array([f(t + 1) / f(0) for t in range(steps)])
@@ -75,7 +75,7 @@ def _reference_ddim(net, k, cloud, proprio, guidance, noise, prediction):
 @pytest.mark.parametrize("prediction", ["sample", "epsilon"])
 @pytest.mark.parametrize("k", [1, 2, 4, 10])
 def test_ddim_sampler_matches_reference(k, prediction):
-    net = make_net(ExpertConfig(**TINY, prediction=prediction), seed=1).eval()
+    net = make_net(ExpertNetConfig(**TINY, prediction=prediction), seed=1).eval()
     g = torch.Generator().manual_seed(k)
     args = (torch.randn(2, 512, 3, generator=g), torch.randn(2, 10, generator=g), torch.randn(2, 17, 10, generator=g),
             torch.randn(2, 16, 10, generator=g))
@@ -88,7 +88,7 @@ def test_ddim_sampler_matches_reference(k, prediction):
 
 
 def test_k1_sample_prediction_returns_the_network_estimate():
-    net = make_net(ExpertConfig(**TINY), seed=2).eval()
+    net = make_net(ExpertNetConfig(**TINY), seed=2).eval()
     args = (torch.randn(1, 512, 3), torch.randn(1, 10), torch.randn(1, 17, 10), torch.randn(1, 16, 10))
     with torch.no_grad():
         direct = net.denoise(args[3], torch.tensor([99]), net.encode(*args[:3]))
@@ -97,7 +97,7 @@ def test_k1_sample_prediction_returns_the_network_estimate():
 
 def test_loss_falls_when_fitting_one_batch():
     torch.manual_seed(0)
-    net = make_net(ExpertConfig(**TINY))
+    net = make_net(ExpertNetConfig(**TINY))
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     b = (torch.randn(8, 512, 3), torch.randn(8, 10), torch.randn(8, 17, 10), torch.randn(8, 16, 10) * 0.5)
     g = torch.Generator().manual_seed(0)
@@ -113,7 +113,7 @@ def test_loss_falls_when_fitting_one_batch():
 
 
 def test_auxiliary_loss_trains_the_cloud_encoder_only_when_asked():
-    net = make_net(ExpertConfig(**TINY), seed=4)
+    net = make_net(ExpertNetConfig(**TINY), seed=4)
     b = (torch.randn(4, 512, 3), torch.randn(4, 10), torch.randn(4, 17, 10), torch.randn(4, 16, 10))
     base = net.loss(*b, generator=torch.Generator().manual_seed(1))
     with_aux = net.loss(*b, generator=torch.Generator().manual_seed(1), aux_weight=1.0)

@@ -15,7 +15,7 @@ from conftest import TINY  # noqa: E402
 from edgebridge.export.expert import INPUTS, OUTPUT, ExportError, example_inputs, export_expert, ort_session  # noqa: E402
 from edgebridge.export.reexport import main, recover_net, reexport  # noqa: E402
 from edgebridge.runtime.expert.features import Normalizer  # noqa: E402
-from edgebridge.train.model import ExpertConfig, make_net  # noqa: E402
+from edgebridge.train.model import ExpertNetConfig, make_net  # noqa: E402
 
 RECORD = {"norm": Normalizer.identity().to_dict(), "spec": {"action_dt": 0.2}, "command": "make weights",
           "train_config": {"seed": 3}, "metrics": {"val_pos_err_mm": 9.5},
@@ -25,7 +25,7 @@ RECORD = {"norm": Normalizer.identity().to_dict(), "spec": {"action_dt": 0.2}, "
 
 @pytest.fixture(scope="module")
 def plain_export(tmp_path_factory):
-    net = make_net(ExpertConfig(**TINY), seed=8).eval()
+    net = make_net(ExpertNetConfig(**TINY), seed=8).eval()
     with torch.no_grad():  # every tensor distinct from a fresh network's
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))

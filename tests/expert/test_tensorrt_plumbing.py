@@ -35,7 +35,7 @@ def _feeds(expert, batch: int, seed: int = 0) -> dict:
 @pytest.mark.parametrize("cuda", ["cuda-python", "pycuda"])
 def test_engine_from_build_engine_acts_like_onnx_runtime(tiny_onnx, tmp_path, monkeypatch, cuda):
     trt, dev = fake_tensorrt.install(monkeypatch, cuda=cuda)
-    from edgebridge.runtime.expert import ExpertConfig, OnnxExpert
+    from edgebridge.runtime.expert import ExpertBackendConfig, OnnxExpert
     from edgebridge.runtime.expert.tensorrt import TensorRTExpert
 
     engine = _engine(tiny_onnx, tmp_path, fp16=True, batch=(1, 2, 4))
@@ -43,8 +43,8 @@ def test_engine_from_build_engine_acts_like_onnx_runtime(tiny_onnx, tmp_path, mo
     assert meta["engine"]["fp16"] is True and meta["engine"]["batch_profile"] == [1, 2, 4]
     assert meta["horizon"] == json.loads(tiny_onnx.with_suffix(".json").read_text())["horizon"]
     cloud, state, guidance, _ = observation()
-    with OnnxExpert(ExpertConfig(str(tiny_onnx), seed=1)) as ref, \
-            TensorRTExpert(ExpertConfig(str(engine), seed=1), max_batch=4) as trt_ex:
+    with OnnxExpert(ExpertBackendConfig(str(tiny_onnx), seed=1)) as ref, \
+            TensorRTExpert(ExpertBackendConfig(str(engine), seed=1), max_batch=4) as trt_ex:
         a, b = ref.act(cloud, state, guidance), trt_ex.act(cloud, state, guidance)
         np.testing.assert_array_equal(a.poses, b.poses)
         assert b.start_ns == a.start_ns and b.dt == a.dt
@@ -82,16 +82,16 @@ def test_build_errors_are_named(tiny_onnx, tmp_path, fake):
 
 
 def test_missing_or_foreign_engine_is_an_expert_error(tiny_onnx, tmp_path, fake):
-    from edgebridge.runtime.expert import ExpertConfig
+    from edgebridge.runtime.expert import ExpertBackendConfig
     from edgebridge.runtime.expert.tensorrt import TensorRTExpert
 
     meta = str(tiny_onnx.with_suffix(".json"))
     with pytest.raises(ExpertError, match="TensorRT engine not found; build it on this device"):
-        TensorRTExpert(ExpertConfig(str(tmp_path / "none.engine"), metadata=meta))
+        TensorRTExpert(ExpertBackendConfig(str(tmp_path / "none.engine"), metadata=meta))
     foreign = tmp_path / "foreign.engine"
     foreign.write_bytes(b"an engine from another TensorRT")
     with pytest.raises(ExpertError, match="could not deserialize the engine.*rebuild it on this device"):
-        TensorRTExpert(ExpertConfig(str(foreign), metadata=meta))
+        TensorRTExpert(ExpertBackendConfig(str(foreign), metadata=meta))
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -100,37 +100,37 @@ def test_missing_or_foreign_engine_is_an_expert_error(tiny_onnx, tmp_path, fake)
 ])
 def test_engine_that_does_not_fit_the_expert_is_refused_and_nothing_leaks(tiny_onnx, tmp_path, fake, option,
                                                                            value, message):
-    from edgebridge.runtime.expert import ExpertConfig
+    from edgebridge.runtime.expert import ExpertBackendConfig
     from edgebridge.runtime.expert.tensorrt import TensorRTExpert
 
     trt, dev = fake
     engine = _engine(tiny_onnx, tmp_path)
     trt.options[option] = getattr(trt.DataType, value) if option == "io_dtype" else value
     with pytest.raises(ExpertError, match=message):
-        TensorRTExpert(ExpertConfig(str(engine)))
+        TensorRTExpert(ExpertBackendConfig(str(engine)))
     assert dev.blocks == {} and dev.streams == set()
 
 
 def test_failed_device_allocation_names_the_cuda_call(tiny_onnx, tmp_path, fake):
-    from edgebridge.runtime.expert import ExpertConfig
+    from edgebridge.runtime.expert import ExpertBackendConfig
     from edgebridge.runtime.expert.tensorrt import TensorRTExpert
 
     trt, dev = fake
     engine = _engine(tiny_onnx, tmp_path)
     dev.fail = "cudaMalloc"
     with pytest.raises(ExpertError, match=r"CUDA cudaMalloc\(\d+\) failed"):
-        TensorRTExpert(ExpertConfig(str(engine)))
+        TensorRTExpert(ExpertBackendConfig(str(engine)))
     assert dev.streams == set()
 
 
 def test_run_time_failures_are_expert_errors(tiny_onnx, tmp_path, fake):
-    from edgebridge.runtime.expert import ExpertConfig
+    from edgebridge.runtime.expert import ExpertBackendConfig
     from edgebridge.runtime.expert.tensorrt import TensorRTExpert
 
     trt, dev = fake
     engine = _engine(tiny_onnx, tmp_path, batch=(1, 1, 2))
     cloud, state, guidance, _ = observation()
-    with TensorRTExpert(ExpertConfig(str(engine)), max_batch=4) as ex:
+    with TensorRTExpert(ExpertBackendConfig(str(engine)), max_batch=4) as ex:
         with pytest.raises(ExpertError, match="batch 5 > max_batch 4"):
             ex.run(_feeds(ex, 5))
         with pytest.raises(ExpertError, match="outside the engine's optimisation profile"):
@@ -154,12 +154,12 @@ def test_run_time_failures_are_expert_errors(tiny_onnx, tmp_path, fake):
 
 def test_no_cuda_bindings_names_the_jetson_extra(tiny_onnx, tmp_path, monkeypatch):
     fake_tensorrt.install(monkeypatch, cuda="none")
-    from edgebridge.runtime.expert import ExpertConfig
+    from edgebridge.runtime.expert import ExpertBackendConfig
     from edgebridge.runtime.expert.tensorrt import TensorRTExpert
 
     engine = _engine(tiny_onnx, tmp_path)
     with pytest.raises(MissingExtraError, match=r"cuda-python .* or pycuda.*edgebridge\[jetson\]"):
-        TensorRTExpert(ExpertConfig(str(engine)))
+        TensorRTExpert(ExpertBackendConfig(str(engine)))
 
 
 def test_robot_config_with_backend_trt_makes_the_tensorrt_expert(tiny_onnx, tmp_path, fake):
@@ -184,7 +184,7 @@ def test_robot_config_with_backend_trt_makes_the_tensorrt_expert(tiny_onnx, tmp_
 
 def test_edge_export_expert_trt_writes_an_engine_next_to_the_onnx(tiny_run, tmp_path, fake, capsys):
     from edgebridge.export.cli import main
-    from edgebridge.runtime.expert import ExpertConfig
+    from edgebridge.runtime.expert import ExpertBackendConfig
     from edgebridge.runtime.expert.tensorrt import TensorRTExpert
 
     engine = tmp_path / "trt" / "expert.engine"
@@ -192,5 +192,5 @@ def test_edge_export_expert_trt_writes_an_engine_next_to_the_onnx(tiny_run, tmp_
     assert f"wrote TensorRT engine {engine}" in capsys.readouterr().out
     meta = json.loads(engine.with_suffix(".json").read_text())
     assert meta["engine"]["onnx"] == "expert.onnx" and meta["engine"]["tensorrt"] == "10.3.0"
-    with TensorRTExpert(ExpertConfig(str(engine))) as ex:
+    with TensorRTExpert(ExpertBackendConfig(str(engine))) as ex:
         assert ex.k == 2

@@ -14,11 +14,11 @@ from conftest import TINY  # noqa: E402
 
 from edgebridge.train.appf import StageConfig, Trainer, TrainConfig, load_final  # noqa: E402
 from edgebridge.train.data import DemoError, load_demos  # noqa: E402
-from edgebridge.train.model import ExpertConfig  # noqa: E402
+from edgebridge.train.model import ExpertNetConfig  # noqa: E402
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(model=ExpertConfig(**TINY), stage1=StageConfig(4, 32, 1e-3, False),
+    base = dict(model=ExpertNetConfig(**TINY), stage1=StageConfig(4, 32, 1e-3, False),
                 stage2=StageConfig(4, 16, 1e-3, True), eval_every=2, ckpt_every=2, warmup=2, val_fraction=0.25)
     base.update(kw)
     return TrainConfig(**base)

@@ -9,7 +9,7 @@ import pytest
 from edgebridge.clock import MonotonicClock, SimClock
 from edgebridge.contracts import RGBD, ActionChunk, Anchor, Intrinsics, Plan
 from edgebridge.interfaces import DeviceBase
-from edgebridge.runtime.config import ExpertConfig, PerceptionConfig, RobotConfig
+from edgebridge.runtime.config import ExpertSettings, PerceptionConfig, RobotConfig
 from edgebridge.runtime.guidance import GuidanceConfig
 from edgebridge.runtime.ik_expert import IKExpert, IKExpertConfig
 from edgebridge.runtime.pipeline import Devices, Pipeline
@@ -75,7 +75,7 @@ class FaultyExpert:
 
 def setup(clock, expert=None, camera=None, rate_hz=100.0, **loop_kw):
     cfg = RobotConfig(name="test", limits=LIMITS, loop=loop_cfg(rate_hz=rate_hz, **loop_kw),
-                      expert=ExpertConfig(backend="ik", every_k_ticks=10),
+                      expert=ExpertSettings(backend="ik", every_k_ticks=10),
                       perception=PerceptionConfig(crop_min=(-0.4, -0.4, 0.0), crop_max=(0.4, 0.4, 0.5), n_points=64),
                       task_timeout_s=20.0)
     arm = RecordingArm(q0=(0.1, 0.0, 0.3), period_s=1.0 / rate_hz, clock=clock)

@@ -75,12 +75,12 @@ def recover_net(onnx_path: Path, meta: dict):
     metadata ``meta``). The training-only ``aux_head`` is not in the graph and keeps its initial values."""
     import torch
 
-    from ..train.model import DDIMSampler, ExpertConfig, make_net
+    from ..train.model import DDIMSampler, ExpertNetConfig, make_net
 
     if meta.get("graph", "plain") != "plain":
         raise ExportError(f"{onnx_path}: a {meta.get('graph')!r} graph cannot be re-exported (its step "
                           "embedding is folded into constants); re-export from a plain graph or a training run")
-    cfg = ExpertConfig.from_dict(meta["model_config"])
+    cfg = ExpertNetConfig.from_dict(meta["model_config"])
     k = int(meta["ddim_steps"])
     probe = make_net(cfg, seed=20251103).eval()
     skip = {n for n in probe.state_dict() if n.startswith("aux_head.")}

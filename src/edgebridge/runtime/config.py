@@ -176,7 +176,7 @@ class PlannerConfig:
 
 
 @dataclass(frozen=True)
-class ExpertConfig:
+class ExpertSettings:
     """``backend``: onnx, trt or ik. ``model``: path (empty = the shipped ONNX). The expert runs every
     ``every_k_ticks`` control ticks in a worker; its chunks have ``horizon`` steps ``dt`` apart."""
 
@@ -223,7 +223,7 @@ class RobotConfig:
     arm: DeviceConfig = field(default_factory=DeviceConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
-    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    expert: ExpertSettings = field(default_factory=ExpertSettings)
     loop: LoopConfig = field(default_factory=LoopConfig)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     kinematics: dict = field(default_factory=dict)

@@ -130,23 +130,23 @@ def make_expert(cfg: RobotConfig, backend: str, notes: list[str], instance: Any 
                          f"falling back to the plain-IK expert (--expert ik)")
             backend = "ik"
         else:
-            from .expert.base import ExpertConfig
+            from .expert.base import ExpertBackendConfig
             from .expert.onnx import OnnxExpert
 
             notes.append(f"expert: ONNX {model}")
-            return OnnxExpert(from_dict(ExpertConfig, {**e.options, "model": model}, prefix="expert.options."))
+            return OnnxExpert(from_dict(ExpertBackendConfig, {**e.options, "model": model}, prefix="expert.options."))
     if backend == "trt":
         try:
             mod = importlib.import_module("edgebridge.runtime.expert.tensorrt")
         except ImportError as err:
             raise MissingExtraError(f"expert trt needs the TensorRT backend ({err}); install the 'jetson' extra "
                                     f"on the device, or use --expert onnx") from err
-        from .expert.base import ExpertConfig
+        from .expert.base import ExpertBackendConfig
 
         if not e.model:
             raise ConfigError("expert trt: set expert.model to the .engine file built on this device (edge-export)")
         notes.append(f"expert: TensorRT engine {e.model}")
-        return mod.TensorRTExpert(from_dict(ExpertConfig, {**e.options, "model": e.model}, prefix="expert.options."))
+        return mod.TensorRTExpert(from_dict(ExpertBackendConfig, {**e.options, "model": e.model}, prefix="expert.options."))
     if backend == "ik":
         from .ik_expert import IKExpert, IKExpertConfig
 
@@ -177,6 +177,22 @@ def build_devices(cfg: RobotConfig, choices: RunChoices) -> tuple[Devices, str]:
     return dev, instruction
 
 
+_WARNED_TASKS: set[tuple[str, str]] = set()
+
+
+def warn_untrained_task(expert, slug: str) -> str | None:
+    """The note when a learned expert runs a task its demonstrations did not cover (else None); logged
+    as a warning once per (expert, task) in this process."""
+    from .expert.base import untrained_task_note
+
+    note = untrained_task_note(expert, slug)
+    key = (str(getattr(expert, "config", expert)), slug)
+    if note is not None and key not in _WARNED_TASKS:
+        _WARNED_TASKS.add(key)
+        log.warning("%s", note)
+    return note
+
+
 def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     from ..clock import MonotonicClock
     from ..sim.episode import build_world, workspace
@@ -201,12 +217,9 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     expert = make_expert(cfg, expert_name, notes, choices.expert_instance)
     if choices.expert_instance is None:
         closers.append(expert.close)
-    from .expert.base import untrained_task_note
-
-    outside = untrained_task_note(expert, spec.slug)
+    outside = warn_untrained_task(expert, spec.slug)
     if outside is not None:
         notes.append(f"expert: {outside}")
-        log.warning("%s", outside)
 
     def success():
         return check_success(world, resolve_steps(world, instruction))

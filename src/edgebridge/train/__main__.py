@@ -56,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     from .appf import StageConfig, TrainConfig
-    from .model import ExpertConfig
+    from .model import ExpertNetConfig
 
-    model = ExpertConfig()
+    model = ExpertNetConfig()
     if args.tiny:
-        model = ExpertConfig(cloud_channels=(16, 32), cloud_feat=32, obs_feat=32, step_embed=16, down_dims=(16, 32))
+        model = ExpertNetConfig(cloud_channels=(16, 32), cloud_feat=32, obs_feat=32, step_embed=16, down_dims=(16, 32))
     return replace(TrainConfig(), model=model, goal_noise=args.goal_noise, plan_shift_m=args.plan_shift, arm_shift_m=args.arm_shift,
                    clean_plan_fraction=args.clean_plans, aux_weight=args.aux_weight,
                    seed=args.seed,

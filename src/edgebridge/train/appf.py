@@ -48,7 +48,7 @@ import torch
 
 from ..runtime.expert.features import OUTPUT_RESIDUAL, CloudROI, FeatureSpec, Normalizer
 from .data import DemoSet, load_demos, read_meta, spec_from_meta
-from .model import ActionExpertNet, DDIMSampler, ExpertConfig, count_parameters, make_net
+from .model import ActionExpertNet, DDIMSampler, ExpertNetConfig, count_parameters, make_net
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ExpertConfig = field(default_factory=ExpertConfig)
+    model: ExpertNetConfig = field(default_factory=ExpertNetConfig)
     stage1: StageConfig = StageConfig(steps=1500, batch=1024, lr=1e-3, use_cloud=False)
     stage2: StageConfig = StageConfig(steps=2000, batch=256, lr=5e-4, use_cloud=True)
     goal_noise: float = 0.1
@@ -106,7 +106,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
-        d["model"] = ExpertConfig.from_dict(d.get("model", {}))
+        d["model"] = ExpertNetConfig.from_dict(d.get("model", {}))
         d.setdefault("plan_shift_m", 0.0)
         d.setdefault("arm_shift_m", 0.0)
         d.setdefault("clean_plan_fraction", 0.0)
@@ -461,6 +461,6 @@ def load_final(run_dir: Path) -> tuple[ActionExpertNet, dict]:
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path}: no finished training run here; run `python -m edgebridge.train "
                                 f"--run {run_dir} ...` first") from e
-    net = ActionExpertNet(ExpertConfig.from_dict(rec["model_config"]))
+    net = ActionExpertNet(ExpertNetConfig.from_dict(rec["model_config"]))
     net.load_state_dict(rec["ema"])
     return net.eval(), rec

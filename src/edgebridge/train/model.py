@@ -20,7 +20,7 @@ from ..runtime.expert.features import POSE_DIM
 
 
 @dataclass(frozen=True)
-class ExpertConfig:
+class ExpertNetConfig:
     """Network sizes and diffusion settings (all stored in checkpoints and the export metadata)."""
 
     n_points: int = 512
@@ -40,15 +40,15 @@ class ExpertConfig:
 
     def __post_init__(self) -> None:
         if self.prediction not in ("sample", "epsilon"):
-            raise ValueError(f"ExpertConfig.prediction: expected 'sample' or 'epsilon', got {self.prediction!r}")
+            raise ValueError(f"ExpertNetConfig.prediction: expected 'sample' or 'epsilon', got {self.prediction!r}")
         if self.beta_schedule not in ("squaredcos_cap_v2", "linear"):
-            raise ValueError(f"ExpertConfig.beta_schedule: expected 'squaredcos_cap_v2' or 'linear', "
+            raise ValueError(f"ExpertNetConfig.beta_schedule: expected 'squaredcos_cap_v2' or 'linear', "
                              f"got {self.beta_schedule!r}")
         if self.horizon % (2 ** (len(self.down_dims) - 1)):
-            raise ValueError(f"ExpertConfig.horizon: {self.horizon} must be divisible by "
+            raise ValueError(f"ExpertNetConfig.horizon: {self.horizon} must be divisible by "
                              f"2**(len(down_dims)-1) = {2 ** (len(self.down_dims) - 1)}")
         if any(d % self.n_groups for d in self.down_dims):
-            raise ValueError(f"ExpertConfig.down_dims: {self.down_dims} must be multiples of n_groups={self.n_groups}")
+            raise ValueError(f"ExpertNetConfig.down_dims: {self.down_dims} must be multiples of n_groups={self.n_groups}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -57,7 +57,7 @@ class ExpertConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ExpertConfig":
+    def from_dict(cls, d: dict) -> "ExpertNetConfig":
         d = dict(d)
         for k in ("cloud_channels", "down_dims"):
             if k in d:
@@ -80,7 +80,7 @@ def betas_for(schedule: str, steps: int) -> torch.Tensor:
                         dtype=torch.float64)
 
 
-def alphas_cumprod(cfg: ExpertConfig) -> torch.Tensor:
+def alphas_cumprod(cfg: ExpertNetConfig) -> torch.Tensor:
     return torch.cumprod(1.0 - betas_for(cfg.beta_schedule, cfg.train_steps), dim=0)
 
 
@@ -151,7 +151,7 @@ class CondResBlock(nn.Module):
 class ConditionalUnet1D(nn.Module):
     """Diffusion-Policy style 1-D U-Net over the action horizon, conditioned by FiLM."""
 
-    def __init__(self, cfg: ExpertConfig, cond_dim: int) -> None:
+    def __init__(self, cfg: ExpertNetConfig, cond_dim: int) -> None:
         super().__init__()
         k, g = cfg.kernel_size, cfg.n_groups
         dims = [cfg.pose_dim, *cfg.down_dims]
@@ -194,7 +194,7 @@ class ActionExpertNet(nn.Module):
     """Observation encoder + denoiser. ``encode`` builds the condition once per chunk; ``denoise`` is
     one network evaluation; :class:`DDIMSampler` unrolls K of them."""
 
-    def __init__(self, cfg: ExpertConfig) -> None:
+    def __init__(self, cfg: ExpertNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.cloud_encoder = PointNetEncoder(cfg.cloud_channels, cfg.cloud_feat)
@@ -317,10 +317,10 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if id(p) not in skip)
 
 
-def make_net(cfg: ExpertConfig | None = None, seed: int = 0) -> ActionExpertNet:
+def make_net(cfg: ExpertNetConfig | None = None, seed: int = 0) -> ActionExpertNet:
     torch.manual_seed(seed)
-    return ActionExpertNet(cfg or ExpertConfig())
+    return ActionExpertNet(cfg or ExpertNetConfig())
 
 
-__all__ = ["ExpertConfig", "ActionExpertNet", "DDIMSampler", "EncodeModule", "DenoiseModule", "ddim_step",
+__all__ = ["ExpertNetConfig", "ActionExpertNet", "DDIMSampler", "EncodeModule", "DenoiseModule", "ddim_step",
            "ddim_timesteps", "alphas_cumprod", "betas_for", "count_parameters", "make_net"]

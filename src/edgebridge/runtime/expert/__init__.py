@@ -4,7 +4,7 @@
 ``tensorrt`` and the CUDA bindings are imported only when a ``TensorRTExpert`` is created.
 """
 
-from .base import ExpertBackend, ExpertConfig, load_metadata
+from .base import ExpertBackend, ExpertBackendConfig, load_metadata
 from .features import FeatureSpec, Normalizer
 from .onnx import OnnxExpert, choose_providers, load_shipped, shipped_model_path
 
@@ -17,5 +17,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ExpertBackend", "ExpertConfig", "FeatureSpec", "Normalizer", "OnnxExpert", "TensorRTExpert",
+__all__ = ["ExpertBackend", "ExpertBackendConfig", "FeatureSpec", "Normalizer", "OnnxExpert", "TensorRTExpert",
            "choose_providers", "load_metadata", "load_shipped", "shipped_model_path"]

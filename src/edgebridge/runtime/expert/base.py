@@ -28,7 +28,7 @@ REQUIRED_META = ("n_points", "guidance_steps", "horizon", "ddim_steps", "action_
 
 
 @dataclass(frozen=True)
-class ExpertConfig:
+class ExpertBackendConfig:
     """Runtime settings of an action-expert backend.
 
     ``model``: the .onnx file (OnnxExpert) or .engine file (TensorRTExpert). ``metadata``: the JSON
@@ -52,15 +52,15 @@ class ExpertConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, (str, Path)) or not str(self.model):
-            raise ValueError(f"ExpertConfig.model: expected a file path, got {self.model!r}")
+            raise ValueError(f"ExpertBackendConfig.model: expected a file path, got {self.model!r}")
         if not isinstance(self.threads, int) or self.threads < 1:
-            raise ValueError(f"ExpertConfig.threads: expected an int >= 1, got {self.threads!r}")
+            raise ValueError(f"ExpertBackendConfig.threads: expected an int >= 1, got {self.threads!r}")
         if not (0 <= self.noise_scale <= 1):
-            raise ValueError(f"ExpertConfig.noise_scale: expected a value in [0, 1], got {self.noise_scale!r}")
+            raise ValueError(f"ExpertBackendConfig.noise_scale: expected a value in [0, 1], got {self.noise_scale!r}")
         if not (self.max_offset_m > 0):
-            raise ValueError(f"ExpertConfig.max_offset_m: expected metres > 0, got {self.max_offset_m!r}")
+            raise ValueError(f"ExpertBackendConfig.max_offset_m: expected metres > 0, got {self.max_offset_m!r}")
         if self.providers != "auto" and not (isinstance(self.providers, (tuple, list)) and self.providers):
-            raise ValueError(f"ExpertConfig.providers: expected 'auto' or a non-empty list, got {self.providers!r}")
+            raise ValueError(f"ExpertBackendConfig.providers: expected 'auto' or a non-empty list, got {self.providers!r}")
 
     @property
     def metadata_path(self) -> Path:
@@ -74,7 +74,7 @@ def load_metadata(path: Path) -> dict:
         meta = json.loads(path.read_text())
     except FileNotFoundError as e:
         raise ExpertError(f"{path}: expert metadata not found; it is written next to the ONNX by "
-                          "`edge-export expert` (or pass ExpertConfig.metadata)") from e
+                          "`edge-export expert` (or pass ExpertBackendConfig.metadata)") from e
     except json.JSONDecodeError as e:
         raise ExpertError(f"{path}: expert metadata is not valid JSON ({e})") from e
     missing = [k for k in REQUIRED_META if k not in meta]
@@ -88,7 +88,7 @@ class ExpertBackend:
 
     name = "expert"
 
-    def __init__(self, config: ExpertConfig) -> None:
+    def __init__(self, config: ExpertBackendConfig) -> None:
         self.config = config
         self.meta = load_metadata(config.metadata_path)
         try:

@@ -216,26 +216,11 @@ def absolute_from_relative(ref_pos: np.ndarray, ref_quat: np.ndarray, rel: np.nd
 
 
 def sample_guidance(t: np.ndarray, poses: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Sample a guidance trajectory (t (T,), poses (T, 8)) at ``times`` (any shape), clamped to its span.
+    """Sample a guidance trajectory (t (T,), poses (T, 8)) at ``times`` (any shape), clamped to its span:
+    :func:`edgebridge.runtime.guidance.interpolate`, the interpolation every executor uses."""
+    from ..guidance import interpolate
 
-    Positions and gripper are interpolated linearly, quaternions by normalised linear interpolation
-    (the guidance is dense, so this matches slerp to well under a milliradian)."""
-    t = np.asarray(t, np.float64)
-    poses = np.asarray(poses, np.float64)
-    times = np.clip(np.asarray(times, np.float64), t[0], t[-1])
-    if t.shape[0] == 1:
-        return np.broadcast_to(poses[0], times.shape + (8,)).copy()
-    i = np.clip(np.searchsorted(t, times, side="right") - 1, 0, t.shape[0] - 2)
-    span = t[i + 1] - t[i]
-    w = np.where(span > 0, (times - t[i]) / np.where(span > 0, span, 1.0), 0.0)[..., None]
-    a, b = poses[i], poses[i + 1]
-    qa, qb = a[..., 3:7], b[..., 3:7]
-    qb = np.where(np.sum(qa * qb, axis=-1, keepdims=True) < 0, -qb, qb)
-    q = (1 - w) * qa + w * qb
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    out = (1 - w) * a + w * b
-    out[..., 3:7] = q
-    return out
+    return interpolate(t, poses, times)
 
 
 def goal_index(t: np.ndarray, gripper: np.ndarray, now: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -373,7 +358,7 @@ def base_chunk(spec: FeatureSpec, guidance_t: np.ndarray, guidance: np.ndarray, 
     """The plain-IK chunk (B, H, 8): the guidance at ``now + k * action_dt`` for k < H (clamped to its
     span), target height floored at ``IK_MIN_Z`` — what ``runtime.ik_expert.IKExpert`` outputs."""
     from ...contracts import Guidance
-    from ..ik_expert import interpolate_guidance  # the IK executor's own interpolation, so they agree exactly
+    from ..guidance import interpolate_guidance  # the IK executor's own interpolation, so they agree exactly
 
     now = np.atleast_1d(np.asarray(now, np.float64))
     g = np.asarray(guidance, np.float64)

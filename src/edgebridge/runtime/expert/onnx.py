@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ExpertError
-from .base import INPUT_NAMES, ExpertBackend, ExpertConfig
+from .base import INPUT_NAMES, ExpertBackend, ExpertBackendConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class OnnxExpert(ExpertBackend):
 
     name = "OnnxExpert"
 
-    def __init__(self, config: ExpertConfig) -> None:
+    def __init__(self, config: ExpertBackendConfig) -> None:
         super().__init__(config)
         import onnxruntime as ort  # a base dependency; imported here to keep module import cheap
 
@@ -90,6 +90,6 @@ def shipped_model_path() -> Path:
 
 
 def load_shipped(**overrides) -> OnnxExpert:
-    """An :class:`OnnxExpert` on the shipped weights; ``overrides`` go to :class:`ExpertConfig`
+    """An :class:`OnnxExpert` on the shipped weights; ``overrides`` go to :class:`ExpertBackendConfig`
     (e.g. ``seed``, ``threads``, ``providers``). A factory for name-based expert registries."""
-    return OnnxExpert(ExpertConfig(str(shipped_model_path()), **overrides))
+    return OnnxExpert(ExpertBackendConfig(str(shipped_model_path()), **overrides))

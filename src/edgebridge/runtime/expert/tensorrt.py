@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ExpertError, require
-from .base import INPUT_NAMES, ExpertBackend, ExpertConfig
+from .base import INPUT_NAMES, ExpertBackend, ExpertBackendConfig
 from .cuda_mem import CudaApi, address
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ class TensorRTExpert(ExpertBackend):
 
     name = "TensorRTExpert"
 
-    def __init__(self, config: ExpertConfig, max_batch: int = 1) -> None:
+    def __init__(self, config: ExpertBackendConfig, max_batch: int = 1) -> None:
         super().__init__(config)
         trt = require("tensorrt", "jetson", "the TensorRT action expert")
         self.trt = trt

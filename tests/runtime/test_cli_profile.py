@@ -61,6 +61,45 @@ def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
     assert row["success"], row["reason"]
     prof = json.loads((tmp_path / "prof" / "profile.json").read_text())
     assert {"loop_compute", "driver_io", "expert", "planner", "lift", "spline", "planner_wait", "planner_hold"} <= set(prof["stages"])
+    # lock-step: end-to-end is measured on the wall clock (the simulated clock stands still while stages
+    # compute); period and jitter cannot be, so the report says so instead of printing zeros
+    assert prof["stages"]["end_to_end"]["p50_ms"] > 0 and prof["realtime"] is False
+    assert "not measured in lock-step" in prof["loop"]["note"] and "period_err_p99_ms" not in prof["loop"]
+    assert not (tmp_path / "prof" / "jitter.png").exists()
+    trace = json.loads((tmp_path / "prof" / "profile.trace.json").read_text())["traceEvents"]
+    spans = [e for e in trace if e["ph"] == "X"]
+    assert {"loop_compute", "driver_io", "planner"} <= {e["name"] for e in spans}
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
+    threads = {e["tid"]: e["args"]["name"] for e in trace if e["name"] == "thread_name"}
+    assert {"MainThread", "episode-planner"} <= set(threads.values())
+    assert {e["tid"] for e in spans} <= set(threads)  # every span sits on a named track
+
+
+@pytest.mark.slow
+def test_cli_realtime_profile_measures_the_loop_on_the_wall_clock(tmp_path, capsys):
+    """--realtime: the simulator steps on the wall clock, the loop, expert and planner run in their own
+    threads, and the profile's period/jitter figures are wall-clock ones (whatever the machine's load
+    makes of them, which this test does not judge)."""
+    pytest.importorskip("pybullet", reason="the sim world needs pybullet ('sim' extra)")
+    from edgebridge.runtime.cli import main
+
+    rc = main(["--realtime", "--expert", "ik", "--profile", str(tmp_path / "rt"), "--max-seconds", "20"])
+    text = capsys.readouterr().out
+    assert rc in (0, 1) and "real time" in text
+    prof = json.loads((tmp_path / "rt" / "profile.json").read_text())
+    assert prof["realtime"] is True and prof["loop"]["cycles"] > 100 and "period_err_p99_ms" in prof["loop"]
+    assert prof["stages"]["end_to_end"]["p50_ms"] > 0
+    assert (tmp_path / "rt" / "jitter.png").stat().st_size > 1000
+    trace = json.loads((tmp_path / "rt" / "profile.trace.json").read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in trace if e["name"] == "thread_name"}
+    assert {"control-loop", "expert-worker", "episode-planner"} <= names
+
+
+def test_cli_realtime_refuses_a_real_setup(capsys):
+    from edgebridge.runtime.cli import main
+
+    assert main(["--config", "so101_serial", "--realtime"]) == 2
+    assert "--realtime applies to the simulated world only" in capsys.readouterr().err
 
 
 def test_cli_default_runs_the_shipped_expert_within_its_envelope(capsys):

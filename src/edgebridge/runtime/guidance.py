@@ -106,9 +106,7 @@ class PiecewiseGuidance:
             m = idx == k
             local = ts[m] - self.offsets[k]
             piece = self.pieces[k]
-            out[m, :3] = np.atleast_2d(piece.position(local))
-            out[m, 3:7] = np.atleast_2d(piece.orientation(local))
-            out[m, 7] = np.atleast_1d(piece.gripper(local))
+            out[m] = piece.evaluate_many(local)  # one compiled call per piece (kernels/_spline_jit.py)
         return out
 
     def sample(self, dt: float, t0: float = 0.0, stamp_ns: int | None = None) -> Guidance:

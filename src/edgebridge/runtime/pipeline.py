@@ -197,6 +197,30 @@ class Pipeline:
         log.info("depth tare: %s", tare.describe())
         self.depth_tare = tare
 
+    def warm_up(self) -> None:
+        """Before the loop starts in real time: one frame through the cloud kernels and the expert (on a
+        guidance that holds the current pose), so Numba's compilation or cache load and the inference
+        session's first run do not land inside the episode's first expert steps. Nothing is sent."""
+        from ..contracts import Guidance
+
+        t0 = time.perf_counter()
+        state = self.dev.arm.state()
+        pose = state.ee_pose
+        hold = Guidance(np.array([0.0, 1.0]), np.stack([pose.position] * 2), np.stack([pose.quat] * 2),
+                        np.full(2, state.gripper), stamp_ns=state.stamp_ns)
+        try:
+            with self._camera_lock:
+                frame = self.dev.camera.read()
+            if self.depth_tare is not None:
+                frame = self.depth_tare.correct(frame)
+            box_fn = getattr(self.dev.expert, "cloud_box", None)
+            cloud = self.cloud(frame, box_fn(state, hold, self.workspace_bounds) if box_fn else None)
+            if cloud.n_valid:
+                self.dev.expert.act(cloud, state, hold)
+        except Exception as e:  # the episode's own steps report real failures
+            log.warning("warm-up before the episode failed: %s: %s", type(e).__name__, e)
+        log.info("warm-up (cloud kernels + expert) took %.2f s", time.perf_counter() - t0)
+
     def lift(self, plan, frame: RGBD):
         """Plan validation (runs in the planner worker): anchors -> base-frame waypoints, or PlanError."""
         from .lift import lift_plan
@@ -270,6 +294,8 @@ class Pipeline:
                     self.tare_depth()
                 except EdgebridgeError as e:  # before the arm moves: nothing to stop
                     return finish(False, f"depth tare failed: {e}", None)
+            if clock.realtime and self.needs_cloud and dev.arm is not None:
+                self.warm_up()
             if dev.arm is None:
                 if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
                     raise ValueError("Pipeline: devices have no arm; a loop in its own process needs arm_factory, "

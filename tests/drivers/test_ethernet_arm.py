@@ -15,15 +15,7 @@ from edgebridge.drivers.ethernet_arm import EthernetArm, EthernetArmConfig
 from edgebridge.errors import DeviceFaultError, DeviceNotConnectedError
 from edgebridge.interfaces import Arm
 from ethernet_arm_emulator import ArmControllerEmulator
-
-
-def _wait_for(fn, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(0.005)
-    return False
+from helpers.waiting import wait_until
 
 
 @pytest.fixture
@@ -37,7 +29,7 @@ def _arm(ctl, **kw):
 
 
 def _state_when_ready(arm):
-    assert _wait_for(lambda: arm._latest is not None)
+    wait_until(lambda: arm._latest is not None, 2.0, "the first state frame from the controller")
     return arm.state()
 
 
@@ -80,32 +72,34 @@ def test_state_and_command_round_trip(ctl):
         target = np.array([0.1, -0.2, 0.3, 0.0, 0.05, -0.1])
         sent = arm.command(ArmCommand(joints=target, gripper=0.25))
         assert np.array_equal(sent.joints, target) and sent.gripper == 0.25
-        assert _wait_for(lambda: np.allclose(arm.state().joints, target, atol=1e-9))
+        wait_until(lambda: np.allclose(arm.state().joints, target, atol=1e-9), 2.0,
+                   "the arm to reach the commanded joints")
         assert arm.state().gripper == 0.25 and arm.last_acked_command_seq == arm.command_seq == 1
         assert arm.state().ee_pose.position[2] == pytest.approx(0.2 + 0.001)
         with pytest.raises(ValueError, match="6"):
             arm.command(ArmCommand(joints=np.zeros(3), gripper=0.5))
     # UDP: the hold datagram reaches the controller asynchronously after disconnect returns
-    assert _wait_for(lambda: ep.MSG_HOLD in ctl.types_received())
+    wait_until(lambda: ep.MSG_HOLD in ctl.types_received(), 2.0, "the hold datagram sent on disconnect")
 
 
 def test_heartbeat_keeps_watchdog_quiet(ctl):
     with _arm(ctl, heartbeat_s=0.02) as arm:
         _state_when_ready(arm)
-        time.sleep(3 * ctl.watchdog_s)
+        time.sleep(3 * ctl.watchdog_s)  # three watchdog periods in which it must not trip
+        wait_until(lambda: ctl.types_received().count(ep.MSG_HEARTBEAT) >= 10, 2.0,
+                   "10 heartbeats at the controller")
         assert ctl.watchdog_trips == 0
-        assert ctl.types_received().count(ep.MSG_HEARTBEAT) >= 10
 
 
 def test_estop_and_resume(ctl):
     with _arm(ctl) as arm:
         _state_when_ready(arm)
         arm.estop()
-        assert _wait_for(lambda: ctl.flags & ep.FLAG_ESTOP)
+        wait_until(lambda: ctl.flags & ep.FLAG_ESTOP, 2.0, "the controller to latch the e-stop")
         with pytest.raises(DeviceFaultError, match="resume"):
             arm.command(ArmCommand(joints=np.zeros(6), gripper=0.5))
         arm.resume()
-        assert _wait_for(lambda: not ctl.flags & ep.FLAG_ESTOP)
+        wait_until(lambda: not ctl.flags & ep.FLAG_ESTOP, 2.0, "the controller to clear the e-stop")
         arm.command(ArmCommand(joints=np.zeros(6), gripper=0.5))
 
 
@@ -113,7 +107,7 @@ def test_corrupt_state_frames_are_dropped_and_counted(ctl):
     with _arm(ctl) as arm:
         _state_when_ready(arm)
         ctl.corrupt_states = 3
-        assert _wait_for(lambda: arm.crc_errors == 3)
+        wait_until(lambda: arm.crc_errors == 3, 2.0, "3 corrupt state frames counted")
         arm.state()  # later good frames still flow
 
 
@@ -123,7 +117,8 @@ def test_host_corrupt_frame_gets_error_from_controller(ctl):
         bad = bytearray(ep.encode_frame(ep.MSG_COMMAND, 99, 0, ep.pack_command(0.5, np.ones(6))))
         bad[-2] ^= 0xFF
         arm._sock.sendall(bytes(bad))
-        assert _wait_for(lambda: arm.controller_errors and arm.controller_errors[0][0] == ep.ERR_CRC)
+        wait_until(lambda: arm.controller_errors and arm.controller_errors[0][0] == ep.ERR_CRC, 2.0,
+                   "the controller's CRC error reply")
         assert not np.any(ctl.target == 1.0)  # the corrupt command was not applied
 
 
@@ -131,11 +126,11 @@ def test_silent_controller_times_out(ctl):
     with _arm(ctl, state_timeout_s=0.05) as arm:
         _state_when_ready(arm)
         ctl.paused.set()
-        time.sleep(0.1)
+        wait_until(lambda: not _try_state(arm), 2.0, "the paused controller's state to go stale")
         with pytest.raises(DeviceFaultError, match=r"127.0.0.1.*silent"):
             arm.state()
         ctl.paused.clear()
-        assert _wait_for(lambda: _try_state(arm))
+        wait_until(lambda: _try_state(arm), 2.0, "fresh state after the controller resumes")
 
 
 def _try_state(arm):
@@ -151,7 +146,7 @@ def test_controller_disconnect_is_a_fault(ctl):
     arm.connect()
     _state_when_ready(arm)
     ctl.drop()
-    assert _wait_for(lambda: arm._link_error is not None)
+    wait_until(lambda: arm._link_error is not None, 2.0, "the arm to notice the dropped link")
     with pytest.raises(DeviceFaultError, match="link lost"):
         arm.state()
     with pytest.raises(DeviceFaultError, match="link lost"):

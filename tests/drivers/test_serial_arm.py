@@ -14,6 +14,7 @@ from edgebridge.drivers.serial_arm import SO101_DEFAULT_CALIBRATION, SerialArm, 
 from edgebridge.errors import DeviceFaultError, DeviceNotConnectedError
 from edgebridge.interfaces import Arm
 from feetech_bus_emulator import FeetechBusEmulator
+from helpers.waiting import wait_until
 
 TICK = 2 * math.pi / 4096
 
@@ -35,15 +36,6 @@ def _barrier(arm):
 
 def _torque(emu):
     return [emu.get(i, "Torque_Enable") for i in range(1, 7)]
-
-
-def _wait_for(fn, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_calibration_inverse_pair_and_files(tmp_path):
@@ -100,22 +92,24 @@ def test_connect_state_command_hold(emu):
         np.testing.assert_allclose(sent.joints, target, atol=TICK)
         _barrier(arm)
         assert sent.gripper == 1.0 and emu.get(6, "Goal_Position") == 3200
-        assert _wait_for(lambda: np.allclose(arm.state().joints, sent.joints, atol=1e-9)
-                         and arm.state().gripper == pytest.approx(1.0))
+        wait_until(lambda: np.allclose(arm.state().joints, sent.joints, atol=1e-9)
+                   and arm.state().gripper == pytest.approx(1.0), 2.0, "the servos to reach the commanded joints")
     # Disconnect releases torque and the port.
-    assert _wait_for(lambda: _torque(emu) == [0] * 6) and not arm.is_connected and not arm.bus.is_open
+    wait_until(lambda: _torque(emu) == [0] * 6, 2.0, "torque off on every servo after disconnect")
+    assert not arm.is_connected and not arm.bus.is_open
 
 
 def test_hold_mid_motion_stops_where_the_arm_is():
     with FeetechBusEmulator(speed=2000.0) as emu, _arm(emu) as arm:
         arm.command(ArmCommand(joints=np.full(5, 0.5), gripper=0.0))
-        time.sleep(0.05)
+        wait_until(lambda: all(emu.get(i, "Present_Position") > 2048 for i in range(1, 6)), 2.0,
+                   "servos 1-5 to start moving toward the 0.5 rad target")
         arm.hold()
         _barrier(arm)
         held = [emu.get(i, "Goal_Position") for i in range(1, 6)]
         assert all(2048 < h < 2048 + 326 for h in held)  # stopped short of the 0.5 rad target
-        time.sleep(0.05)
-        assert [emu.get(i, "Present_Position") for i in range(1, 6)] == held
+        wait_until(lambda: [emu.get(i, "Present_Position") for i in range(1, 6)] == held, 2.0,
+                   "servos 1-5 to settle at the held positions")
 
 
 def test_command_clips_to_range_and_max_relative(emu):
@@ -157,7 +151,7 @@ def test_torque_disabled_block_restores(emu):
 def test_keep_torque_on_disconnect(emu):
     with _arm(emu, disable_torque_on_disconnect=False) as arm:
         _barrier(arm)
-    time.sleep(0.05)
+    time.sleep(0.05)  # nothing to wait for: a torque-off written on disconnect would have landed by now
     assert _torque(emu) == [1] * 6
 
 

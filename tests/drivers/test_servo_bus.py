@@ -1,7 +1,5 @@
 """Feetech protocol over a real pseudo-terminal: packets, transactions, fault injection."""
 
-import time
-
 import pytest
 
 from edgebridge.config import ConfigError
@@ -10,6 +8,7 @@ from edgebridge.drivers.servo_bus import (ServoBus, ServoBusConfig, checksum, de
                                           instruction_packet)
 from edgebridge.errors import DeviceFaultError, DeviceNotConnectedError
 from feetech_bus_emulator import FeetechBusEmulator
+from helpers.waiting import wait_until
 
 
 @pytest.fixture
@@ -83,13 +82,8 @@ def test_sync_read_write_and_motion(emu, bus):
     packet = bus.sync_write("Goal_Position", goals)
     assert packet[2] == 0xFE and packet[4] == INST_SYNC_WRITE
     bus.sync_write("Torque_Enable", {i: 1 for i in ids})
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        pos = bus.sync_read("Present_Position", ids)
-        if pos == goals:
-            break
-        time.sleep(0.01)
-    assert pos == goals
+    wait_until(lambda: bus.sync_read("Present_Position", ids) == goals, 2.0, "every servo to reach its goal")
+    assert bus.sync_read("Present_Position", ids) == goals
 
 
 @pytest.mark.parametrize("fault,kind", [("corrupt", "checksum"), ("silent", "timeout"), ("wrong_id", "wrong_id")])

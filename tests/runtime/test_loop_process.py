@@ -7,6 +7,7 @@ import pytest
 
 from edgebridge.runtime.loop_process import LoopProcess
 
+from helpers.waiting import wait_until
 from runtime_fakes import LIMITS, PointKinematics, RecordingArm, chunk_line, loop_cfg
 
 
@@ -17,15 +18,13 @@ def make_arm():  # module level: the child process imports it
 def test_loop_process_follows_chunks_and_stops_on_request():
     cfg = loop_cfg(rate_hz=200.0, chunk_timeout_s=2.0, gc="disable")
     with LoopProcess(make_arm, PointKinematics, LIMITS, cfg) as lp:
-        t_end = time.monotonic() + 10
-        st = None
-        while st is None and time.monotonic() < t_end:
-            st = lp.latest_state()
-            time.sleep(0.01)
+        st = wait_until(lp.latest_state, 10, "the first state published by the loop process")
         assert st is not None and np.allclose(st.joints, [0, 0, 0.3])
-        lp.put(chunk_line(time.monotonic_ns(), (0, 0, 0.3), (0.05, 0.0, 0.3), n=11, dt=0.05))
-        time.sleep(1.0)
-        st = lp.latest_state()
+        t_put = time.monotonic_ns()
+        lp.put(chunk_line(t_put, (0, 0, 0.3), (0.05, 0.0, 0.3), n=11, dt=0.05))
+        # the chunk lasts 0.5 s; a state stamped 1 s after it was sent is past its end
+        st = wait_until(lambda: (s := lp.latest_state()).stamp_ns >= t_put + 1_000_000_000 and s, 10,
+                        "a loop-process state stamped 1 s after the chunk was sent")
         assert st.joints[0] > 0.04, st.joints  # the child followed the chunk
         t0 = time.monotonic()
         assert lp.join(0.05) is None and lp.alive  # still running: join returns after its timeout

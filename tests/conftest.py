@@ -1,4 +1,7 @@
-"""Fixtures for the planner tests: the tiny random GGUF model (written once per session)."""
+"""Session fixtures shared by several test directories, each built once and only when a test asks for it.
+
+``tiny_model``: the tiny random GGUF planner model (tests/runtime/planner, tests/export/test_vlm.py).
+"""
 
 from __future__ import annotations
 

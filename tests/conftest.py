@@ -1,11 +1,45 @@
 """Session fixtures shared by several test directories, each built once and only when a test asks for it.
 
-``tiny_model``: the tiny random GGUF planner model (tests/runtime/planner, tests/export/test_vlm.py).
+* ``demo_dir``, ``tiny_run``, ``tiny_onnx``: synthetic demonstrations, a tiny trained expert run and its
+  ONNX export (tests/train, tests/export, tests/runtime/expert, tests/benchmarks);
+* ``tiny_model``: the tiny random GGUF planner model (tests/runtime/planner, tests/export/test_vlm.py).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    from helpers.synth import write_demos
+
+    return write_demos(tmp_path_factory.mktemp("demos"), episodes=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_dir, tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    from helpers.tiny_expert import TINY
+
+    from edgebridge.train.appf import StageConfig, Trainer, TrainConfig
+    from edgebridge.train.model import ExpertNetConfig
+
+    cfg = TrainConfig(model=ExpertNetConfig(**TINY), stage1=StageConfig(4, 64, 1e-3, False),
+                      stage2=StageConfig(4, 32, 1e-3, True), eval_every=2, ckpt_every=2, warmup=2,
+                      val_fraction=0.25)
+    run = tmp_path_factory.mktemp("run")
+    Trainer([demo_dir], run, cfg, command="pytest tiny run").run()
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run, tmp_path_factory) -> Path:
+    from edgebridge.export.expert import export_from_run
+
+    return export_from_run(tiny_run, tmp_path_factory.mktemp("onnx"), k=2)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ def _boxes_instead_of_cups(src: Path, dst: Path) -> Path:
 
 
 def test_novelty_flags_foreign_clouds_and_not_the_validation_episodes(tiny_run, demo_dir, tmp_path):
-    from synth import write_demos
+    from helpers.synth import write_demos
 
     demos = write_demos(tmp_path / "cups", episodes=16, seed=3)  # more episodes of the tiny run's kind
     other = _boxes_instead_of_cups(demo_dir, tmp_path / "boxes")

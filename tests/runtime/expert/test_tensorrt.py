@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import observation
 from edgebridge.errors import MissingExtraError
+
+from observations import observation
 
 
 def _need_tensorrt():

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import TINY  # noqa: E402
+from helpers.tiny_expert import TINY  # noqa: E402
 
 from edgebridge.train.appf import StageConfig, Trainer, TrainConfig, load_final  # noqa: E402
 from edgebridge.train.data import DemoError, load_demos  # noqa: E402

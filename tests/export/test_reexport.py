@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from conftest import TINY  # noqa: E402
+from helpers.tiny_expert import TINY  # noqa: E402
 
 from edgebridge.export.expert import INPUTS, OUTPUT, ExportError, example_inputs, export_expert, ort_session  # noqa: E402
 from edgebridge.export.reexport import main, recover_net, reexport  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from conftest import TINY  # noqa: E402
+from helpers.tiny_expert import TINY  # noqa: E402
 
 from edgebridge.export.expert import (ExportError, OPSET, example_inputs, export_expert,  # noqa: E402
                                       export_step_graphs, ort_session, parity_check)

@@ -5,7 +5,7 @@ and ``pycuda.driver``, so the TensorRT build and runtime code runs on a machine 
 A "serialized engine" is a header (the optimisation profile and builder flags) followed by the ONNX bytes,
 and "executing" it runs that ONNX with ONNX Runtime on the tensors read from the bound addresses. The
 builder drives an INT8 calibrator the way TensorRT does (``get_batch`` until None, then the cache).
-What this cannot check is TensorRT itself: kernels, precision, the real parser (tests/expert/test_tensorrt.py).
+What this cannot check is TensorRT itself: kernels, precision, the real parser (tests/runtime/expert/test_tensorrt.py).
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pytest
 
-import fake_tensorrt
-from conftest import observation
 from edgebridge.errors import ExpertError, MissingExtraError
+
+import fake_tensorrt
+from observations import observation
 
 
 @pytest.fixture

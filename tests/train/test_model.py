@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import TINY  # noqa: E402
+from helpers.tiny_expert import TINY  # noqa: E402
 
 from edgebridge.train.model import (DDIMSampler, ExpertNetConfig, alphas_cumprod, betas_for,  # noqa: E402
                                     count_parameters, ddim_timesteps, make_net)

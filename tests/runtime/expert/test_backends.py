@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import observation
 from edgebridge.contracts import ActionChunk, PointCloud
 from edgebridge.errors import ExpertError
 from edgebridge.interfaces import ActionExpert
 from edgebridge.runtime.expert import ExpertBackendConfig, OnnxExpert, choose_providers
+
+from observations import observation
 
 
 def test_act_returns_an_absolute_chunk(tiny_onnx):

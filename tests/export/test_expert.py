@@ -44,6 +44,7 @@ def test_export_parity_dynamic_batch_and_metadata(tmp_path, k):
     np.testing.assert_array_equal(out, sess.run(["action"], feeds)[0])
 
 
+@pytest.mark.slow
 def test_unrolled_graph_shares_weights_across_steps(tmp_path):
     net = make_net(ExpertNetConfig(**TINY))
     one = export_expert(net, RECORD, tmp_path / "k1", k=1).stat().st_size

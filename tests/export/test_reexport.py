@@ -42,6 +42,7 @@ def test_recovered_weights_are_the_exported_ones(plain_export):
             torch.testing.assert_close(value, want[name], atol=0, rtol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_reexport_to_fused_keeps_function_and_provenance(plain_export, tmp_path):
     net, path = plain_export
     dst = reexport(path, tmp_path, graph="fused")
@@ -58,6 +59,7 @@ def test_reexport_to_fused_keeps_function_and_provenance(plain_export, tmp_path)
     assert np.max(np.abs(a - b)) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_fused_graph_cannot_be_a_source(plain_export, tmp_path):
     _, path = plain_export
     fused = reexport(path, tmp_path / "fused")

@@ -63,6 +63,7 @@ def test_static_group_norm_equals_group_norm():
     torch.testing.assert_close(group_norm_static(x, gn, 8), gn(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fused_export_has_no_shape_arithmetic_and_half_the_nodes(tmp_path):
     net = _perturbed(ExpertNetConfig(**TINY), seed=5)
     fused = export_expert(net, RECORD, tmp_path / "fused", k=4)

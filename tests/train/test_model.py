@@ -95,6 +95,7 @@ def test_k1_sample_prediction_returns_the_network_estimate():
         np.testing.assert_allclose(DDIMSampler(net, 1)(*args).numpy(), direct.numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_loss_falls_when_fitting_one_batch():
     torch.manual_seed(0)
     net = make_net(ExpertNetConfig(**TINY))

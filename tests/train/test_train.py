@@ -40,6 +40,7 @@ def test_run_writes_logs_checkpoints_and_metrics(tiny_run):
     assert rec["command"] == "pytest tiny run" and rec["spec"]["horizon"] == 16 and "cloud" in rec["norm"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(demo_dir, tmp_path):
     cfg = _cfg()
     whole = tmp_path / "whole"

@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test bench weights clean sysdeps
+.PHONY: run test test-fast bench weights clean sysdeps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ run: $(VENV)/.run-installed
 
 test: sysdeps $(VENV)/.dev-installed
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q tests
+
+# The suite without the tests marked slow (@pytest.mark.slow: over ~10 s each).
+test-fast: sysdeps $(VENV)/.dev-installed
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m "not slow" tests
 
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/run_all.py

@@ -17,7 +17,7 @@ module computes the same chunk with about half as many:
   ``x' = p_k x + q_k pred``. ``q_k`` is folded into a per-step copy of the final 1x1 convolution.
 * **One layout.** The sample stays ``(B, pose, H)`` for all K steps: two transposes per chunk, not 2K.
 
-``tests/expert/test_fused_sampler.py`` checks it against ``DDIMSampler`` in torch; the export's parity check
+``tests/train/test_fused_sampler.py`` checks it against ``DDIMSampler`` in torch; the export's parity check
 compares the ONNX graph with ``DDIMSampler`` (the reference), not with this module.
 """
 

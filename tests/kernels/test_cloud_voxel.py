@@ -137,9 +137,10 @@ def _scene(h=60, w=80):
     return RGBD(rgb, depth, intr), T, WorkspaceBox.from_bounds([0.0, -0.5, 0.0], [1.0, 0.5, 0.3])
 
 
-@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.slow) if b == "cuda" else b for b in FAST])
 @pytest.mark.parametrize("voxel_size", ["auto", 0.004, 1e-4])
 def test_depth_to_cloud_voxel_sizes_match_reference(backend, voxel_size):
+    # the CUDA simulator takes 10-15 s per frame-sized case: slow
     """'auto' and an explicit size use the dense grid; 0.1 mm over this box is beyond MAX_DENSE_CELLS and
     takes the crop + hash-grid path. Every backend gives the reference's points."""
     rgbd, T, box = _scene()

@@ -102,6 +102,7 @@ def test_cli_realtime_refuses_a_real_setup(capsys):
     assert "--realtime applies to the simulated world only" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_default_runs_the_shipped_expert_within_its_envelope(capsys):
     pytest.importorskip("pybullet", reason="the sim world needs pybullet ('sim' extra)")
     import re

@@ -71,11 +71,16 @@ def test_cli_exit_codes(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["success_rate"] == 0.0
 
 
-def test_demos_written_and_read_without_simulator(tmp_path):
+def test_demos_written_and_read_without_simulator(tmp_path, monkeypatch):
+    from edgebridge.runtime.safety import SafetyLayer
     from edgebridge.sim.demos import DemoConfig, write_demos
 
+    validated = []
+    orig = SafetyLayer.validate
+    monkeypatch.setattr(SafetyLayer, "validate", lambda self, *a, **kw: validated.append(1) or orig(self, *a, **kw))
     meta = write_demos("put_cup_in_tray", 1, tmp_path, seed=4, cfg=DemoConfig(expert_dt=0.2, max_seconds=8.0))
     assert len(meta["episodes"]) == 1
+    assert len(validated) > 100  # the demonstrator's commands went through the runtime's safety layer
     code = (
         "import sys, json, numpy as np\n"
         "sys.modules['pybullet'] = None\n"  # any import of the simulator would fail

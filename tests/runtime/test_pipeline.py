@@ -230,3 +230,27 @@ def test_depth_tare_failure_stops_before_the_arm_moves():
     out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place")
     assert not out.success and out.reason.startswith("depth tare failed:") and "max_bias_m" in out.reason
     assert arm.commands == []
+
+
+def test_warm_up_runs_cloud_and_expert_once_and_stays_out_of_the_profile():
+    from edgebridge.runtime.profiling import Profiler
+
+    clock = MonotonicClock()
+    calls = []
+
+    class CloudExpert:
+        needs_cloud = True
+
+        def act(self, cloud, state, guidance):
+            calls.append((cloud.n_valid, guidance.t[-1]))
+            return IKExpert(IKExpertConfig(horizon=10, dt=0.1)).act(cloud, state, guidance)
+
+        def close(self):
+            pass
+
+    cfg, dev, arm = setup(clock, expert=CloudExpert())
+    prof = Profiler()
+    pipe = Pipeline(cfg, dev, profiler=prof)
+    pipe.warm_up(arm.state())
+    assert len(calls) == 1 and calls[0][0] > 0  # one act on a real cloud, on a hold-in-place guidance
+    assert arm.commands == [] and prof.stage_table() == {} and pipe.profiler is prof

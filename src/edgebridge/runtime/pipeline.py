@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -166,6 +166,9 @@ class Pipeline:
         self.settle_s = settle_s
         self.max_expert_failures = max_expert_failures
         self.guidance_config = guidance_config
+        # optional observer of every guidance built: (lifted, state, path, spline, stamp_ns), e.g. the
+        # simulator's scripted demonstrator, which times its own clean path like the runtime's
+        self.on_guidance: Callable | None = None
         self.needs_cloud = bool(getattr(devices.expert, "needs_cloud", True))
         self.last_loop: ControlLoop | None = None
         self.last_period_stats = None  # the last episode's loop timing (PeriodStats), in either isolation mode
@@ -197,28 +200,28 @@ class Pipeline:
         log.info("depth tare: %s", tare.describe())
         self.depth_tare = tare
 
-    def warm_up(self) -> None:
-        """Before the loop starts in real time: one frame through the cloud kernels and the expert (on a
-        guidance that holds the current pose), so Numba's compilation or cache load and the inference
-        session's first run do not land inside the episode's first expert steps. Nothing is sent."""
+    def warm_up(self, state: ArmState) -> None:
+        """Before a real-time episode's expert worker starts: one frame through ``capture``, the cloud
+        kernels and the expert (on a guidance that holds ``state``'s pose), so Numba's compilation or
+        cache load and the inference session's first run do not land inside the episode's first expert
+        steps. Nothing is sent, and nothing is recorded in the profile."""
         from ..contracts import Guidance
 
         t0 = time.perf_counter()
-        state = self.dev.arm.state()
         pose = state.ee_pose
         hold = Guidance(np.array([0.0, 1.0]), np.stack([pose.position] * 2), np.stack([pose.quat] * 2),
                         np.full(2, state.gripper), stamp_ns=state.stamp_ns)
+        profiler, self.profiler = self.profiler, None  # warm-up times are not the episode's stage times
         try:
-            with self._camera_lock:
-                frame = self.dev.camera.read()
-            if self.depth_tare is not None:
-                frame = self.depth_tare.correct(frame)
+            frame = self.capture(None)
             box_fn = getattr(self.dev.expert, "cloud_box", None)
             cloud = self.cloud(frame, box_fn(state, hold, self.workspace_bounds) if box_fn else None)
             if cloud.n_valid:
                 self.dev.expert.act(cloud, state, hold)
         except Exception as e:  # the episode's own steps report real failures
             log.warning("warm-up before the episode failed: %s: %s", type(e).__name__, e)
+        finally:
+            self.profiler = profiler
         log.info("warm-up (cloud kernels + expert) took %.2f s", time.perf_counter() - t0)
 
     def lift(self, plan, frame: RGBD):
@@ -237,6 +240,8 @@ class Pipeline:
             gcfg = self.guidance_config or GuidanceConfig()
             path, durations = approach_waypoints(lifted, state, config=gcfg)
             spline = fit_guidance(path, durations, gcfg)
+            if self.on_guidance is not None:
+                self.on_guidance(lifted, state, path, spline, stamp_ns)
             return spline.duration, spline.sample(self.cfg.perception.guidance_dt, stamp_ns=stamp_ns)
 
     def plan_session(self, instruction: str, watchdog: Watchdog | None, *, blocking: bool) -> PlanSession:
@@ -295,7 +300,7 @@ class Pipeline:
                 except EdgebridgeError as e:  # before the arm moves: nothing to stop
                     return finish(False, f"depth tare failed: {e}", None)
             if clock.realtime and self.needs_cloud and dev.arm is not None:
-                self.warm_up()
+                self.warm_up(dev.arm.state())
             if dev.arm is None:
                 if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
                     raise ValueError("Pipeline: devices have no arm; a loop in its own process needs arm_factory, "
@@ -337,6 +342,8 @@ class Pipeline:
             if not lp.wait_first_state(10.0):
                 lp.request_stop("no arm state from the control-loop process within 10 s")
                 return lp.join(15.0)
+            if self.needs_cloud:
+                self.warm_up(lp.latest_state())
             worker = _ExpertWorker(self, _LoopProxy(lp, self.profiler), watchdog, sup.session, rec)
             t = threading.Thread(target=worker.run_periodic, name="expert-worker", daemon=True,
                                  args=(self.cfg.expert.every_k_ticks / cfg.loop.rate_hz, stop))

@@ -113,7 +113,7 @@ class Profiler:
             self._events[i] = (sid, row["pid"], row["tid"], row["start_ns"], row["dur_ns"])
         self._threads.update(ev["threads"])
 
-    def trace_events(self, process_names: dict[int, str] | None = None) -> dict:
+    def trace_events(self) -> dict:
         """Chrome trace-event JSON (``{"traceEvents": [...]}``): one complete ("X") event per recorded
         span, microseconds from the first event, named tracks per process and thread."""
         ev = self.events_array()
@@ -121,7 +121,7 @@ class Profiler:
         t0 = int(rows["start_ns"].min()) if rows.size else 0
         out = []
         for pid in sorted({int(p) for p in rows["pid"]} | {self._pid}):
-            name = (process_names or {}).get(pid) or ("edge-run" if pid == self._pid else "control loop process")
+            name = "edge-run" if pid == self._pid else "control loop process"
             out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": f"{name} ({pid})"}})
         for (pid, tid), tname in sorted(ev["threads"].items()):
             out.append({"name": "thread_name", "ph": "M", "pid": int(pid), "tid": int(tid), "args": {"name": tname}})
@@ -197,7 +197,7 @@ class Profiler:
                realtime: bool = True) -> dict:
         """Print the table; with ``out_dir`` also write profile.json, profile.trace.json, PNGs and
         index.html. Returns the data. ``realtime=False`` (lock-step): the loop's period statistics are
-        on simulated time, so only its cycle and miss counts are kept, with a note saying why."""
+        on simulated time, so only its cycle count is kept, with a note saying why."""
         stages = self.stage_table()
         loop = loop_stats.summary() if loop_stats else {}
         if loop and not realtime:

@@ -41,7 +41,7 @@ from .. import __version__
 from ..contracts import RGBD, Waypoints
 from ..errors import PlanError
 from ..runtime.expert.features import CloudROI, goal_position
-from ..runtime.guidance import GuidanceConfig, PiecewiseGuidance, approach_waypoints, fit_guidance
+from ..runtime.guidance import GuidanceConfig, PiecewiseGuidance, approach_waypoints
 from ..runtime.ik_expert import IKExpert, IKExpertConfig
 from ..runtime.lift import lift_plan
 from ..runtime.pipeline import Pipeline
@@ -173,13 +173,12 @@ class DemoRecorder:
         plan = OraclePlanner(world, camera, OracleConfig(offset_m=0.0, seed=self.seed)).plan(clean, instruction)
         self._clean_lifted = lift_plan(plan, clean, camera.T_base_cam, workspace())
 
-    def on_guidance(self, noisy_lifted: Waypoints, state, stamp_ns: int, gcfg: GuidanceConfig) -> None:
-        """The pipeline built its guidance from ``noisy_lifted`` at ``state``: time the clean path alike."""
-        clean_path, _ = approach_waypoints(self._clean_lifted, state, config=gcfg)
-        noisy_path, noisy_d = approach_waypoints(noisy_lifted, state, config=gcfg)
+    def on_guidance(self, noisy_lifted: Waypoints, state, noisy_path: Waypoints, noisy_g, stamp_ns: int) -> None:
+        """``Pipeline.on_guidance``: the pipeline built ``noisy_g`` through ``noisy_path`` from
+        ``noisy_lifted`` at ``state``; time the clean path alike."""
+        clean_path, _ = approach_waypoints(self._clean_lifted, state, config=GuidanceConfig())
         if not np.array_equal(clean_path.gripper, noisy_path.gripper):
             raise PlanError(f"demo seed {self.seed}: clean and noisy plans differ in gripper events")
-        noisy_g = fit_guidance(noisy_path, noisy_d, gcfg)
         clean_g = fit_with_timing(clean_path, noisy_g)  # same phase at the same time as the noisy guidance
         self.guidance = noisy_g.sample(self.cfg.expert_dt, stamp_ns=stamp_ns)
         self._clean = clean_g.sample(self.cfg.expert_dt, stamp_ns=stamp_ns)
@@ -237,19 +236,6 @@ class DemoRecorder:
         pass
 
 
-class _DemoPipeline(Pipeline):
-    """The runtime pipeline, telling the demonstrator which guidance it built (nothing else differs)."""
-
-    def __init__(self, cfg, devices, demo: DemoRecorder) -> None:
-        super().__init__(cfg, devices)
-        self.demo = demo
-
-    def build_guidance(self, lifted, state, stamp_ns: int):
-        duration, guidance = super().build_guidance(lifted, state, stamp_ns)
-        self.demo.on_guidance(lifted, state, guidance.stamp_ns, self.guidance_config or GuidanceConfig())
-        return duration, guidance
-
-
 def demo_setup(cfg: DemoConfig):
     """The embedded setup as the demonstrations run it: one plan for the whole instruction (no re-plan
     at sub-task boundaries, so the clean and noisy paths pair up anchor by anchor), frames as read (the
@@ -277,7 +263,9 @@ def record_episode(task: str, seed: int, cfg: DemoConfig, *, plan_noise_m: float
     try:
         demo.attach(devices.camera.world, devices.camera, instruction)
         spec_slug = get_task(task).slug
-        out = _DemoPipeline(rcfg, devices, demo).run(instruction, task=spec_slug, seed=seed, max_seconds=cfg.max_seconds)
+        pipe = Pipeline(rcfg, devices)
+        pipe.on_guidance = demo.on_guidance
+        out = pipe.run(instruction, task=spec_slug, seed=seed, max_seconds=cfg.max_seconds)
         T_base_cam = devices.camera.T_base_cam.tolist()
     finally:
         devices.close()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from edgebridge.rotations import (matrix_from_rot6d, matrix_to_quat, quat_angle, quat_mul, quat_to_matrix,
+from edgebridge.rotations import (matrix_from_rot6d, matrix_to_quat, quat_angle, quat_to_matrix,
                                   rot6d_from_matrix, slerp)
 
 S = math.sqrt(0.5)
@@ -60,17 +60,6 @@ def test_rot6d_round_trip_and_gram_schmidt():
 def test_degenerate_rot6d_is_a_value_error(d6):
     with pytest.raises(ValueError, match="degenerate"):
         matrix_from_rot6d(d6)
-
-
-def test_quat_mul_composes_like_matrices():
-    a, b = Rotation.random(2, random_state=3).as_quat()
-    np.testing.assert_allclose(quat_to_matrix(quat_mul(a, b)), quat_to_matrix(a) @ quat_to_matrix(b), atol=1e-12)
-    np.testing.assert_allclose(quat_mul(_about_z(0.3), _about_z(0.4)), _about_z(0.7), atol=1e-15)
-    ident = np.array([0.0, 0.0, 0.0, 1.0])
-    np.testing.assert_allclose(quat_mul(ident, a), a, atol=1e-15)
-    qs = Rotation.random(8, random_state=4).as_quat()
-    ref = (Rotation.from_quat(qs) * Rotation.from_quat(qs[::-1])).as_matrix()
-    np.testing.assert_allclose(quat_to_matrix(quat_mul(qs, qs[::-1])), ref, atol=1e-12)
 
 
 def test_quat_angle_and_slerp():

@@ -63,14 +63,6 @@ def matrix_to_quat(r: np.ndarray) -> np.ndarray:
     return q.reshape(r.shape[:-2] + (4,))
 
 
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product ``a * b`` of (..., 4) quaternions (x, y, z, w): the rotation ``b`` then ``a``."""
-    ax, ay, az, aw = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
-    bx, by, bz, bw = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
-    return np.stack([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz], axis=-1)
-
-
 def quat_angle(q0: np.ndarray, q1: np.ndarray) -> float:
     """Rotation angle (rad, in [0, pi]) between two (4,) unit quaternions."""
     d = min(abs(float(q0 @ q1)), 1.0)

@@ -65,6 +65,43 @@ class DepthNoiseConfig:
 
 
 @dataclass(frozen=True)
+class LightConfig:
+    """PyBullet light of the tiny renderer; ``None`` leaves PyBullet's default (the default render is
+    unchanged byte for byte). ``direction`` points from the scene towards the light (base frame)."""
+
+    direction: tuple[float, float, float] | None = None
+    color: tuple[float, float, float] | None = None
+    ambient: float | None = None
+    diffuse: float | None = None
+    specular: float | None = None
+    shadow: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ambient", "diffuse", "specular"):
+            v = getattr(self, name)
+            check(v is None or 0 <= v <= 2, f"camera.light.{name}", f"must lie in [0, 2] or be None, got {v}")
+        check(self.color is None or (len(self.color) == 3 and all(0 <= c <= 1 for c in self.color)),
+              "camera.light.color", f"must be 3 values in [0, 1] or None, got {self.color}")
+        check(self.direction is None or (len(self.direction) == 3 and float(np.linalg.norm(self.direction)) > 1e-6),
+              "camera.light.direction", f"must be a non-zero 3-vector or None, got {self.direction}")
+
+    def render_kwargs(self) -> dict:
+        """Keyword arguments of ``getCameraImage`` for the fields that are set."""
+        out: dict = {}
+        if self.direction is not None:
+            out["lightDirection"] = [float(x) for x in self.direction]
+        if self.color is not None:
+            out["lightColor"] = [float(x) for x in self.color]
+        for key, v in (("lightAmbientCoeff", self.ambient), ("lightDiffuseCoeff", self.diffuse),
+                       ("lightSpecularCoeff", self.specular)):
+            if v is not None:
+                out[key] = float(v)
+        if self.shadow is not None:
+            out["shadow"] = int(bool(self.shadow))
+        return out
+
+
+@dataclass(frozen=True)
 class SimCameraConfig:
     """Camera resolution, vertical field of view, clip planes, pose (eye, target, up) and noise."""
 
@@ -80,6 +117,7 @@ class SimCameraConfig:
     seed: int = 0
     segmentation: bool = True
     fps: float = 15.0  # real time only: read() waits for the next frame time, as a streaming camera does
+    light: LightConfig = field(default_factory=LightConfig)  # default: PyBullet's light, render unchanged
 
     def __post_init__(self) -> None:
         check(16 <= self.width <= 4096 and 16 <= self.height <= 4096, "camera.width/height",
@@ -135,6 +173,10 @@ class SimCamera(DeviceBase):
                               up=self.config.up if up is None else tuple(float(x) for x in up))
         self._set_matrices()
 
+    def set_light(self, light: LightConfig) -> None:
+        """Change the renderer's light (``LightConfig()`` restores PyBullet's default)."""
+        self.config = replace(self.config, light=light)
+
     def set_noise(self, noise: DepthNoiseConfig, seed: int | None = None) -> None:
         self.config = replace(self.config, noise=noise)
         if seed is not None:
@@ -166,7 +208,8 @@ class SimCamera(DeviceBase):
         p = self.world.p
         flags = 0 if c.segmentation else p.ER_NO_SEGMENTATION_MASK
         _, _, rgba, zbuf, seg = p.getCameraImage(c.width, c.height, self._view, self._proj,
-                                                 renderer=p.ER_TINY_RENDERER, flags=flags)
+                                                 renderer=p.ER_TINY_RENDERER, flags=flags,
+                                                 **c.light.render_kwargs())
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(c.height, c.width, 4)[:, :, :3].copy()
         zbuf = np.asarray(zbuf, dtype=np.float64).reshape(c.height, c.width)
         depth = (c.far * c.near / (c.far - (c.far - c.near) * zbuf)).astype(np.float32)

@@ -102,26 +102,45 @@ class OraclePlanner:
         _, depth, seg = self.camera.render()
         if seg is None:
             raise PlanError("OraclePlanner: the sim camera must render segmentation (camera.segmentation=True)")
-        anchors: list[Anchor] = []
-        subtasks: list[int] = []
-        n_into: dict[str, int] = {}
-        for step in steps:
-            subtasks.append(len(anchors))
-            anchors.append(self._anchor(step.obj, 0.0, depth, seg, rgbd))
-            for via in self._obstacles_between(step):
-                anchors.append(self._anchor(via, 0.0, depth, seg, rgbd))
-            aim = None
-            if self.world.object(step.target).kind == "tray":  # spread the objects over the tray
-                k = n_into[step.target] = n_into.get(step.target, -1) + 1
-                aim = self.world.pose(step.target).position[:2] + TRAY_SLOTS[k % len(TRAY_SLOTS)]
-            anchors.append(self._anchor(step.target, 1.0, depth, seg, rgbd, aim=aim))
+        targets, subtasks = self.anchor_targets(steps)
+        anchors = [self._anchor(name, g, depth, seg, rgbd, aim=aim) for name, g, aim in targets]
         # one orientation per plan: across the mug if there is one (cubes fit the gripper at any yaw)
         mugs = [s.obj for s in steps if self.world.object(s.obj).kind == "mug"]
         yaw = grasp_yaw(self.world, mugs[0] if mugs else steps[0].obj)
         ms = (now_ns() - t0) / 1e6
         return Plan(instruction=instruction, anchors=tuple(anchors), orientation=top_down_quat(yaw),
-                    subtasks=tuple(subtasks), source="oracle", privileged=True, stamp_ns=rgbd.stamp_ns,
+                    subtasks=subtasks, source="oracle", privileged=True, stamp_ns=rgbd.stamp_ns,
                     timings_ms={"plan": ms})
+
+    def anchor_targets(self, steps: tuple[Step, ...]) -> tuple[list[tuple[str, float, np.ndarray | None]], tuple[int, ...]]:
+        """What each anchor of the plan points at, in order: (object name, gripper, aim (x, y) or None),
+        and the sub-task starts. Per step: the object (close), a via anchor on each obstacle in the way,
+        the destination (open; into a tray at the next of its slots)."""
+        targets: list[tuple[str, float, np.ndarray | None]] = []
+        subtasks: list[int] = []
+        n_into: dict[str, int] = {}
+        for step in steps:
+            subtasks.append(len(targets))
+            targets.append((step.obj, 0.0, None))
+            for via in self._obstacles_between(step):
+                targets.append((via, 0.0, None))
+            aim = None
+            if self.world.object(step.target).kind == "tray":  # spread the objects over the tray
+                k = n_into[step.target] = n_into.get(step.target, -1) + 1
+                aim = self.world.pose(step.target).position[:2] + TRAY_SLOTS[k % len(TRAY_SLOTS)]
+            targets.append((step.target, 1.0, aim))
+        return targets, tuple(subtasks)
+
+    def anchor_points(self, instruction: str, depth: np.ndarray, seg: np.ndarray) -> list[tuple[str, float, int, int, np.ndarray]]:
+        """The clean plan's anchors with what they point at: (object name, gripper, u, v, 3-D surface
+        point in the base frame) each, from a clean ``depth`` and ``seg`` of the current camera pose
+        (the anchors of :meth:`plan` without plan noise)."""
+        targets, _ = self.anchor_targets(resolve_steps(self.world, instruction))
+        out = []
+        for name, g, aim in targets:
+            u, v, p = self.surface_point(name, depth, seg, aim)
+            out.append((name, g, u, v, p))
+        return out
 
     def _obstacles_between(self, step: Step) -> list[str]:
         """Fixed obstacles (kind ``block``) whose footprint the straight path object -> target crosses."""

@@ -42,6 +42,8 @@ class TaskSpec:
     steps: tuple[Step, ...]
     max_seconds: float
     camera_jitter_m: float = 0.03
+    # further phrasings with synonyms, kept out of VLM training (held out for val/test of pointing data)
+    heldout_phrasings: tuple[str, ...] = ()
 
     @property
     def instruction(self) -> str:
@@ -172,23 +174,32 @@ register(TaskSpec("put_cup_in_tray", "short",
                   ("put cup in tray", "put the cup in the tray", "place the mug into the tray",
                    "put the mug in the tray", "place the cup in the tray", "place the cup into the tray",
                    "move the cup to the tray", "put the cup into the tray"),
-                  build_cup_in_tray, (Step("cup", "tray"),), max_seconds=20.0))
+                  build_cup_in_tray, (Step("cup", "tray"),), max_seconds=20.0,
+                  heldout_phrasings=("drop the mug in the bin", "could you put the cup into the box",
+                                     "set the mug inside the tray")))
 register(TaskSpec("put_cube_then_cup_in_tray", "middle",
                   ("put the red cube in the tray, then the cup", "put the red cube in the tray then the cup",
                    "place the red cube into the tray, then the mug"),
-                  build_cube_then_cup, (Step("red_cube", "tray"), Step("cup", "tray")), max_seconds=35.0))
+                  build_cube_then_cup, (Step("red_cube", "tray"), Step("cup", "tray")), max_seconds=35.0,
+                  heldout_phrasings=("first drop the red block in the bin, then the mug",
+                                     "put the red block into the box and then the cup")))
 register(TaskSpec("stack_red_on_blue", "middle",
                   ("stack the red cube on the blue cube", "put the red cube on the blue cube",
                    "stack red cube on blue cube"),
-                  build_stack, (Step("red_cube", "blue_cube"),), max_seconds=20.0))
+                  build_stack, (Step("red_cube", "blue_cube"),), max_seconds=20.0,
+                  heldout_phrasings=("put the red block on top of the blue block", "place the red cube onto the blue one",
+                                     "set the red block on the blue block")))
 register(TaskSpec("clear_table", "long",
                   ("clear the table into the tray", "put everything in the tray", "clear the table"),
                   build_clear, (Step("red_cube", "tray"), Step("cup", "tray"), Step("blue_cube", "tray")),
-                  max_seconds=50.0))
+                  max_seconds=50.0,
+                  heldout_phrasings=("tidy up the table into the box", "put all the objects in the bin")))
 register(TaskSpec("clear_table_obstacle", "long",
                   ("clear the table into the tray over the block", "clear the table into the tray, reaching over the block"),
                   build_clear_obstacle,
-                  (Step("red_cube", "tray"), Step("cup", "tray"), Step("blue_cube", "tray")), max_seconds=50.0))
+                  (Step("red_cube", "tray"), Step("cup", "tray"), Step("blue_cube", "tray")), max_seconds=50.0,
+                  heldout_phrasings=("put all the objects in the bin, reaching over the wall",
+                                     "tidy up the table into the box over the obstacle")))
 
 
 def normalize(text: str) -> str:
@@ -196,12 +207,12 @@ def normalize(text: str) -> str:
 
 
 def get_task(key: str) -> TaskSpec:
-    """A task by slug or by any of its phrasings (case and punctuation ignored)."""
+    """A task by slug or by any of its phrasings, held-out ones included (case and punctuation ignored)."""
     if key in TASKS:
         return TASKS[key]
     norm = normalize(key)
     for spec in TASKS.values():
-        if norm == spec.slug or any(norm == normalize(p) for p in spec.phrasings):
+        if norm == spec.slug or any(norm == normalize(p) for p in (*spec.phrasings, *spec.heldout_phrasings)):
             return spec
     known = "; ".join(f"{s.slug} ({s.instruction!r})" for s in TASKS.values())
     raise UnknownNameError(f"unknown task or instruction {key!r}; known tasks: {known}")

@@ -11,7 +11,7 @@ import pytest
 from edgebridge.contracts import Anchor, Plan
 from edgebridge.rotations import quat_to_matrix
 from edgebridge.errors import PlanError
-from edgebridge.runtime.planner.format import (build_grammar, int_range_gbnf, parse_plan, plan_schema,
+from edgebridge.runtime.planner.format import (MAX_ANCHORS, build_grammar, int_range_gbnf, parse_plan, plan_schema,
                                                plan_to_json, validate_json, yaw_to_quat)
 from edgebridge.runtime.planner.prompt import compute_meta, load_assets, _asset_dir
 
@@ -70,8 +70,8 @@ def test_parse_rejects_bad_answers(text, why):
 
 
 def test_too_many_anchors_rejected():
-    obj = {"anchors": [{"point_2d": [1, 1], "gripper": "open"}] * 9, "yaw": 0}
-    with pytest.raises(PlanError, match="9 items"):
+    obj = {"anchors": [{"point_2d": [1, 1], "gripper": "open"}] * (MAX_ANCHORS + 1), "yaw": 0}
+    with pytest.raises(PlanError, match=f"{MAX_ANCHORS + 1} items"):
         parse_plan(json.dumps(obj), "pick", 64, 48)
 
 

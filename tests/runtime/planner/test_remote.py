@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from edgebridge.errors import PlanError
+from edgebridge.runtime.planner.format import MAX_ANCHORS
 from edgebridge.runtime.planner.gguf import blank_frame
 from edgebridge.runtime.planner.remote import RemotePlanner, RemotePlannerConfig
 
@@ -141,7 +142,7 @@ def test_retries_on_503_then_succeeds_and_json_schema_mode(scripted):
     assert len(handler.bodies) == 2
     body = handler.bodies[-1]
     assert "grammar" not in body and body["response_format"]["type"] == "json_schema"
-    assert body["response_format"]["json_schema"]["schema"]["properties"]["anchors"]["maxItems"] == 8
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["anchors"]["maxItems"] == MAX_ANCHORS
     image = body["messages"][1]["content"][0]["image_url"]["url"]
     assert image.startswith("data:image/png;base64,")
     # the image went out at 32x24: anchors come back scaled to the 64x48 frame

@@ -33,7 +33,7 @@ import numpy as np
 from ...contracts import Anchor, Plan
 from ...errors import PlanError
 
-MAX_ANCHORS = 8
+MAX_ANCHORS = 12
 YAW_LIMIT_DEG = 90
 GENERIC_PIXEL_MAX = 9999  # the shipped, image-size-agnostic grammar bounds pixels to 4 digits
 GRIPPER_VALUES = {"open": 1.0, "close": 0.0}

@@ -24,7 +24,7 @@ import numpy as np
 
 from .format import MAX_ANCHORS, build_grammar, plan_schema
 
-FORMAT_VERSION = "1.0.0"
+FORMAT_VERSION = "1.1.0"
 ASSET_FILES = ("prompt.txt", "plan.gbnf", "plan.schema.json")
 SYSTEM_MESSAGE = "You are a robot task planner. You answer with JSON only."
 GGUF_KEY_VERSION = "edgebridge.planner.format_version"

@@ -4,7 +4,7 @@
         [--plan-noise-cm 1] [--depth-noise-cm 1] [--no-depth-tare] [--realtime] [--json FILE] [--record DIR]
     edge-sim demos --task put_cup_in_tray --episodes 20 --out demos/ [--seed 0] [--print-config]
     edge-sim pointing --tasks all --scenes 6000 --out DIR [--seed-base 100000] [--val-frac 0.05] \
-        [--test-frac 0.05] [--heldout-frac 0.3] [--jobs 2]
+        [--test-frac 0.05] [--heldout-frac 0.3] [--jobs 2] [--resume]
     edge-sim tasks
 
 Episodes (and demonstrations) run through the same runtime pipeline as ``edge-run``
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--test-frac", type=float, default=0.05)
     pt.add_argument("--heldout-frac", type=float, default=0.3, help="share of val/test scenes with a held-out phrasing")
     pt.add_argument("--jobs", type=int, default=1, help="worker processes (one PyBullet world each)")
+    pt.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same arguments)")
     sub.add_parser("tasks", help="list the registered tasks and their phrasings")
     return ap
 
@@ -136,7 +137,7 @@ def _pointing(args) -> int:
     try:
         info = write_pointing_dataset(args.out, args.tasks, args.scenes, seed_base=args.seed_base,
                                       val_frac=args.val_frac, test_frac=args.test_frac,
-                                      heldout_frac=args.heldout_frac, jobs=args.jobs)
+                                      heldout_frac=args.heldout_frac, jobs=args.jobs, resume=args.resume)
     except (KeyError, ValueError, FileExistsError, EdgebridgeError) as e:
         print(f"edge-sim: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import itertools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -363,25 +364,66 @@ def split_counts(scenes: int, val_frac: float, test_frac: float) -> dict[str, in
     return {"train": scenes - n_val - n_test, "val": n_val, "test": n_test}
 
 
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
+
+
+def _done_prefix(out: Path, items: list[tuple]) -> list[dict]:
+    """Rows an interrupted run finished: the longest prefix of ``items`` with a complete metadata line
+    and a complete PNG. The metadata files are cut back to it."""
+    rows: list[dict] = []
+    for split in SPLITS:
+        path = out / split / "metadata.jsonl"
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+            k = len(rows)
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            png = out / split / str(row.get("file_name"))
+            if k >= len(items) or items[k][2:4] != (row.get("seed"), split) or not png.is_file() \
+                    or png.read_bytes()[-12:] != _IEND:
+                break
+            keep.append(line + "\n")
+            rows.append(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(keep), encoding="utf-8")
+        if len(rows) < sum(it[3] in SPLITS[:SPLITS.index(split) + 1] for it in items):  # split unfinished
+            for later in SPLITS[SPLITS.index(split) + 1:]:
+                (out / later / "metadata.jsonl").unlink(missing_ok=True)
+            break
+    return rows
+
+
 def write_pointing_dataset(out_dir, tasks, scenes: int, *, seed_base: int = 100000, val_frac: float = 0.05,
                            test_frac: float = 0.05, heldout_frac: float = 0.3, jobs: int = 1,
-                           config: PointingConfig | None = None) -> dict:
+                           config: PointingConfig | None = None, resume: bool = False) -> dict:
     """Write ``scenes`` pointing scenes (tasks round-robin; scene i has seed ``seed_base + i``; train,
     val, test are contiguous seed ranges) as an ``imagefolder`` data set under ``out_dir``; returns the
-    info dict also written to ``info.json``."""
+    info dict also written to ``info.json``. ``resume`` continues an interrupted run with the same
+    arguments (scenes are deterministic, so the result is the same as one uninterrupted run)."""
     cfg = config or PointingConfig()
     slugs, skipped = resolve_tasks(tasks)
-    if scenes < 1:
-        raise ValueError(f"scenes must be >= 1, got {scenes}")
+    if scenes < 1 or jobs < 1:
+        raise ValueError(f"scenes and jobs must be >= 1, got {scenes} and {jobs}")
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise ValueError(f"val_frac and test_frac must lie in [0, 1) with a sum < 1, got {val_frac}, {test_frac}")
     if not 0 <= heldout_frac <= 1:
         raise ValueError(f"heldout_frac must lie in [0, 1], got {heldout_frac}")
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
-    if (out / "info.json").exists() or any((out / s / "metadata.jsonl").exists() for s in SPLITS):
-        raise FileExistsError(f"{out} already holds a pointing data set; remove it or choose another output folder")
+    args = {"tasks": slugs, "scenes": scenes, "seed_base": seed_base, "val_frac": val_frac, "test_frac": test_frac,
+            "heldout_frac": heldout_frac}
+    info_path = out / "info.json"
+    old = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else None
+    if old is not None and not resume:
+        raise FileExistsError(f"{out} already holds a pointing data set ({'complete' if old.get('complete') else 'unfinished'}); "
+                              f"remove it, choose another output folder, or continue an unfinished one with --resume")
+    if old is None and any((out / s / "metadata.jsonl").exists() for s in SPLITS):
+        raise FileExistsError(f"{out} holds metadata but no info.json; remove it or choose another output folder")
+    if old is not None and (old.get("args", {}).get("scenes") is None or
+                            {k: old["args"].get(k) for k in args} != args or old.get("config") != json.loads(json.dumps(asdict(cfg)))):
+        raise ValueError(f"--resume: {out} was started with other arguments ({old.get('args')}); pass the same "
+                         f"ones or write to another folder")
     counts = split_counts(scenes, val_frac, test_frac)
     items, ranges, start = [], {}, 0
     for split in SPLITS:
@@ -391,53 +433,60 @@ def write_pointing_dataset(out_dir, tasks, scenes: int, *, seed_base: int = 1000
             held = split != "train" and bool(np.random.default_rng([seed, 0x4E1D]).random() < heldout_frac)
             items.append((i, slugs[i % len(slugs)], seed, split, held, cfg))
         start += counts[split]
+    info = {"complete": False, "scenes": scenes, "tasks": slugs, "skipped_tasks": skipped,
+            "args": {**args, "jobs": jobs}, "config": asdict(cfg), "width": SimCameraConfig().width,
+            "height": SimCameraConfig().height, "phrasings": {t: list(TASKS[t].phrasings) for t in slugs},
+            "heldout_phrasings": {t: list(TASKS[t].heldout_phrasings) for t in slugs}}
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
+    done = _done_prefix(out, items) if old is not None else []
+    if done:
+        log.info("pointing: resuming %s after %d of %d scenes", out, len(done), scenes)
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     per_task = {s: {t: 0 for t in slugs} for s in SPLITS}
     held = {s: 0 for s in SPLITS}
     redraws = 0
     t0 = time.monotonic()
     every = max(1, scenes // 50)
-    files = {s: open(out / s / "metadata.jsonl", "w", encoding="utf-8") for s in SPLITS}
+    files = {s: open(out / s / "metadata.jsonl", "a", encoding="utf-8") for s in SPLITS}
     pool = None
     try:
-        if jobs > 1:
+        todo = items[len(done):]
+        if jobs > 1 and todo:
             import multiprocessing as mp
 
             pool = mp.get_context("spawn").Pool(jobs)
-            results = pool.imap(_render_item, items, chunksize=2)
+            results = pool.imap(_render_item, todo, chunksize=2)
         else:
-            results = map(_render_item, items)
-        for n_done, (row, png) in enumerate(results, 1):
+            results = map(_render_item, todo)
+        new = ((row, None) for row in done)
+        for n_done, (row, png) in enumerate(itertools.chain(new, results), 1):
             split = row["split"]
-            (out / split / row["file_name"]).write_bytes(png)
-            files[split].write(json.dumps(row) + "\n")
-            files[split].flush()
+            if png is not None:
+                tmp = out / split / (row["file_name"] + ".tmp")
+                tmp.write_bytes(png)
+                tmp.replace(out / split / row["file_name"])
+                files[split].write(json.dumps(row) + "\n")
+                files[split].flush()
             per_task[split][row["task"]] += 1
             held[split] += row["phrasing_heldout"]
             redraws += row["redraws"]
-            if n_done % every == 0 or n_done == scenes:
+            if png is not None and (n_done % every == 0 or n_done == scenes):
                 dt = time.monotonic() - t0
-                log.info("pointing: %d/%d scenes, %.2f scenes/s, %d redraws, ETA %.0f s", n_done, scenes,
-                         n_done / dt, redraws, (scenes - n_done) * dt / n_done)
+                rate = (n_done - len(done)) / dt
+                log.info("pointing: %d/%d scenes, %.2f scenes/s, %d redraws, ETA %.0f s", n_done, scenes, rate,
+                         redraws, (scenes - n_done) / rate)
     finally:
         for f in files.values():
             f.close()
         if pool is not None:
             pool.terminate()
     wall = time.monotonic() - t0
-    info = {
-        "scenes": scenes, "tasks": slugs, "skipped_tasks": skipped,
-        "splits": {s: {"count": counts[s], "seeds": ranges[s], "tasks": per_task[s], "heldout_phrasings": held[s]}
-                   for s in SPLITS},
-        "args": {"tasks": slugs, "scenes": scenes, "seed_base": seed_base, "val_frac": val_frac,
-                 "test_frac": test_frac, "heldout_frac": heldout_frac, "jobs": jobs},
-        "phrasings": {t: list(TASKS[t].phrasings) for t in slugs},
-        "heldout_phrasings": {t: list(TASKS[t].heldout_phrasings) for t in slugs},
-        "redraws": redraws, "config": asdict(cfg), "width": SimCameraConfig().width,
-        "height": SimCameraConfig().height, "wall_s": round(wall, 2), "scenes_per_s": round(scenes / wall, 3),
-    }
-    (out / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    info.update(complete=True, resumed_after=len(done), redraws=redraws, wall_s=round(wall, 2),
+                scenes_per_s=round((scenes - len(done)) / max(wall, 1e-9), 3),
+                splits={s: {"count": counts[s], "seeds": ranges[s], "tasks": per_task[s], "heldout_phrasings": held[s]}
+                        for s in SPLITS})
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
 

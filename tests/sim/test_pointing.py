@@ -91,6 +91,27 @@ def test_deterministic(dataset, tmp_path):
         write_pointing_dataset(again, TASKS_USED, 6, **ARGS)
 
 
+def test_resume_continues_an_interrupted_run_exactly(dataset, tmp_path):
+    import shutil
+
+    out, _ = dataset
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    lines = (cut / "train" / "metadata.jsonl").read_text().splitlines(keepends=True)
+    (cut / "train" / "metadata.jsonl").write_text("".join(lines[:2]) + lines[2][:40])  # killed mid-line
+    (cut / "val" / "metadata.jsonl").unlink()
+    info = json.loads((cut / "info.json").read_text())
+    (cut / "info.json").write_text(json.dumps({**info, "complete": False}))
+    with pytest.raises(FileExistsError, match="--resume"):
+        write_pointing_dataset(cut, TASKS_USED, 6, **ARGS)
+    with pytest.raises(ValueError, match="other arguments"):
+        write_pointing_dataset(cut, TASKS_USED, 7, **ARGS, resume=True)
+    info = write_pointing_dataset(cut, TASKS_USED, 6, **ARGS, resume=True)
+    assert info["complete"] and info["resumed_after"] == 2
+    for split in ("train", "val", "test"):
+        assert (cut / split / "metadata.jsonl").read_bytes() == (out / split / "metadata.jsonl").read_bytes()
+
+
 def test_scene_anchors_on_their_masks_and_objects_visible():
     s = render_pointing_scene("put_cube_then_cup_in_tray", 7, heldout=True)
     assert s.instruction in TASKS["put_cube_then_cup_in_tray"].heldout_phrasings and s.phrasing_heldout

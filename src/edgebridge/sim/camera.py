@@ -85,6 +85,16 @@ class LightConfig:
         check(self.direction is None or (len(self.direction) == 3 and float(np.linalg.norm(self.direction)) > 1e-6),
               "camera.light.direction", f"must be a non-zero 3-vector or None, got {self.direction}")
 
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> "LightConfig":
+        """A light from above at a random azimuth and elevation 35-85 deg, a slightly tinted colour (0.85-1
+        per channel), ambient 0.45-0.75, diffuse 0.2-0.5, specular 0-0.15, shadows half the time."""
+        az, el = rng.uniform(-math.pi, math.pi), math.radians(rng.uniform(35.0, 85.0))
+        direction = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
+        return cls(direction=direction, color=tuple(float(c) for c in rng.uniform(0.85, 1.0, 3)),
+                   ambient=float(rng.uniform(0.45, 0.75)), diffuse=float(rng.uniform(0.2, 0.5)),
+                   specular=float(rng.uniform(0.0, 0.15)), shadow=bool(rng.random() < 0.5))
+
     def render_kwargs(self) -> dict:
         """Keyword arguments of ``getCameraImage`` for the fields that are set."""
         out: dict = {}
@@ -227,6 +237,20 @@ class SimCamera(DeviceBase):
         with np.errstate(divide="ignore", invalid="ignore"):
             uv = np.stack([k.fx * pc[:, 0] / z + k.cx, k.fy * pc[:, 1] / z + k.cy], axis=1)
         return uv, z
+
+
+def jitter_rgb(rgb: np.ndarray, rng: np.random.Generator, brightness: float = 0.15, contrast: float = 0.15,
+               channel_gain: float = 0.08, noise_sigma: float = 2.0) -> np.ndarray:
+    """Image-level colour jitter of an (H, W, 3) uint8 image: contrast about the mean and brightness by up
+    to ``contrast`` / ``brightness`` (relative), a per-channel gain of up to ``channel_gain``, Gaussian
+    pixel noise of ``noise_sigma``; clipped to uint8."""
+    x = rgb.astype(np.float32)
+    mean = float(x.mean())
+    x = (x - mean) * (1.0 + rng.uniform(-contrast, contrast)) + mean
+    x = x * (1.0 + rng.uniform(-brightness, brightness))
+    x = x * (1.0 + rng.uniform(-channel_gain, channel_gain, 3)).astype(np.float32)
+    x = x + rng.normal(0.0, noise_sigma, x.shape).astype(np.float32)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def apply_depth_noise(depth: np.ndarray, noise: DepthNoiseConfig, rng: np.random.Generator,

@@ -17,10 +17,10 @@ is redrawn with the next sub-seed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
-import itertools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from ..runtime.planner.format import MAX_ANCHORS, plan_to_json
 from ..runtime.planner.prompt import png_bytes
 from . import oracle as _oracle
 from .arm import SimArm
-from .camera import LightConfig, SimCamera, SimCameraConfig
+from .camera import LightConfig, SimCamera, SimCameraConfig, jitter_rgb
 from .oracle import OraclePlanner
 from .tasks import TASKS, TaskSpec, get_task, jitter_camera, setup_scene
 from .world import SimWorld
@@ -117,10 +117,6 @@ def _arm(world: SimWorld) -> SimArm:
     return SimArm(world, kinematics=_KIN)
 
 
-def _yaw_quat(yaw: float) -> np.ndarray:
-    return np.array([0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)])
-
-
 def _radius(world: SimWorld, name: str) -> float:
     ext = world.object(name).size
     return 0.5 * math.hypot(ext[0], ext[1])
@@ -173,8 +169,8 @@ def randomize_scene(world: SimWorld, spec: TaskSpec, rng: np.random.Generator, c
                 break
         else:
             raise _Redraw(f"no room for {name}")
-        yaw = rng.uniform(-math.pi, math.pi)
-        world.set_pose(name, Pose(np.array([xy[0], xy[1], pose.position[2]]), _yaw_quat(yaw)))
+        half = rng.uniform(-math.pi, math.pi) / 2  # a random yaw
+        world.set_pose(name, Pose(np.array([xy[0], xy[1], pose.position[2]]), np.array([0, 0, math.sin(half), math.cos(half)])))
         placed.append(name)
     distractors: list[str] = []
     if spec.slug in cfg.no_distractor_tasks:
@@ -198,27 +194,6 @@ def randomize_scene(world: SimWorld, spec: TaskSpec, rng: np.random.Generator, c
     return distractors
 
 
-def random_light(rng: np.random.Generator) -> LightConfig:
-    """A light from above at a random azimuth and elevation 35-85 deg, a slightly tinted colour, random
-    ambient / diffuse / specular coefficients, shadows half the time."""
-    az, el = rng.uniform(-math.pi, math.pi), math.radians(rng.uniform(35.0, 85.0))
-    direction = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
-    return LightConfig(direction=direction, color=tuple(float(c) for c in rng.uniform(0.85, 1.0, 3)),
-                       ambient=float(rng.uniform(0.45, 0.75)), diffuse=float(rng.uniform(0.2, 0.5)),
-                       specular=float(rng.uniform(0.0, 0.15)), shadow=bool(rng.random() < 0.5))
-
-
-def jitter_image(rgb: np.ndarray, rng: np.random.Generator, cfg: PointingConfig) -> np.ndarray:
-    """Brightness, contrast (about the mean), per-channel gain and Gaussian pixel noise, clipped to uint8."""
-    x = rgb.astype(np.float32)
-    mean = float(x.mean())
-    x = (x - mean) * (1.0 + rng.uniform(-cfg.contrast, cfg.contrast)) + mean
-    x = x * (1.0 + rng.uniform(-cfg.brightness, cfg.brightness))
-    x = x * (1.0 + rng.uniform(-cfg.channel_gain, cfg.channel_gain, 3)).astype(np.float32)
-    x = x + rng.normal(0.0, cfg.pixel_noise, x.shape).astype(np.float32)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
 def choose_instruction(spec: TaskSpec, seed: int, heldout: bool) -> str:
     pool = spec.heldout_phrasings if heldout else spec.phrasings
     if not pool:
@@ -240,7 +215,7 @@ def _attempt(spec: TaskSpec, seed: int, attempt: int, instruction: str, heldout:
         for n in world.objects:
             if not world.on_table(n):
                 raise _Redraw(f"{n} fell off the table")
-        camera = SimCamera(world, SimCameraConfig(seed=build_seed, light=random_light(rng)))
+        camera = SimCamera(world, SimCameraConfig(seed=build_seed, light=LightConfig.random(rng)))
         jitter_camera(camera, rng, cfg.camera_jitter_m)
         rgb, depth, seg = camera.render()
         k = camera.intrinsics
@@ -272,7 +247,8 @@ def _attempt(spec: TaskSpec, seed: int, attempt: int, instruction: str, heldout:
         objects = {n: tuple(round(float(x), 5) for x in world.pose(n).position) for n in sorted(world.objects)}
         return PointingScene(
             task=spec.slug, seed=seed, instruction=instruction, phrasing_heldout=heldout,
-            rgb=jitter_image(rgb, np.random.default_rng([seed, attempt, 2]), cfg), depth=depth, intrinsics=k,
+            rgb=jitter_rgb(rgb, np.random.default_rng([seed, attempt, 2]), cfg.brightness, cfg.contrast,
+                           cfg.channel_gain, cfg.pixel_noise), depth=depth, intrinsics=k,
             T_base_cam=camera.T_base_cam.copy(), plan_json=plan_json,
             anchors_px=tuple((int(a["point_2d"][0]), int(a["point_2d"][1])) for a in ans["anchors"]),
             gripper=tuple(float(a.gripper) for a in plan.anchors), yaw_deg=int(ans["yaw"]),
@@ -490,5 +466,5 @@ def write_pointing_dataset(out_dir, tasks, scenes: int, *, seed_base: int = 1000
     return info
 
 
-__all__ = ["PointingConfig", "PointingScene", "jitter_image", "random_light", "randomize_scene",
+__all__ = ["PointingConfig", "PointingScene", "randomize_scene",
            "render_pointing_scene", "write_pointing_dataset"]

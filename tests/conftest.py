@@ -49,3 +49,13 @@ def tiny_model(tmp_path_factory):
     from edgebridge.export.tiny_gguf import write_tiny_gguf
 
     return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-f16.gguf")
+
+
+@pytest.fixture(scope="session")
+def pointing_data(tmp_path_factory) -> Path:
+    """A small pointing data set (``edge-sim pointing``): 12 scenes of two tasks, every split present."""
+    from edgebridge.sim.pointing import write_pointing_dataset
+
+    out = tmp_path_factory.mktemp("pointing")
+    write_pointing_dataset(out, ["put_cup_in_tray", "stack_red_on_blue"], 12, val_frac=0.17, test_frac=0.17)
+    return out

@@ -29,6 +29,9 @@ ASSET_FILES = ("prompt.txt", "plan.gbnf", "plan.schema.json")
 SYSTEM_MESSAGE = "You are a robot task planner. You answer with JSON only."
 GGUF_KEY_VERSION = "edgebridge.planner.format_version"
 GGUF_KEY_HASH = "edgebridge.planner.format_hash"
+# A model trained to plan in one image size names it; the planner resizes every frame to it.
+GGUF_KEY_PLAN_WIDTH = "edgebridge.planner.image_width"
+GGUF_KEY_PLAN_HEIGHT = "edgebridge.planner.image_height"
 
 
 def _asset_dir() -> Path:
@@ -105,6 +108,25 @@ def downscale(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, int]:
         for j in range(f):
             sums += rgb[i:hh * f:f, j:ww * f:f]
     return ((sums + (f * f) // 2) // (f * f)).astype(np.uint8), f
+
+
+def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 image to ``width`` x ``height``: block averaging for an integer
+    downscale, else bilinear sampling at pixel centres."""
+    h, w = rgb.shape[:2]
+    if (w, h) == (width, height):
+        return rgb
+    if w % width == 0 and h % height == 0 and w // width == h // height:
+        return downscale(rgb, max(width, height))[0]
+    ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    img = rgb.astype(np.float32)
+    top = img[y0][:, x0] * (1 - fx) + img[y0][:, x1] * fx
+    bot = img[y1][:, x0] * (1 - fx) + img[y1][:, x1] * fx
+    return np.clip(np.rint(top * (1 - fy) + bot * fy), 0, 255).astype(np.uint8)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

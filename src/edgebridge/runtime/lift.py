@@ -10,7 +10,9 @@ For each anchor ``(u, v)`` of a :class:`~edgebridge.contracts.Plan`:
 3. the pixel is deprojected with the intrinsics (pinhole + the distortion model in
    :class:`~edgebridge.contracts.Intrinsics`, same conventions as librealsense) to the camera optical
    frame, then mapped to the base frame with ``T_base_cam``;
-4. the base-frame point must lie inside the workspace (when one is given), else :class:`PlanError`.
+4. the base-frame point must lie inside the workspace (when one is given), else :class:`PlanError`
+   naming the anchor, its pixel, the base-frame point and (with an :class:`AnchorBounds`, what the
+   pipeline passes: the setup's workspace limits and the camera's crop) the bound it broke.
 
 Depth policy (decided here, documented in ``docs/planner.md``): the **measured depth always wins**.
 An anchor's own ``depth`` (a planner's estimate) is used only when the window holds no valid
@@ -36,9 +38,72 @@ log = logging.getLogger(__name__)
 
 
 class Workspace(Protocol):
-    """Anything with ``contains(points (N, 3)) -> (N,) bool`` (e.g. ``edgebridge.kernels.WorkspaceBox``)."""
+    """Anything with ``contains(points (N, 3)) -> (N,) bool`` (e.g. ``edgebridge.kernels.WorkspaceBox``).
+    One that also has ``violation(point) -> str | None`` names the bound a point breaks in the error."""
 
     def contains(self, points: np.ndarray) -> np.ndarray: ...
+
+
+SURFACE_MARGIN_M = 0.03  # how far below the arm's workspace floor an anchor may lift (a surface point)
+
+
+class AnchorBounds:
+    """Where a lifted anchor may lie: the setup's end-effector workspace (``limits.workspace_min`` /
+    ``workspace_max``) intersected with the camera's working volume (the device's workspace box, the
+    perception crop) when there is one. Anchors are points on surfaces and the guidance raises every
+    contact above them, so the floor is ``SURFACE_MARGIN_M`` below ``limits.workspace_min`` z (depth noise
+    at the table top). ``violation(point)`` names the first bound a point breaks."""
+
+    def __init__(self, limits_min, limits_max, region: Any = None, *,
+                 surface_margin_m: float = SURFACE_MARGIN_M) -> None:
+        lo = np.array(limits_min, dtype=np.float64)
+        hi = np.array(limits_max, dtype=np.float64)
+        lo[2] -= surface_margin_m
+        self.lo_src = ["limits.workspace_min"] * 2 + [f"limits.workspace_min - {surface_margin_m:g} m"]
+        self.hi_src = ["limits.workspace_max"] * 3
+        self.region = None
+        box = _axis_aligned_bounds(region)
+        if box is not None:  # an axis-aligned crop: intersect bound by bound, keeping where each comes from
+            for i in range(3):
+                if box[0][i] > lo[i]:
+                    lo[i], self.lo_src[i] = box[0][i], "the camera's workspace crop (min)"
+                if box[1][i] < hi[i]:
+                    hi[i], self.hi_src[i] = box[1][i], "the camera's workspace crop (max)"
+        elif region is not None:
+            self.region = region
+        self.lo, self.hi = lo, hi
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        inside = np.all((p >= self.lo) & (p <= self.hi), axis=1)
+        if self.region is not None:
+            inside &= np.asarray(self.region.contains(p.astype(np.float32)), dtype=bool).reshape(-1)
+        return inside
+
+    def violation(self, point) -> str | None:
+        p = np.asarray(point, dtype=np.float64).reshape(3)
+        for i, axis in enumerate("xyz"):
+            if p[i] < self.lo[i]:
+                return f"{axis} = {p[i]:.3f} m is below {self.lo[i]:.3f} m ({self.lo_src[i]})"
+            if p[i] > self.hi[i]:
+                return f"{axis} = {p[i]:.3f} m is above {self.hi[i]:.3f} m ({self.hi_src[i]})"
+        if self.region is not None and not self.region.contains(p[None].astype(np.float32))[0]:
+            return f"outside the camera's workspace region {self.region!r}"
+        return None
+
+    def __repr__(self) -> str:
+        return f"AnchorBounds(min={np.round(self.lo, 3).tolist()}, max={np.round(self.hi, 3).tolist()})"
+
+
+def _axis_aligned_bounds(region: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(min, max) corners of an axis-aligned ``WorkspaceBox``-like region, else None."""
+    center, half, quat = (getattr(region, k, None) for k in ("center", "half_extents", "quat"))
+    if center is None or half is None or quat is None:
+        return None
+    if not np.allclose(np.abs(np.asarray(quat, dtype=np.float64)), [0, 0, 0, 1], atol=1e-9):
+        return None
+    c, h = np.asarray(center, dtype=np.float64), np.asarray(half, dtype=np.float64)
+    return c - h, c + h
 
 
 def window_depth(depth: np.ndarray, u: int, v: int, *, window: int = 5, depth_min: float = 0.05,
@@ -117,9 +182,11 @@ def lift_plan(plan: Plan, rgbd: RGBD, T_base_cam: np.ndarray, workspace: Workspa
             i = int(np.flatnonzero(~inside)[0])
             a = plan.anchors[i]
             p = np.round(base_pts[i], 3).tolist()
+            why = workspace.violation(base_pts[i]) if hasattr(workspace, "violation") else None
+            where = f"the workspace: {why}" if why else f"the workspace ({workspace!r})"
             raise PlanError(f"anchor {i} at pixel (u={a.u}, v={a.v}) lifts to {p} m in the base frame, outside "
-                            f"the workspace ({workspace!r}); {int((~inside).sum())} of {len(base_pts)} anchors "
-                            f"outside - the plan points off the table and is rejected")
+                            f"{where}; {int((~inside).sum())} of {len(base_pts)} anchors outside - the plan "
+                            f"points off the table and is rejected")
     m = len(plan.anchors)
     return Waypoints(
         positions=base_pts,

@@ -39,6 +39,7 @@ from ..contracts import RGBD, ActionChunk, ArmState
 from ..errors import EdgebridgeError
 from ..interfaces import ActionExpert, Arm, Camera, Planner
 from .config import RobotConfig
+from .lift import AnchorBounds, lift_plan
 from .loop import ControlLoop, LoopResult
 from .plan_session import GUIDANCE_COMPLETE, PlanSession
 from .profiling import Profiler, timer
@@ -175,6 +176,8 @@ class Pipeline:
         self.last_planning = None  # PlanningStats of the last episode
         self._camera_lock = threading.Lock()
         self.depth_tare = None  # the DepthTare measured before each episode (camera.depth_tare)
+        # where a lifted plan anchor may lie: the setup's workspace limits within the camera's crop
+        self.anchor_bounds = AnchorBounds(cfg.limits.workspace_min, cfg.limits.workspace_max, devices.workspace)
 
     # ------------------------------------------------------------------ stages
     def capture(self, watchdog: Watchdog | None) -> RGBD:
@@ -225,11 +228,10 @@ class Pipeline:
         log.info("warm-up (cloud kernels + expert) took %.2f s", time.perf_counter() - t0)
 
     def lift(self, plan, frame: RGBD):
-        """Plan validation (runs in the planner worker): anchors -> base-frame waypoints, or PlanError."""
-        from .lift import lift_plan
-
+        """Plan validation (runs in the planner worker): anchors -> base-frame waypoints, or PlanError (an
+        anchor off the image, in a depth hole, or lifted outside ``anchor_bounds``)."""
         with timer(self.profiler, "lift"):
-            return lift_plan(plan, frame, self.dev.T_base_cam, self.dev.workspace)
+            return lift_plan(plan, frame, self.dev.T_base_cam, self.anchor_bounds)
 
     def build_guidance(self, lifted, state: ArmState, stamp_ns: int):
         """Lifted waypoints -> approach path -> spline from the arm's state; returns (duration_s, guidance

@@ -44,7 +44,10 @@ GUIDANCE_COMPLETE = "guidance complete"
 @dataclass
 class PlanningStats:
     """Per episode: requests, accepted/rejected plans, fall-backs to a previous plan, planner latency
-    (request -> answer, wall ms) and how long the arm held waiting for a plan (loop clock, s)."""
+    (request -> answer, wall ms), how long the arm held waiting for a plan (loop clock, s) and the reason
+    of every rejected plan (``rejections``, the first ``MAX_KEPT``: "round r attempt k/n: reason")."""
+
+    MAX_KEPT = 20
 
     requests: int = 0
     accepted: int = 0
@@ -54,6 +57,7 @@ class PlanningStats:
     latency_ms: list[float] = field(default_factory=list)
     hold_s: float = 0.0
     last_error: str | None = None
+    rejections: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         lat = np.asarray(self.latency_ms) if self.latency_ms else np.zeros(0)
@@ -61,7 +65,7 @@ class PlanningStats:
                 "fallbacks": self.fallbacks, "subtasks_done": self.subtasks_done,
                 "latency_p50_ms": round(float(np.median(lat)), 3) if lat.size else None,
                 "latency_max_ms": round(float(lat.max()), 3) if lat.size else None,
-                "hold_s": round(self.hold_s, 3), "last_error": self.last_error}
+                "hold_s": round(self.hold_s, 3), "last_error": self.last_error, "rejections": list(self.rejections)}
 
     def summary(self) -> str:
         d = self.to_dict()
@@ -119,6 +123,7 @@ class PlanSession:
         self._rid: int | None = None          # request in flight
         self._t_req = 0.0                     # its wall start (perf_counter)
         self._attempts = 0                    # attempts for the current planning round
+        self._round = 0                       # planning rounds so far (1: the first plan, then one per re-plan)
         self._wait_since: int | None = None   # loop-clock ns the arm started waiting for a plan
         self._total: int | None = None        # sub-tasks of the instruction (from the first plan)
         self._segments: list[tuple[Waypoints, int]] = []  # (waypoints, sub-tasks they cover) still to run
@@ -161,6 +166,8 @@ class PlanSession:
         return None
 
     def _request(self, now_ns: int, state: ArmState, reason: str) -> str | None:
+        if self._attempts == 0:
+            self._round += 1
         self._attempts += 1
         self.stats.requests += 1
         try:
@@ -203,7 +210,10 @@ class PlanSession:
     def _failed(self, now_ns: int, state: ArmState, why: str) -> str | None:
         self.stats.rejected += 1
         self.stats.last_error = why
-        log.warning("plan rejected (attempt %d/%d): %s", self._attempts, self.max_attempts, why)
+        if len(self.stats.rejections) < self.stats.MAX_KEPT:
+            self.stats.rejections.append(f"round {self._round} attempt {self._attempts}/{self.max_attempts}: {why}")
+        log.warning("plan rejected (planning round %d, attempt %d/%d; the arm holds): %s", self._round,
+                    self._attempts, self.max_attempts, why)
         if self._attempts < self.max_attempts:
             return self._request(now_ns, state, f"retry after a rejected plan: {why}")
         if self._segments:  # a sub-task boundary: keep the previous plan's remaining sub-tasks

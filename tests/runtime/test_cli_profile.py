@@ -42,8 +42,8 @@ def test_cli_unknown_task_names_it_and_the_known_ones(capsys):
 
     assert main(["--task", "fly to the moon", "--expert", "ik"]) == 2
     err = capsys.readouterr().err
-    assert "could not open the devices of sim_panda: unknown task or instruction 'fly to the moon'" in err
-    assert "known tasks: put_cup_in_tray" in err
+    assert err.startswith("edge-run: --task 'fly to the moon' names") and err.count("\n") == 1
+    assert "tasks: put_cup_in_tray ('put cup in tray')" in err
 
 
 def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
@@ -53,10 +53,11 @@ def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
     out = tmp_path / "eps.jsonl"
     rc = main(["--expert", "ik", "--json", str(out), "--profile", str(tmp_path / "prof"), "--max-seconds", "30"])
     text = capsys.readouterr().out
-    assert "planner: oracle" in text and "--planner gguf --vlm" in text
+    assert "planner: oracle" in text and "--planner gguf (the shipped model, or --vlm" in text
     assert "depth tare 1/1: depth offset" in text  # the sim config tares against the table top
     row = json.loads(out.read_text().splitlines()[0])
-    assert set(row) == {"task", "seed", "success", "duration", "reason"}
+    assert set(row) == {"task", "instruction", "seed", "success", "duration", "reason"}
+    assert row["instruction"] == "put cup in tray"  # the slug's first phrasing, what the planner got
     assert rc == (0 if row["success"] else 1)
     assert row["success"], row["reason"]
     prof = json.loads((tmp_path / "prof" / "profile.json").read_text())

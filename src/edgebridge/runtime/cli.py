@@ -31,10 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: the embedded simulated Panda).")
     ap.add_argument("--config", default="sim_panda", help="robot setup: a TOML file or a shipped name "
                     "(sim_panda, so101_serial, panda_ethernet); default sim_panda")
-    ap.add_argument("--task", default="put_cup_in_tray", help="task slug (sim) or instruction text (default put_cup_in_tray)")
+    ap.add_argument("--task", default="put_cup_in_tray", help="task slug or instruction text, given to the planner "
+                    "word for word; in the simulator free text sets up the scene of the task it names, e.g. "
+                    "'drop the mug in the bin' (default put_cup_in_tray)")
     ap.add_argument("--planner", choices=["oracle", "gguf", "remote"], default=None,
                     help="planner backend (default: the setup's; sim_panda uses the oracle)")
-    ap.add_argument("--vlm", metavar="PATH", default=None, help="GGUF model for --planner gguf")
+    ap.add_argument("--vlm", metavar="PATH", default=None, help="GGUF model for --planner gguf (default: the "
+                    "setup's planner.model, else the shipped planner in assets/planner, built by 'make planner')")
     ap.add_argument("--mmproj", metavar="PATH", default=None, help="vision projector GGUF of the --vlm model; "
                     "without one the GGUF planner plans from the instruction alone (text-only; sim only)")
     ap.add_argument("--expert", choices=["onnx", "trt", "ik"], default=None,
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and frames arrive at the camera's rate, so the loop, planner and expert run concurrently as on "
                     "a robot (default: lock-step)")
     ap.add_argument("--json", metavar="FILE", default=None, help="write one JSON object per episode "
-                    "(task, seed, success, duration, reason) to FILE (JSON lines)")
+                    "(task, instruction, seed, success, duration, reason) to FILE (JSON lines)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return ap
 
@@ -79,9 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-run: --realtime applies to the simulated world only; {cfg.name} (arm driver "
               f"{cfg.arm.driver!r}) always runs in real time", file=sys.stderr)
         return 2
-    from .devices import RunChoices, build_devices
+    from .devices import RunChoices, build_devices, task_scene
     from .pipeline import Pipeline
     from .profiling import Profiler
+
+    try:
+        scene = task_scene(cfg, args.task)  # the simulator: the task whose scene the text names
+    except KeyError as e:
+        print(f"edge-run: --task {e}", file=sys.stderr)
+        return 2
 
     profiler = Profiler() if args.profile is not None else None
     results = []
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"[edge-run] episode {i + 1}/{args.episodes}: {instruction!r} (seed {seed})")
                 record = Path(args.record) / f"episode_{i:03d}_seed{seed}" if args.record else None
                 pipe = Pipeline(cfg, devices, dry_run=args.dry_run, profiler=profiler, record_dir=record)
-                out = pipe.run(instruction, task=args.task, seed=seed, max_seconds=args.max_seconds)
+                out = pipe.run(instruction, task=scene or args.task, seed=seed, max_seconds=args.max_seconds)
                 if pipe.last_period_stats is not None:
                     loop_stats = pipe.last_period_stats
                 realtime = devices.clock.realtime
@@ -131,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             if pipe.depth_tare is not None:
                 _say(f"[edge-run] depth tare {i + 1}/{args.episodes}: {pipe.depth_tare.describe()}")
             if json_out is not None:
-                json_out.write(json.dumps({"task": out.task, "seed": seed, "success": out.success,
-                                           "duration": round(out.duration, 3), "reason": out.reason}) + "\n")
+                json_out.write(json.dumps({"task": out.task, "instruction": instruction, "seed": seed,
+                                           "success": out.success, "duration": round(out.duration, 3),
+                                           "reason": out.reason}) + "\n")
                 json_out.flush()
     except KeyboardInterrupt:
         print("edge-run: interrupted", file=sys.stderr)

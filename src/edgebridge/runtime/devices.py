@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, from_dict
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, PlanError
 from .config import RobotConfig
 from .pipeline import Devices
 
@@ -76,15 +76,22 @@ def _build(spec: tuple[str, str, str], options: dict, what: str, extra: str):
 
 
 def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict | None, *,
-                 mmproj: str | None = None, notes: list[str] | None = None):
-    """The planner ``backend`` names. A GGUF model without a vision projector (no ``--mmproj`` and no
-    ``planner.options.mmproj_path``) cannot see the camera image: in the simulator it then plans from
-    the instruction alone (``text_only``, stated in the notes and the log); on a real setup that is a
-    configuration error unless ``planner.options.text_only = true`` says so explicitly."""
+                 mmproj: str | None = None, notes: list[str] | None = None, simulated: bool | None = None):
+    """The planner ``backend`` names. ``sim_ctx`` (world, camera, seed, plan offset) is what the oracle
+    reads; ``simulated`` says whether the setup is the simulator (default: ``sim_ctx is not None``).
+
+    GGUF: the model is ``--vlm`` or ``planner.model``; without either, the shipped planner (``vlm.gguf``
+    + ``vlm-mmproj.gguf`` in ``assets/planner``, chat handler ``mtmd``; ``runtime/planner/shipped.py``),
+    and when that is missing a one-line error naming ``make planner``. A GGUF model without a vision
+    projector (no ``--mmproj`` and no ``planner.options.mmproj_path``) cannot see the camera image: in the
+    simulator it then plans from the instruction alone (``text_only``, stated in the notes and the log);
+    on a real setup that is a configuration error unless ``planner.options.text_only = true`` says so."""
+    simulated = sim_ctx is not None if simulated is None else simulated
     if backend == "oracle":
         if sim_ctx is None:
             raise ConfigError("planner oracle: reads the simulator's state, so it only works with arm.driver = "
-                              "'sim'; use --planner gguf --vlm MODEL.gguf or --planner remote on real hardware")
+                              "'sim'; use --planner gguf (the shipped VLM, or --vlm MODEL.gguf) or --planner "
+                              "remote on real hardware")
         from ..sim.oracle import OracleConfig, OraclePlanner
 
         return OraclePlanner(sim_ctx["world"], sim_ctx["camera"],
@@ -92,25 +99,47 @@ def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict 
     if backend == "gguf":
         from .planner.gguf import GGUFPlanner, GGUFPlannerConfig
 
+        from .planner import shipped
+
         opts = dict(cfg.planner.options)
         model = vlm or cfg.planner.model
         if not model:
-            raise ConfigError("planner gguf: no model given; pass --vlm PATH.gguf or set planner.model")
+            files = shipped.shipped_vlm()
+            if files is None:
+                raise ConfigError(shipped.missing_message())
+            model = str(files[0])
+            if not mmproj and not opts.get("mmproj_path"):
+                opts["mmproj_path"] = str(files[1])
+            opts.setdefault("chat_handler", shipped.CHAT_HANDLER)
+            if notes is not None:
+                notes.append(f"planner: the shipped VLM {files[0].name} + {Path(opts['mmproj_path']).name} "
+                             f"({opts['chat_handler']}) from {files[0].parent}")
         opts["model_path"] = model
         if mmproj:
             opts["mmproj_path"] = mmproj
         if not opts.get("mmproj_path") and not opts.get("text_only"):
-            if sim_ctx is None:
+            if not simulated:
                 raise ConfigError(f"planner gguf: {Path(model).name} has no vision projector, so it cannot see the "
                                   f"camera; pass --mmproj PATH (or set planner.options.mmproj_path), or set "
                                   f"planner.options.text_only = true to plan blind from the instruction alone")
             opts["text_only"] = True
-            msg = (f"planner: GGUF {Path(model).name} has no vision projector (--mmproj): it plans from the "
-                   f"instruction alone (text-only, blind to the camera image)")
-            log.warning(msg)
+            blind = (f"planner: GGUF {Path(model).name} has no vision projector (--mmproj): it plans from the "
+                     f"instruction alone (text-only, blind to the camera image)")
+        else:
+            blind = None
+        gcfg = from_dict(GGUFPlannerConfig, opts, prefix="planner.options.")
+        try:
+            planner = GGUFPlanner(gcfg)
+        except PlanError as e:  # the shipped files are there but do not load: rebuild them
+            if vlm or cfg.planner.model:
+                raise
+            raise PlanError(f"{e} (the shipped planner: rebuild it with '{shipped.BUILD_COMMAND}', or use "
+                            f"--planner oracle)") from e
+        if blind is not None:  # said once the model has loaded: a file that does not load is the one message
+            log.warning(blind)
             if notes is not None:
-                notes.append(msg)
-        return GGUFPlanner(from_dict(GGUFPlannerConfig, opts, prefix="planner.options."))
+                notes.append(blind)
+        return planner
     if backend == "remote":
         from .planner.remote import RemotePlanner, RemotePlannerConfig
 
@@ -155,6 +184,17 @@ def make_expert(cfg: RobotConfig, backend: str, notes: list[str], instance: Any 
     raise ConfigError(f"expert: unknown backend {backend!r}; expected onnx, trt or ik")
 
 
+def task_scene(cfg: RobotConfig, task: str) -> str | None:
+    """The slug of the simulated task whose scene ``task`` (a slug, a phrasing or free text) names, for a
+    simulated setup (None on a real one, where the task text goes to the planner as it is); text that
+    names no task raises ``UnknownNameError`` (a ``KeyError``) listing the tasks."""
+    if cfg.arm.driver != "sim":
+        return None
+    from ..sim.tasks import match_task
+
+    return match_task(task).slug
+
+
 def build_devices(cfg: RobotConfig, choices: RunChoices) -> tuple[Devices, str]:
     """Open every device of the setup; returns the devices and the instruction to run. On any error the
     devices opened so far are closed again."""
@@ -195,25 +235,34 @@ def warn_untrained_task(expert, slug: str) -> str | None:
 
 def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     from ..clock import MonotonicClock
+    from ..sim.tasks import TASKS, check_success, match_task, resolve_steps
+
+    # the task names the scene: a slug, a registered phrasing or free text matched by its objects and verbs;
+    # the planner gets the user's text word for word (a slug: the task's first phrasing)
+    spec = match_task(choices.task)
+    instruction = spec.instruction if choices.task in TASKS else choices.task
+    planner = None
+    if planner_name != "oracle":  # a model that does not load fails before the world is built
+        planner = make_planner(cfg, planner_name, choices.vlm, None, mmproj=choices.mmproj, notes=notes,
+                               simulated=True)
+        closers.append(planner.close)
     from ..sim.episode import build_world, workspace
-    from ..sim.tasks import check_success, get_task, resolve_steps
 
     clock = MonotonicClock(spin_ns=int(cfg.loop.spin_us * 1e3)) if choices.sim_realtime else None
-    spec, world, camera, arm = build_world(choices.task, choices.seed, depth_noise=choices.sim_depth_noise,
+    spec, world, camera, arm = build_world(spec.slug, choices.seed, depth_noise=choices.sim_depth_noise,
                                            clock=clock)
     closers.append(world.close)
     camera.connect()
     closers.append(camera.disconnect)
     arm.connect()
     closers.append(arm.disconnect)
-    instruction = spec.instruction if get_task(choices.task) is spec else choices.task
-    planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed,
-                                                            "offset_m": choices.sim_plan_noise_m},
-                           mmproj=choices.mmproj, notes=notes)
-    closers.append(planner.close)
-    if planner_name == "oracle":
-        notes.append("planner: oracle (privileged simulator state, not a VLM); run a GGUF VLM with "
-                     "--planner gguf --vlm MODEL.gguf")
+    if planner is None:
+        planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed,
+                                                                "offset_m": choices.sim_plan_noise_m},
+                               mmproj=choices.mmproj, notes=notes)
+        closers.append(planner.close)
+        notes.append("planner: oracle (privileged simulator state, not a VLM); run the VLM planner with "
+                     "--planner gguf (the shipped model, or --vlm MODEL.gguf --mmproj MMPROJ.gguf)")
     expert = make_expert(cfg, expert_name, notes, choices.expert_instance)
     if choices.expert_instance is None:
         closers.append(expert.close)
@@ -234,8 +283,10 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
 
     if cfg.loop.isolation == "process":
         notes.append("loop: isolation 'process' does not apply to the simulator; the loop runs in-process")
-    notes.insert(0, f"world: simulated Panda + RGB-D camera (PyBullet), task {spec.slug}, seed {choices.seed}, "
-                    f"{'real time (physics on the wall clock)' if choices.sim_realtime else 'lock-step'}")
+    matched = "" if choices.task in TASKS else f" (the scene of {choices.task!r})"
+    mode = "real time (physics on the wall clock)" if choices.sim_realtime else "lock-step"
+    notes.insert(0, f"world: simulated Panda + RGB-D camera (PyBullet), task {spec.slug}{matched}, seed "
+                    f"{choices.seed}, {mode}")
     return Devices(arm=arm, camera=camera, kinematics=arm.kin, planner=planner, expert=expert, clock=world.clock,
                    T_base_cam=camera.T_base_cam, workspace=workspace(), success=success, abort=abort, notes=notes,
                    closers=closers, time_limit_s=spec.max_seconds), instruction

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..clock import Clock
 from .arm import SimArm
 from .camera import DepthNoiseConfig, SimCamera, SimCameraConfig
-from .tasks import get_task, jitter_camera, setup_scene
+from .tasks import jitter_camera, match_task, setup_scene
 from .world import SimWorld
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,10 @@ def depth_noise_config(depth_noise: float | DepthNoiseConfig) -> DepthNoiseConfi
 
 def build_world(task: str, seed: int, *, depth_noise: float | DepthNoiseConfig = 0.0,
                 camera_config: SimCameraConfig | None = None, clock: Clock | None = None):
-    """A fresh world with the task's scene, a jittered camera and the arm at home: (spec, world, camera,
-    arm). ``clock``: None for lock-step simulated time, a ``MonotonicClock`` for real time."""
-    spec = get_task(task)
+    """A fresh world with the scene of ``task`` (a slug, a phrasing or free text: ``match_task``), a
+    jittered camera and the arm at home: (spec, world, camera, arm). ``clock``: None for lock-step
+    simulated time, a ``MonotonicClock`` for real time."""
+    spec = match_task(task)
     world = SimWorld(clock=clock)
     try:
         rng = setup_scene(world, spec, seed)
@@ -96,7 +97,7 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
     devices, instruction = build_devices(cfg, choices)
     try:
         pipe = Pipeline(cfg, devices, profiler=profiler, record_dir=record_dir)
-        outcome = pipe.run(instruction, task=get_task(task).slug, seed=int(seed), max_seconds=max_seconds)
+        outcome = pipe.run(instruction, task=match_task(task).slug, seed=int(seed), max_seconds=max_seconds)
     finally:
         devices.close()
     (log.info if outcome.success else log.warning)("episode %s seed %d: %s (%s)", outcome.task, seed,

@@ -240,7 +240,7 @@ def resolve_steps(world: SimWorld, instruction: str) -> tuple[Step, ...]:
     try:
         spec = get_task(instruction)
     except KeyError:
-        spec = None
+        spec = _matched_task(world, instruction)  # free text naming a task (match_task) whose objects are here
     if spec is not None:
         for s in spec.steps:
             for n in (s.obj, s.target):
@@ -281,3 +281,164 @@ def jitter_camera(camera, rng: np.random.Generator, jitter_m: float) -> None:
 
 __all__ = ["COLORS", "Step", "TaskSpec", "TASKS", "check_success", "describe_scene", "find_object", "get_task",
            "in_tray", "jitter_camera", "resolve_steps", "setup_scene", "stacked", "step_done"]
+
+
+# --------------------------------------------------------------------------- free-text task matching
+
+_KINDS = {"cup": ("cup", "cups", "mug", "mugs"), "tray": ("tray", "trays", "box", "boxes", "bin", "bins",
+                                                         "container", "basket", "crate"),
+          "cube": ("cube", "cubes", "block", "blocks", "brick", "bricks")}
+_KIND_OF = {w: k for k, words in _KINDS.items() for w in words}
+_OBSTACLE = {"obstacle", "obstacles", "wall", "barrier"}
+_AROUND = {"over", "around", "past", "avoiding", "avoid", "across"}  # an obstacle when clearing the table
+_CLEAR = {"clear", "tidy", "everything", "all", "clean"}
+_PLACE_PREP = {"in", "into", "inside", "on", "onto", "to", "atop", "within"}
+_PICK_VERBS = {"put", "place", "move", "drop", "stack", "set", "pick", "grab", "take", "bring", "throw", "toss",
+               "lift", "carry", "transfer", "get", "load", "pile", "stick", "pop", "stash"}
+_DETERMINERS = {"the", "a", "an", "my", "your", "our", "this", "these", "those"}
+_ADJECTIVES = {"small", "big", "large", "little", "tiny", "other", "same", "empty", "plastic", "wooden", "top",
+               "first", "second", "last", "remaining", "single"}
+_SKIP = {"it", "them", "up", "down", "away", "back", "of", "too", "also"}
+_GENERIC = {"one", "ones", "table", "desk", "objects", "object", "things", "thing", "items", "item", "stuff",
+            "rest", "everything", "toys", "surface", "side", "middle", "centre", "center", "top", "way"}
+_KNOWN = (_ADJECTIVES | _SKIP | _GENERIC | _CLEAR | _DETERMINERS | _PLACE_PREP | _PICK_VERBS | _OBSTACLE | _AROUND
+          | set(_KIND_OF))
+# cues a task needs in the text (and the text may not carry cues a task lacks)
+_TASK_CUES = {"clear_table": frozenset({"clear"}), "clear_table_obstacle": frozenset({"clear", "obstacle"})}
+
+
+@dataclass(frozen=True)
+class _Mention:
+    color: str | None
+    kind: str | None
+    target: bool  # after a placement preposition ("in the tray", "on top of the blue one")
+
+    def fits(self, name: str) -> bool:
+        color, kind = _name_concept(name)
+        if self.kind is None:  # a colour alone ("stack red on blue") names an object of that colour
+            return self.color == color
+        return self.kind == kind and (self.color is None or color is None or self.color == color)
+
+    def __str__(self) -> str:
+        return " ".join(x for x in (self.color, self.kind or "object") if x)
+
+
+def _name_concept(name: str) -> tuple[str | None, str]:
+    """A scene object name -> (colour or None, kind): ``red_cube`` -> (red, cube), ``cup`` -> (None, cup)."""
+    parts = name.split("_")
+    color = parts[0] if len(parts) > 1 and parts[0] in COLORS else None
+    return color, _KIND_OF.get(parts[-1], parts[-1])
+
+
+def _read(text: str) -> tuple[list[_Mention], set[str], list[str]]:
+    """The objects ``text`` mentions (colour, kind, target or not), its cues (clear, obstacle) and the
+    words in an object's place that name no known object."""
+    words = normalize(text).split()
+    cues = {"clear"} if _CLEAR & set(words) else set()
+    mentions: list[_Mention] = []
+    unknown: list[str] = []
+    color, target, last_kind, slot = None, False, None, False
+    for i, w in enumerate(words):
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if w in _OBSTACLE or ("clear" in cues and (w in _AROUND or (w in ("block", "blocks") and color is None))):
+            cues.add("obstacle")
+            color, target, slot = None, False, False
+            continue
+        if w in COLORS:
+            color, slot = w, True
+            if (nxt in _KNOWN or not nxt) and nxt not in _KIND_OF and nxt not in _ADJECTIVES | {"one", "ones"}:
+                # a colour alone names the object: "stack red on blue" ("the red apple": an unknown object)
+                mentions.append(_Mention(color, None, target))
+                color, target, slot = None, False, False
+            continue
+        if w in _KIND_OF or w in ("one", "ones"):
+            kind = _KIND_OF.get(w, last_kind)
+            mentions.append(_Mention(color, kind, target))
+            last_kind = kind or last_kind
+            color, target, slot = None, False, False
+        elif w in _PLACE_PREP or w in _AROUND:  # "over the tray" (not clearing the table): a destination
+            target, slot = True, False
+        elif w in _DETERMINERS:
+            slot = True
+        elif w in _PICK_VERBS:  # "put banana in tray": the word between a verb and a preposition is an object
+            slot = nxt not in _KNOWN and (words[i + 2] if i + 2 < len(words) else "") in _PLACE_PREP
+            target = False
+        elif w in _KNOWN:
+            if w in _GENERIC:
+                color, slot = None, False
+        elif slot and nxt not in _KIND_OF and nxt not in COLORS:  # "the banana", not "the coffee mug"
+            unknown.append(w)
+            color, slot = None, False
+        if w == "then":
+            target = False
+    return mentions, cues, unknown
+
+
+def _candidate(spec: TaskSpec, mentions: list[_Mention], cues: set[str]) -> str | None:
+    """None when ``spec`` fits the text, else why not (for the closest-task hint)."""
+    if set(_TASK_CUES.get(spec.slug, ())) != cues:
+        return "other cues"
+    picks = {s.obj for s in spec.steps}
+    targets = {s.target for s in spec.steps}
+    for m in mentions:
+        pool = targets if m.target else picks | (targets if "clear" in cues else set())
+        if not any(m.fits(n) for n in pool):
+            other = any(m.fits(n) for n in (picks if m.target else targets))
+            return (f"it moves the {m} elsewhere" if m.target and other else
+                    f"the {m} is where things go, not what it moves" if other else f"no {m} in it")
+    if "clear" in cues:
+        return None
+    missing = [n.replace("_", " ") for n in sorted(picks | targets) if not any(m.fits(n) for m in mentions)]
+    return f"the text does not name the {' and the '.join(missing)}" if missing else None
+
+
+def _examples() -> str:
+    return "; ".join(f"{s.slug} ({s.instruction!r})" for s in TASKS.values())
+
+
+def match_task(text: str) -> TaskSpec:
+    """The task whose scene ``text`` describes: a slug, a registered phrasing (held-out ones included), or
+    free text matched by the objects it names and the verbs it uses, with synonyms (mug/cup,
+    tray/box/bin/container, cube/block; "on top of", "clear the table" / "put everything", an obstacle:
+    "over the block", "reaching over the wall"). Every object the text names must be in the task, and every
+    object the task moves must be named (except "clear the table" tasks). Text naming an object no task
+    has, matching no task, or matching several raises :class:`UnknownNameError` naming the tasks."""
+    try:
+        return get_task(text)
+    except KeyError:
+        return match_words(text)
+
+
+def match_words(text: str) -> TaskSpec:
+    """:func:`match_task` without the lookup by slug and phrasing: the task by the words alone."""
+    mentions, cues, unknown = _read(text)
+    if unknown:
+        raise UnknownNameError(f"{text!r} names {', '.join(repr(w) for w in unknown)}, which no task's scene "
+                               f"has (objects: cup/mug, tray/box/bin, red/blue cube or block); tasks: {_examples()}")
+    why = {slug: _candidate(spec, mentions, cues) for slug, spec in TASKS.items()}
+    fits = [slug for slug, w in why.items() if w is None]
+    if len(fits) == 1:
+        return TASKS[fits[0]]
+    if fits:
+        raise UnknownNameError(f"{text!r} is ambiguous: it fits {', '.join(fits)}; name the task by its "
+                               f"slug or say more (e.g. {TASKS[fits[0]].instruction!r})")
+    names = {slug: {n for st in spec.steps for n in (st.obj, st.target)} for slug, spec in TASKS.items()}
+    close = {slug: sum(any(m.fits(n) for n in names[slug]) for m in mentions) for slug in TASKS}
+    near = [f"{slug}: {why[slug]}" for slug in sorted(TASKS, key=lambda k: -close[k])
+            if close[slug] and why[slug] != "other cues"]
+    hint = f" (closest: {'; '.join(near[:2])})" if near else ""
+    raise UnknownNameError(f"{text!r} names no known task{hint}; give a slug or an instruction such as "
+                           f"'drop the mug in the bin'; tasks: {_examples()}")
+
+
+def _matched_task(world: SimWorld, instruction: str) -> TaskSpec | None:
+    """The task ``instruction`` matches when the scene has all of its objects, else None."""
+    try:
+        spec = match_task(instruction)
+    except KeyError:
+        return None
+    names = {n for s in spec.steps for n in (s.obj, s.target)}
+    return spec if names <= set(world.objects) else None
+
+
+__all__ += ["match_task", "match_words"]

@@ -150,6 +150,14 @@ class GGUFPlanner:
         except (ValueError, RuntimeError, OSError) as e:
             raise PlanError(f"GGUF planner: llama.cpp could not load {path} ({e}); is it a complete GGUF "
                             f"file of a supported architecture? Re-export it with 'edge-export vlm'") from e
+        if self._handler is not None and hasattr(self._handler, "_init_mtmd_context"):
+            try:  # load the projector now (llama-cpp-python would on the first image): a bad one fails here
+                self._handler._init_mtmd_context(self._llm)
+            except (ValueError, RuntimeError, OSError) as e:
+                self.close()
+                raise PlanError(f"GGUF planner: vision projector {cfg.mmproj_path} does not load with model "
+                                f"{path.name} ({e}); is it the complete mmproj GGUF exported with this model? "
+                                f"Re-export both with 'edge-export vlm' or fix planner.mmproj_path") from e
         self.load_timings_ms["load_ms"] = (time.perf_counter() - t0) * 1e3
         meta = self._llm.metadata or {}
         version = meta.get(GGUF_KEY_VERSION)

@@ -108,3 +108,20 @@ def write_json(path: str | os.PathLike | None, flat: dict) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+
+
+def quiet_llama_logs() -> None:
+    """Send libmtmd's log lines (one block per image: tokens, encode and decode times) through
+    llama-cpp-python's logger, which prints errors only unless a model is loaded with ``verbose=True``, as
+    llama.cpp's own lines are. Without it a benchmark's progress drowns in them. Harmless when llama-cpp-python
+    is missing or has no such hooks."""
+    import ctypes
+
+    try:
+        from llama_cpp import _logger, mtmd_cpp
+    except ImportError:
+        return
+    for name in ("mtmd_log_set", "mtmd_helper_log_set"):
+        fn = getattr(mtmd_cpp, name, None)
+        if fn is not None:
+            fn(_logger.llama_log_callback, ctypes.c_void_p(0))

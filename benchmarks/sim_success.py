@@ -3,9 +3,10 @@ render times.
 
     python benchmarks/sim_success.py [--seeds 50] [--seed-base 0] [--tasks put_cup_in_tray,...] [--experts ik[,onnx]]
                                      [--conditions clean,plan_1cm,plan_3cm,depth_1cm,depth_10cm] [--json FILE]
+                                     [--planner oracle|gguf [--vlm LM.gguf --mmproj MMPROJ.gguf]] [--jobs N]
 
 Per expert, task and condition: the fraction of ``--seeds`` episodes (seeds B..B+N-1 with B =
-``--seed-base``; oracle planner)
+``--seed-base``; the oracle planner unless ``--planner gguf``)
 that meet the task's success predicate, and its ratio to the same expert's ``clean`` rate (the baseline
 in this run). Conditions: ``plan_Xcm`` = a random 3-D offset of X cm on every oracle anchor;
 ``depth_Xcm`` = stereo depth noise plus an X cm depth bias (``DepthNoiseConfig.condition``). Every episode
@@ -15,7 +16,18 @@ the lifted anchors under the table and every plan is rejected).
 Timings: one physics step (1/240 s, Panda + objects) and one RGB-D + segmentation render (CPU tiny
 renderer) at 320x240 and 640x480, with the 640/320 ratio.
 
-``--json`` keys: ``success.<expert>.<task>.<condition>``, ``render_ms_320``, ``render_ms_640``, ``step_ms``.
+``--json`` keys: ``success.<expert>.<task>.<condition>``, ``plans_accepted.*`` / ``plans_rejected.*`` (plans per
+episode, mean), ``render_ms_320``, ``render_ms_640``, ``step_ms``, ``planner``.
+
+Planner: ``--planner oracle`` (default; the simulator's privileged plans) or ``--planner gguf``: the VLM
+planner (``runtime/planner/gguf.py``) on the camera image, the shipped model unless ``--vlm`` and ``--mmproj``
+name other files (chat handler ``mtmd``), llama.cpp on 2 / jobs threads. Its rows and keys name it: the
+expert becomes ``gguf+<expert>`` (``success.gguf+ik.put_cup_in_tray.clean``), so runs of "VLM + expert",
+"VLM + plain IK" and "oracle + expert" lie side by side. The ``plan_*`` conditions offset the oracle's
+anchors and do not apply to the VLM: run it with ``--conditions clean`` (or the depth conditions), e.g.
+``--planner gguf --experts ik,expert --tasks put_cup_in_tray --seeds 50 --seed-base 7000 --jobs 2
+--conditions clean``. The planner is built with each episode's devices, as ``edge-run`` builds it (a
+memory-mapped load of tens of ms).
 Every episode runs through the runtime's ``Pipeline`` in lock-step with the simulator, exactly as
 ``edge-run`` runs it (``edgebridge.sim.episode.run_episode``). Experts: ``ik`` (plain IK along the
 guidance) and ``onnx`` (alias ``expert``, the name the JSON keys of the expert-vs-IK table use): the shipped
@@ -39,7 +51,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_json_arg, fmt_ms, fmt_ratio, machine_line, print_table, ratio, time_call, write_json  # noqa: E402
+from _common import (add_json_arg, fmt_ms, fmt_ratio, machine_line, print_table, quiet_llama_logs, ratio,  # noqa: E402
+                     time_call, write_json)
 
 CONDITIONS = {"clean": (0.0, 0.0), "plan_1cm": (0.01, 0.0), "plan_3cm": (0.03, 0.0),
               "depth_1cm": (0.0, 0.01), "depth_10cm": (0.0, 0.10)}
@@ -68,21 +81,28 @@ def _episode(job: tuple) -> object:
     """One episode through the runtime pipeline (``edgebridge.sim.episode.run_episode``)."""
     from edgebridge.sim.episode import run_episode
 
-    task, seed, expert, plan_m, depth_m, tare, model, threads = job
+    task, seed, expert, plan_m, depth_m, tare, model, threads, planner = job
+    kw = {}
+    if planner is not None:  # (name, vlm, mmproj): the VLM on ``threads`` llama.cpp threads
+        name, vlm, mmproj = planner
+        quiet_llama_logs()
+        kw = dict(planner=name, vlm=vlm, mmproj=mmproj,
+                  planner_options={"n_threads": threads, **({"chat_handler": "mtmd"} if vlm else {})})
     return run_episode(task, seed, "onnx" if expert == "expert" else expert, plan_noise_m=plan_m, depth_noise=depth_m,
                        depth_tare=tare, expert_model=model if expert != "ik" else None,
-                       expert_threads=threads if expert != "ik" else None)
+                       expert_threads=threads if expert != "ik" else None, **kw)
 
 
-def vs_ik_table(counts: dict[tuple[str, str, str], tuple[int, int]]) -> dict:
-    """Print each non-IK expert against plain IK on the same scenes; return the ``vs_ik.*`` JSON keys."""
+def vs_ik_table(counts: dict[tuple[str, str, str], tuple[int, int]], ik: str = "ik") -> dict:
+    """Print each non-IK expert against plain IK (named ``ik``) on the same scenes; return the ``vs_ik.*`` JSON
+    keys."""
     from edgebridge.sim.stats import compare_success
 
     flat, rows = {}, []
     for (e, task, cond), (k, n) in counts.items():
-        if e == "ik" or ("ik", task, cond) not in counts:
+        if e == ik or (ik, task, cond) not in counts:
             continue
-        c = compare_success(k, n, *counts[("ik", task, cond)])
+        c = compare_success(k, n, *counts[(ik, task, cond)])
         key = f"vs_ik.{e}.{task}.{cond}"
         flat.update({f"{key}.p_above": round(c.p_above, 4), f"{key}.p_below": round(c.p_below, 4),
                      f"{key}.verdict": c.verdict})
@@ -92,6 +112,31 @@ def vs_ik_table(counts: dict[tuple[str, str, str], tuple[int, int]]) -> dict:
     print_table("expert vs plain IK, same scenes (Wilson 95 % intervals; one-sided Fisher exact p)",
                 ["expert", "task", "condition", "expert", "plain IK", "diff", "p above", "p below", "verdict"], rows)
     return flat
+
+
+def check_planner(ap: argparse.ArgumentParser, args, conds: list[str]) -> tuple[tuple | None, str]:
+    """(the episodes' planner as (name, vlm, mmproj), or None for the oracle; its label for the table)."""
+    if args.planner == "oracle":
+        if args.vlm is not None or args.mmproj is not None:
+            ap.error("--vlm/--mmproj need --planner gguf")
+        return None, "oracle"
+    noisy = [c for c in conds if CONDITIONS[c][0] > 0]
+    if noisy:
+        ap.error(f"--planner {args.planner}: conditions {noisy} offset the oracle's anchors and do not apply to the "
+                 f"VLM; pass --conditions clean (or depth_*)")
+    if args.vlm is None and args.mmproj is None:
+        from edgebridge.runtime.planner import shipped
+
+        files = shipped.shipped_vlm()
+        if files is None:
+            ap.error(shipped.missing_message())
+        return (args.planner, None, None), f"{args.planner} ({files[0].name} + {files[1].name}, shipped)"
+    if args.vlm is None or args.mmproj is None:
+        ap.error("--planner gguf: pass both --vlm LM.gguf and --mmproj MMPROJ.gguf (or neither: the shipped planner)")
+    for p in (args.vlm, args.mmproj):
+        if not p.is_file():
+            ap.error(f"{p}: no such file")
+    return (args.planner, str(args.vlm), str(args.mmproj)), f"{args.planner} ({args.vlm.name} + {args.mmproj.name})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="episodes run in parallel processes (each expert on "
                                                         "2 / jobs threads)")
     ap.add_argument("--no-depth-tare", action="store_true", help="no depth tare against the table top")
+    ap.add_argument("--no-timings", action="store_true", help="skip the sim step and render timings")
+    ap.add_argument("--planner", choices=("oracle", "gguf"), default="oracle",
+                    help="oracle (privileged simulator plans) or gguf (the VLM planner on the camera image)")
+    ap.add_argument("--vlm", type=Path, default=None, help="--planner gguf: language model GGUF (default: shipped)")
+    ap.add_argument("--mmproj", type=Path, default=None, help="--planner gguf: its vision projector GGUF")
     add_json_arg(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -127,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown experts {bad}; choose from ik, onnx (alias expert)")
     if onnx_path is not None and not Path(onnx_path).is_file():
         ap.error(f"--onnx {onnx_path}: no such file")
+    planner, planner_label = check_planner(ap, args, conds)
 
     flat: dict = {}
     rows = []
@@ -138,42 +189,50 @@ def main(argv: list[str] | None = None) -> int:
 
         pool = mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker)
     run = pool.map if pool is not None else (lambda f, jobs: [f(j) for j in jobs])
-    for e in experts:
+    for expert in experts:
+        e = expert if planner is None else f"{args.planner}+{expert}"
         for task in tasks:
             rates = {}
             for cond in conds:
                 plan_m, depth_m = CONDITIONS[cond]
-                res = run(_episode, [(task, s, e, plan_m, depth_m, not args.no_depth_tare, onnx_path, threads)
-                                     for s in range(args.seed_base, args.seed_base + args.seeds)])
+                res = run(_episode, [(task, s, expert, plan_m, depth_m, not args.no_depth_tare, onnx_path, threads,
+                                      planner) for s in range(args.seed_base, args.seed_base + args.seeds)])
                 rates[cond] = sum(r.success for r in res) / len(res)
                 counts[(e, task, cond)] = (sum(r.success for r in res), len(res))
                 flat[f"success.{e}.{task}.{cond}"] = rates[cond]
+                acc = sum(r.planning.get("accepted", 0) for r in res)
+                rej = sum(r.planning.get("rejected", 0) for r in res)
+                flat[f"plans_accepted.{e}.{task}.{cond}"] = acc / len(res)
+                flat[f"plans_rejected.{e}.{task}.{cond}"] = rej / len(res)
                 fails = [r.reason for r in res if not r.success]
                 top = max(set(fails), key=fails.count)[:40] if fails else ""
                 base = rates.get("clean")
                 rows.append([e, task, cond, f"{rates[cond]:.2f}", f"{sum(r.success for r in res)}/{len(res)}",
-                             fmt_ratio(rates[cond] / base) if base else "n/a", top])
+                             fmt_ratio(rates[cond] / base) if base else "n/a", f"{acc}/{rej}", top])
                 print(f"  {e} {task} {cond}: {rates[cond]:.2f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     if pool is not None:
         pool.close()
         pool.join()
-    print_table(f"sim success, oracle planner, {args.seeds} seeds per cell "
+    print_table(f"sim success, {planner_label} planner, {args.seeds} seeds per cell "
                 f"({args.seed_base}..{args.seed_base + args.seeds - 1}), depth tare "
                 f"{'off' if args.no_depth_tare else 'on'}",
-                ["expert", "task", "condition", "success", "n", "vs clean", "typical failure"], rows,
+                ["planner+expert" if planner else "expert", "task", "condition", "success", "n", "vs clean",
+                 "plans ok/rejected", "typical failure"], rows,
                 caption=machine_line())
     if "ik" in experts and len(experts) > 1:
-        flat.update(vs_ik_table(counts))
-    tm = timings()
-    flat.update(tm)
-    print_table("sim timings", ["what", "median ms", "vs 320x240 render"],
-                [["physics step (1/240 s)", fmt_ms(tm["step_ms"]), "-"],
-                 ["render 320x240", fmt_ms(tm["render_ms_320"]), "1.0x"],
-                 ["render 640x480", fmt_ms(tm["render_ms_640"]),
-                  fmt_ratio(ratio(tm["render_ms_320"], tm["render_ms_640"]))]])
+        flat.update(vs_ik_table(counts, "ik" if planner is None else f"{args.planner}+ik"))
+    if not args.no_timings:
+        tm = timings()
+        flat.update(tm)
+        print_table("sim timings", ["what", "median ms", "vs 320x240 render"],
+                    [["physics step (1/240 s)", fmt_ms(tm["step_ms"]), "-"],
+                     ["render 320x240", fmt_ms(tm["render_ms_320"]), "1.0x"],
+                     ["render 640x480", fmt_ms(tm["render_ms_640"]),
+                      fmt_ratio(ratio(tm["render_ms_320"], tm["render_ms_640"]))]])
     flat["seeds"] = args.seeds
     flat["seed_base"] = args.seed_base
     flat["depth_tare"] = not args.no_depth_tare
+    flat["planner"] = planner_label
     write_json(args.json, flat)
     return 0
 

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 WORKSPACE_BOUNDS = ((0.05, -0.6, -0.03), (0.9, 0.6, 0.6))  # the sim setup's perception crop (sim_panda.toml)
 EXPERTS = ("ik", "onnx")
+PLANNERS = ("oracle", "gguf")
 
 
 def workspace():
@@ -64,7 +65,8 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
                 depth_noise: float | DepthNoiseConfig = 0.0, depth_tare: bool = True,
                 record_dir: str | Path | None = None, max_seconds: float | None = None, realtime: bool = False,
                 setup: str = "sim_panda", expert_model: str | None = None, expert_threads: int | None = None,
-                profiler=None):
+                profiler=None, planner: str = "oracle", vlm: str | None = None, mmproj: str | None = None,
+                planner_options: dict | None = None):
     """Run one episode of ``task`` (slug or instruction) with ``seed`` through the runtime pipeline and
     return its :class:`~edgebridge.runtime.pipeline.EpisodeOutcome`; never raises for a failed episode
     (the reason is in the outcome), only for bad arguments.
@@ -73,7 +75,13 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
     ``expert_model``) or an ActionExpert instance (e.g. a scripted demonstrator). ``plan_noise_m``: a
     random 3-D offset of that size on every oracle anchor. ``depth_noise``: a depth bias in m (with
     stereo noise when > 0) or a :class:`DepthNoiseConfig`. ``depth_tare``: measure the depth offset
-    against the table top before the episode (the setup's default) or use the frames as read."""
+    against the table top before the episode (the setup's default) or use the frames as read.
+
+    ``planner``: ``"oracle"`` (the simulator's privileged planner, the default) or ``"gguf"`` (the VLM:
+    ``vlm`` + ``mmproj``, or the shipped planner when both are None); ``plan_noise_m`` applies to the oracle
+    only. ``planner_options`` are merged into the setup's ``planner.options`` (e.g. ``n_threads``,
+    ``chat_handler``). The planner is built with the other devices (``runtime.devices.build_devices``), as
+    ``edge-run`` builds it."""
     from ..runtime.config import load_robot_config, with_overrides
     from ..runtime.devices import RunChoices, build_devices
     from ..runtime.pipeline import Pipeline
@@ -89,8 +97,15 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
         expert_section["model"] = str(expert_model)
     if expert_threads is not None:
         expert_section["options"] = {**cfg.expert.options, "threads": int(expert_threads)}
-    cfg = with_overrides(cfg, camera={"depth_tare": bool(depth_tare)}, expert=expert_section)
-    choices = RunChoices(task=task, seed=int(seed), planner="oracle",
+    if planner not in PLANNERS:
+        from ..errors import UnknownNameError
+
+        raise UnknownNameError(f"unknown planner {planner!r}; known: {list(PLANNERS)}")
+    if planner != "oracle" and plan_noise_m:
+        raise ValueError(f"plan_noise_m offsets the oracle's anchors; it does not apply to planner {planner!r}")
+    planner_section = {"options": {**cfg.planner.options, **planner_options}} if planner_options else {}
+    cfg = with_overrides(cfg, camera={"depth_tare": bool(depth_tare)}, expert=expert_section, planner=planner_section)
+    choices = RunChoices(task=task, seed=int(seed), planner=planner, vlm=vlm, mmproj=mmproj,
                          expert=expert if isinstance(expert, str) else "ik",
                          expert_instance=None if isinstance(expert, str) else expert,
                          sim_plan_noise_m=float(plan_noise_m), sim_depth_noise=depth_noise, sim_realtime=realtime)

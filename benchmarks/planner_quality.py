@@ -131,11 +131,25 @@ def sim_anchor_bounds() -> AnchorBounds:
     return AnchorBounds(cfg.limits.workspace_min, cfg.limits.workspace_max, workspace())
 
 
-def render(row: dict):
-    """The row's scene rendered again; its oracle plan must be the row's."""
+def pointing_config(data: Path):
+    """The ``PointingConfig`` the data set was written with (``info.json``), or None for the default."""
+    import dataclasses
+
+    from edgebridge.sim.pointing import PointingConfig
+
+    path = data / "info.json"
+    saved = json.loads(path.read_text()).get("config") if path.is_file() else None
+    if not saved:
+        return None
+    fields = {f.name: f for f in dataclasses.fields(PointingConfig)}
+    return PointingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
+
+
+def render(row: dict, config=None):
+    """The row's scene rendered again (with the data set's ``config``); its oracle plan must be the row's."""
     from edgebridge.sim.pointing import render_pointing_scene
 
-    scene = render_pointing_scene(row["task"], int(row["seed"]), heldout=bool(row["phrasing_heldout"]))
+    scene = render_pointing_scene(row["task"], int(row["seed"]), heldout=bool(row["phrasing_heldout"]), config=config)
     if scene.plan_json != row["plan"] or list(scene.anchor_objects) != list(row.get("anchor_objects", scene.anchor_objects)):
         raise RuntimeError(f"{row['task']} seed {row['seed']} ({row.get('file_name')}): the scene rendered again plans "
                            f"{scene.plan_json}, the data set holds {row['plan']}; the data set was written by another "
@@ -236,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
               f"using all {len(test)}", file=sys.stderr)
     rows = test[:args.scenes]
     prior = prior_table(read_split(args.data, "train"))
+    config = pointing_config(args.data)
     bounds = sim_anchor_bounds()
 
     quiet_llama_logs()
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown_cache: list = []
     t0 = time.perf_counter()
     for n, row in enumerate(rows, 1):
-        scene = render(row)
+        scene = render(row, config)
         frame = frame_of(scene)
         scale = REF_WIDTH / scene.intrinsics.width
         plan = timed_plan(planner, frame, row["instruction"], times)
@@ -290,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # instructions naming objects the scene does not have
     extra = [r for r in test if r["task"] == UNKNOWN_TASK][len(unknown_cache):]
-    unknown_cache += [render(r) for r in extra[:max(0, args.unknown_scenes - len(unknown_cache))]]
+    unknown_cache += [render(r, config) for r in extra[:max(0, args.unknown_scenes - len(unknown_cache))]]
     landed: dict[str, int] = defaultdict(int)
     u_parsed = []
     for scene in unknown_cache:

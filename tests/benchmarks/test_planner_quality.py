@@ -48,8 +48,8 @@ class OraclePlanner:
 def test_a_perfect_planner_gets_full_marks(pointing_data, tmp_path, monkeypatch):
     render = pq.render
 
-    def recording_render(row):
-        scene = render(row)
+    def recording_render(row, config=None):
+        scene = render(row, config)
         OraclePlanner.plans[scene.rgb.tobytes()] = scene.plan_json
         return scene
 
@@ -81,7 +81,7 @@ def test_a_data_set_the_simulator_disagrees_with_stops_the_run(pointing_data, tm
     rows[0]["plan"] = rows[0]["plan"].replace('"yaw": ', '"yaw": 1')
     meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(RuntimeError, match="rendered again"):
-        pq.render(rows[0])
+        pq.render(rows[0], pq.pointing_config(data))
 
 
 def test_missing_data_set_is_one_clear_error(tmp_path, capsys):

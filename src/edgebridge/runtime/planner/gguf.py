@@ -24,7 +24,8 @@ from ...contracts import RGBD, Anchor, Plan
 from ...errors import PlanError, require
 from .cpu_repack import REPACK_SETTINGS, model_params_override, resolve_cpu_repack
 from .format import MAX_ANCHORS, build_grammar, parse_plan
-from .prompt import GGUF_KEY_VERSION, chat_messages, downscale, image_data_uri, load_assets
+from .prompt import (GGUF_KEY_PLAN_HEIGHT, GGUF_KEY_PLAN_WIDTH, GGUF_KEY_VERSION, chat_messages, downscale,
+                     image_data_uri, load_assets, resize)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,18 @@ def _perf(llm) -> tuple[float, float, int, int]:
     return float(d.t_p_eval_ms), float(d.t_eval_ms), int(d.n_p_eval), int(d.n_eval)
 
 
+def map_plan(plan: Plan, src_w: int, src_h: int, width: int, height: int) -> Plan:
+    """Map anchors from a ``src_w`` x ``src_h`` image the model saw back to the ``width`` x ``height``
+    frame (pixel centres, per axis)."""
+    if (src_w, src_h) == (width, height):
+        return plan
+    sx, sy = width / src_w, height / src_h
+    anchors = tuple(Anchor(min(width - 1, max(0, round((a.u + 0.5) * sx - 0.5))),
+                           min(height - 1, max(0, round((a.v + 0.5) * sy - 0.5))), a.gripper, a.depth)
+                    for a in plan.anchors)
+    return dataclasses.replace(plan, anchors=anchors)
+
+
 def scale_plan(plan: Plan, factor: int, width: int, height: int) -> Plan:
     """Map anchors from a ``factor``-times downscaled image back to full resolution (pixel centres)."""
     if factor == 1:
@@ -114,6 +127,7 @@ class GGUFPlanner:
         self._grammars: dict[tuple[int, int], object] = {}
         self._llm = None
         self._handler = None
+        self.plan_size: tuple[int, int] | None = None
         self.assets = load_assets()
         self.load_timings_ms: dict[str, float] = {}
         self._load()
@@ -160,6 +174,10 @@ class GGUFPlanner:
                                 f"Re-export both with 'edge-export vlm' or fix planner.mmproj_path") from e
         self.load_timings_ms["load_ms"] = (time.perf_counter() - t0) * 1e3
         meta = self._llm.metadata or {}
+        try:  # a model trained in one image size: every frame is resized to it, anchors mapped back
+            self.plan_size = (int(meta[GGUF_KEY_PLAN_WIDTH]), int(meta[GGUF_KEY_PLAN_HEIGHT]))
+        except (KeyError, ValueError):
+            self.plan_size = None
         version = meta.get(GGUF_KEY_VERSION)
         if version is not None and version != self.assets.version:
             log.warning("model %s was exported for plan format %s, runtime speaks %s: answers may not parse",
@@ -217,8 +235,10 @@ class GGUFPlanner:
         t1 = time.perf_counter()
         lc.llama_perf_context_reset(llm._ctx.ctx)
         try:
+            # repeat_penalty 1: a plan repeats tokens by design (the same pixel, the same separators), and
+            # llama-cpp-python's default of 1.1 would push greedy decoding off the model's own answer
             out = llm.create_chat_completion(messages=messages, grammar=grammar, max_tokens=cfg.max_tokens,
-                                             temperature=cfg.temperature, seed=cfg.seed)
+                                             temperature=cfg.temperature, seed=cfg.seed, repeat_penalty=1.0)
         except (ValueError, RuntimeError) as e:
             raise PlanError(f"GGUF planner: generation failed ({e}); check n_ctx ({cfg.n_ctx}) and the model") from e
         t2 = time.perf_counter()
@@ -240,8 +260,12 @@ class GGUFPlanner:
         cfg = self.config
         t0 = time.perf_counter()
         h, w = rgbd.rgb.shape[:2]
+        factor = 1
         if cfg.text_only:  # the model sees no image: coordinates refer to the full frame
-            sh, sw, factor, uri = h, w, 1, None
+            sh, sw, uri = h, w, None
+        elif self.plan_size is not None:  # the model plans in its own image size
+            sw, sh = self.plan_size
+            uri = image_data_uri(resize(rgbd.rgb, sw, sh))
         else:
             small, factor = downscale(rgbd.rgb, cfg.image_max_side)
             sh, sw = small.shape[:2]
@@ -257,7 +281,7 @@ class GGUFPlanner:
             text, timings = self.generate(messages, sw, sh)
         t3 = time.perf_counter()
         plan = parse_plan(text, instruction, sw, sh, max_anchors=cfg.max_anchors, source=self.name)
-        plan = scale_plan(plan, factor, w, h)
+        plan = scale_plan(plan, factor, w, h) if factor != 1 else map_plan(plan, sw, sh, w, h)
         t4 = time.perf_counter()
         timings.update(image_encode_ms=(t1 - t0) * 1e3, prompt_format_ms=(t2 - t1) * 1e3,
                        parse_ms=(t4 - t3) * 1e3, total_ms=(t4 - t0) * 1e3)

@@ -6,15 +6,16 @@ PIP    := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test test-fast bench weights clean sysdeps
+.PHONY: run test test-fast bench weights planner clean sysdeps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 
-# The demo needs the runtime and the simulator only: no torch, no llama.cpp build.
+# The demo needs the runtime, the simulator and llama.cpp (the planner VLM; pip compiles it once, ~7 min,
+# and caches the wheel): no torch.
 $(VENV)/.run-installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[sim]'
+	$(PIP) install -q -e '.[sim,vlm]'
 	touch $@
 
 # The test suite needs everything. torch is pinned first so the `torch>=2.4` range is already satisfied
@@ -47,6 +48,19 @@ bench: $(VENV)/.dev-installed
 
 weights: $(VENV)/.dev-installed
 	$(PY) -m edgebridge.train.make_weights
+
+# The planner VLM from scratch: pointing scenes from the simulator, SFT under torchrun (2 processes), export to
+# GGUF (LM + vision projector) with parity checks, then the shipped copies in assets/planner.
+PLANNER_SCENES ?= 6000
+PLANNER_STEPS  ?= 2400
+planner: $(VENV)/.dev-installed
+	$(VENV)/bin/edge-sim pointing --tasks all --scenes $(PLANNER_SCENES) --out build/pointing --jobs 2 --resume
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc-per-node 2 -m edgebridge.train.planner --data build/pointing \
+	  --run-dir build/planner-run --steps $(PLANNER_STEPS) --threads 1
+	$(VENV)/bin/edge-export vlm --trained build/planner-run --out build/planner
+	cp build/planner/vlm-Q8_0.gguf src/edgebridge/assets/planner/vlm.gguf
+	cp build/planner/vlm-mmproj-f16.gguf src/edgebridge/assets/planner/vlm-mmproj.gguf
+	cp build/planner/parity.json src/edgebridge/assets/planner/vlm-parity.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

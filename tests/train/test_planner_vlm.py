@@ -170,6 +170,33 @@ def test_distance_aware_loss_prefers_near_bins(tok):
     assert exact < near < far
 
 
+def test_expected_pixel_term_grows_with_distance(tok):
+    ids, slots, values = tok.encode_answer(ANSWER)
+    b = {"target": torch.tensor(ids), "slot": torch.tensor(slots), "value": torch.tensor(values, dtype=torch.float32)}
+    lg = torch.zeros(len(ids), len(tok))
+    base = plan_loss(lg, b, tok, 1.0, 3.0)
+    with_reg = plan_loss(lg, b, tok, 1.0, 3.0, reg_weight=1.0)
+    assert with_reg > base  # a uniform guess is off by ~100 px on average
+
+
+def test_pointing_targets_and_loss(pointing_data, tok):
+    from edgebridge.train.planner.data import load_split
+    from edgebridge.train.planner.trainer import batch_tensors, point_loss
+
+    split = load_split(pointing_data, "train", tok, limit=2)
+    cfg = tiny_config(tok)
+    b = batch_tensors(split, np.arange(2), cfg)
+    want = [[u + 0.5, v + 40.5] for r in split.rows for u, v in r["anchors_px"]]  # 40 px of padding on top
+    assert b["point_xy"].tolist() == want
+    n = len(want)
+    centre = lambda x, y: int(y // 40) * 8 + int(x // 40)  # noqa: E731 - the patch under a pixel (patch 40)
+    right, wrong = torch.zeros(n, 64), torch.zeros(n, 64)
+    for i, (x, y) in enumerate(want):
+        right[i, centre(x, y)] = 10.0
+        wrong[i, (centre(x, y) + 27) % 64] = 10.0
+    assert point_loss(right, b, cfg, 0.7) < point_loss(wrong, b, cfg, 0.7)
+
+
 def test_training_is_seeded_and_resumes_exactly(pointing_data, tmp_path):
     common = dict(data=str(pointing_data), batch=2, eval_every=1000, eval_n=1, save_every=3, threads=1,
                   model=VLMConfig(vit_width=64, vit_layers=1, vit_heads=2, vit_ff=128, patch=40, lm_width=64,

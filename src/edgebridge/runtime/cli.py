@@ -1,6 +1,6 @@
 """``edge-run``: run the think-then-act pipeline on a robot setup (default: the simulated Panda).
 
-    edge-run                                   # sim world, oracle planner, shipped ONNX expert (or IK)
+    edge-run                                   # sim world, shipped VLM planner (llama.cpp), shipped ONNX expert
     edge-run --task stack_red_on_blue --episodes 5 --json out.json
     edge-run --planner gguf --vlm models/planner.gguf --profile runs/profile
     edge-run --realtime --profile runs/rt      # the simulator on the wall clock: real concurrency
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "word for word; in the simulator free text sets up the scene of the task it names, e.g. "
                     "'drop the mug in the bin' (default put_cup_in_tray)")
     ap.add_argument("--planner", choices=["oracle", "gguf", "remote"], default=None,
-                    help="planner backend (default: the setup's; sim_panda uses the oracle)")
+                    help="planner backend (default: the setup's; sim_panda uses gguf, the shipped VLM; oracle = the "
+                    "simulator's privileged plans)")
     ap.add_argument("--vlm", metavar="PATH", default=None, help="GGUF model for --planner gguf (default: the "
                     "setup's planner.model, else the shipped planner in assets/planner, built by 'make planner')")
     ap.add_argument("--mmproj", metavar="PATH", default=None, help="vision projector GGUF of the --vlm model; "

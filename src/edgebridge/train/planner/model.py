@@ -198,18 +198,31 @@ class PlannerVLM(nn.Module):
         return torch.cat((pre, self.vision(img), self.token_embd(rest)), dim=1)
 
     def decode(self, x: torch.Tensor, start: int = 0, caches: list | None = None,
-               at: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits of every position, or of the (rows, cols) positions ``at`` only (training)."""
+               at: tuple[torch.Tensor, torch.Tensor] | None = None, hidden: bool = False):
+        """Logits of every position, or of the (rows, cols) positions ``at`` only (training); with
+        ``hidden`` also the last block's output at every position."""
         pos = torch.arange(start, start + x.shape[1], device=x.device)
         for i, blk in enumerate(self.blocks):
             x = blk(x, pos, None if caches is None else caches[i])
-        if at is not None:
-            x = x[at[0], at[1]]
-        return self.output(self.output_norm(x))
+        h = x[at[0], at[1]] if at is not None else x
+        logits = self.output(self.output_norm(h))
+        return (logits, x) if hidden else logits
 
     def forward(self, img: torch.Tensor, prefix: torch.Tensor, rest: torch.Tensor,
-                rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decode(self.embed(img, prefix, rest), at=None if rows is None else (rows, cols))
+                rows: torch.Tensor | None = None, cols: torch.Tensor | None = None,
+                point: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Logits (of the (rows, cols) positions when given). With ``point`` = (rows, cols) of positions
+        that predict a pixel, also their pointing scores over the image tokens: the scaled dot product of
+        each position's last hidden state with every image token's, as cosine similarity times 10 (a
+        training-only signal, no weights)."""
+        at = None if rows is None else (rows, cols)
+        if point is None:
+            return self.decode(self.embed(img, prefix, rest), at=at)
+        logits, h = self.decode(self.embed(img, prefix, rest), at=at, hidden=True)
+        p0 = prefix.shape[-1]
+        keys = F.normalize(h[point[0], p0:p0 + self.config.n_patches], dim=-1)   # (N, n_patches, D)
+        q = F.normalize(h[point[0], point[1]], dim=-1)                           # (N, D)
+        return logits, 10.0 * torch.einsum("nkd,nd->nk", keys, q)
 
     @torch.no_grad()
     def greedy(self, img: torch.Tensor, prefix: torch.Tensor, suffix: torch.Tensor, *, eos: int,

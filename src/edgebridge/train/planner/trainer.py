@@ -44,6 +44,10 @@ class PlannerTrainConfig:
     warmup: int = 200
     weight_decay: float = 0.01
     sigma_px: float = 1.0
+    reg_weight: float = 1.0
+    reg_scale_px: float = 8.0
+    point_weight: float = 0.5
+    point_sigma_patches: float = 0.7
     sigma_yaw: float = 3.0
     seed: int = 0
     threads: int = 0
@@ -79,13 +83,39 @@ def batch_tensors(split: PointingSplit, idx: np.ndarray, cfg: VLMConfig) -> dict
         tgt += split.answer[i]
         slot += split.slots[i]
         val += split.values[i]
+    # pointing targets: the position that predicts each anchor's u, and the anchor's (u, v) in the padded square
+    prow, pcol, pxy = [], [], []
+    top, left = (cfg.image_size - cfg.plan_height) // 2, (cfg.image_size - cfg.plan_width) // 2
+    for r, c, s, v, s2, v2 in zip(rows, cols, slot, val, slot[2:] + [0, 0], val[2:] + [0, 0]):
+        if s == SLOT_U and s2 == SLOT_V:  # u, ", ", v
+            prow.append(r)
+            pcol.append(c)
+            pxy.append((v + left + 0.5, v2 + top + 0.5))
     return {"img": imgs, "prefix": torch.tensor(split.prefix), "rest": rest, "rows": torch.tensor(rows),
             "cols": torch.tensor(cols), "target": torch.tensor(tgt), "slot": torch.tensor(slot),
-            "value": torch.tensor(val, dtype=torch.float32)}
+            "value": torch.tensor(val, dtype=torch.float32), "point_rows": torch.tensor(prow, dtype=torch.long),
+            "point_cols": torch.tensor(pcol, dtype=torch.long),
+            "point_xy": torch.tensor(pxy, dtype=torch.float32).reshape(-1, 2)}
 
 
-def plan_loss(logits: torch.Tensor, b: dict, tok: PlanTokenizer, sigma_px: float, sigma_yaw: float) -> torch.Tensor:
-    """Mean per-token loss: hard CE off the location slots, Gaussian-target CE on them."""
+def point_loss(scores: torch.Tensor, b: dict, cfg: VLMConfig, sigma_patches: float) -> torch.Tensor:
+    """Cross-entropy of the pointing scores against a Gaussian over the patch grid at each anchor: the
+    position that is about to write an anchor's pixel is taught to look at the anchor's patch."""
+    g = cfg.image_size // cfg.patch
+    centres = (torch.arange(g, dtype=torch.float32) + 0.5) * cfg.patch
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    grid = torch.stack((cx.reshape(-1), cy.reshape(-1)), dim=-1)           # (n_patches, 2) in pixels
+    d2 = ((grid[None] - b["point_xy"][:, None]) ** 2).sum(-1) / (cfg.patch * sigma_patches) ** 2
+    q = torch.softmax(-0.5 * d2, dim=-1)
+    return -(q * F.log_softmax(scores.float(), dim=-1)).sum(-1).mean()
+
+
+def plan_loss(logits: torch.Tensor, b: dict, tok: PlanTokenizer, sigma_px: float, sigma_yaw: float,
+              reg_weight: float = 0.0, reg_scale_px: float = 8.0) -> torch.Tensor:
+    """Mean per-token loss: hard CE off the location slots, Gaussian-target CE on them, plus (``reg_weight``)
+    the distance between the expected pixel under the model's distribution over the pixel bins and the
+    target, in units of ``reg_scale_px``: a gradient that says which way to move, however far off the
+    prediction is, where cross-entropy only says which bin is right."""
     logp = F.log_softmax(logits.float(), dim=-1)
     loss = -logp.gather(1, b["target"][:, None]).squeeze(1)
     for kind, ids, lo, period, sigma in ((SLOT_U, tok.u_ids, 0, None, sigma_px), (SLOT_V, tok.u_ids, 0, None, sigma_px),
@@ -98,7 +128,11 @@ def plan_loss(logits: torch.Tensor, b: dict, tok: PlanTokenizer, sigma_px: float
         if period:
             d = torch.remainder(d + period / 2, period) - period / 2
         q = torch.softmax(-0.5 * (d / sigma) ** 2, dim=-1)
-        loss[m] = -(q * logp[m][:, ids]).sum(-1)
+        lp = logp[m][:, ids]
+        loss[m] = -(q * lp).sum(-1)
+        if reg_weight and kind in (SLOT_U, SLOT_V):
+            expected = (torch.softmax(lp, dim=-1) * bins).sum(-1)
+            loss[m] = loss[m] + reg_weight * (expected - b["value"][m]).abs() / reg_scale_px
     return loss.mean()
 
 
@@ -228,8 +262,13 @@ def train(run: str | Path, cfg: PlannerTrainConfig) -> dict:
         b = batch_tensors(train_split, idx[rank::world], mcfg)
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
-        logits = ddp(b["img"], b["prefix"], b["rest"], b["rows"], b["cols"])
-        loss = plan_loss(logits, b, tok, cfg.sigma_px, cfg.sigma_yaw)
+        if cfg.point_weight and len(b["point_rows"]):
+            logits, scores = ddp(b["img"], b["prefix"], b["rest"], b["rows"], b["cols"],
+                                 (b["point_rows"], b["point_cols"]))
+            aux = cfg.point_weight * point_loss(scores, b, mcfg, cfg.point_sigma_patches)
+        else:
+            logits, aux = ddp(b["img"], b["prefix"], b["rest"], b["rows"], b["cols"]), 0.0
+        loss = plan_loss(logits, b, tok, cfg.sigma_px, cfg.sigma_yaw, cfg.reg_weight, cfg.reg_scale_px) + aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -246,7 +285,7 @@ def train(run: str | Path, cfg: PlannerTrainConfig) -> dict:
                     model.eval()
                     vb = batch_tensors(val_split, np.arange(min(len(val_split), 64)), mcfg)
                     vl = plan_loss(model(vb["img"], vb["prefix"], vb["rest"], vb["rows"], vb["cols"]), vb, tok,
-                                   cfg.sigma_px, cfg.sigma_yaw)
+                                   cfg.sigma_px, cfg.sigma_yaw, cfg.reg_weight, cfg.reg_scale_px)
                     model.train()
                 last = evaluate(model, val_split, tok, cfg.eval_n)
                 row.update(val_loss=f"{float(vl):.5f}", parse_rate=f"{last['parse_rate']:.3f}",

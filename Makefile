@@ -52,7 +52,7 @@ weights: $(VENV)/.dev-installed
 # The planner VLM from scratch: pointing scenes from the simulator, SFT under torchrun (2 processes), export to
 # GGUF (LM + vision projector) with parity checks, then the shipped copies in assets/planner.
 PLANNER_SCENES ?= 6000
-PLANNER_STEPS  ?= 2400
+PLANNER_STEPS  ?= 2800
 planner: $(VENV)/.dev-installed
 	$(VENV)/bin/edge-sim pointing --tasks all --scenes $(PLANNER_SCENES) --out build/pointing --jobs 2 --resume
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc-per-node 2 -m edgebridge.train.planner --data build/pointing \

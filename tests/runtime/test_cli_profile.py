@@ -46,12 +46,28 @@ def test_cli_unknown_task_names_it_and_the_known_ones(capsys):
     assert "tasks: put_cup_in_tray ('put cup in tray')" in err
 
 
+def test_cli_default_plans_from_pixels_and_succeeds(tmp_path, capsys):
+    """``edge-run`` with no arguments (``make run``): the shipped VLM plans from the camera image through
+    llama.cpp, the shipped expert acts, and the default seed succeeds."""
+    pytest.importorskip("pybullet", reason="the sim world needs pybullet ('sim' extra)")
+    pytest.importorskip("llama_cpp", reason="the shipped planner needs llama-cpp-python ('vlm' extra)")
+    from edgebridge.runtime.cli import main
+
+    out = tmp_path / "eps.jsonl"
+    rc = main(["--json", str(out)])
+    text = capsys.readouterr().out
+    assert "planner: the shipped VLM vlm.gguf + vlm-mmproj.gguf" in text
+    row = json.loads(out.read_text().splitlines()[0])
+    assert rc == 0 and row["success"], row["reason"]
+
+
 def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
     pytest.importorskip("pybullet", reason="the sim world needs pybullet ('sim' extra)")
     from edgebridge.runtime.cli import main
 
     out = tmp_path / "eps.jsonl"
-    rc = main(["--expert", "ik", "--json", str(out), "--profile", str(tmp_path / "prof"), "--max-seconds", "30"])
+    rc = main(["--planner", "oracle", "--expert", "ik", "--json", str(out), "--profile", str(tmp_path / "prof"),
+               "--max-seconds", "30"])
     text = capsys.readouterr().out
     assert "planner: oracle" in text and "--planner gguf (the shipped model, or --vlm" in text
     assert "depth tare 1/1: depth offset" in text  # the sim config tares against the table top

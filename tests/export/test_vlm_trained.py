@@ -20,10 +20,10 @@ from edgebridge.train.planner.trainer import PlannerTrainConfig, load_trained, t
 def overfit_run(pointing_data, tmp_path_factory):
     """A tiny VLM that has memorised the training scenes, so its greedy plans parse."""
     run = tmp_path_factory.mktemp("planner-run")
-    cfg = PlannerTrainConfig(data=str(pointing_data), steps=200, batch=4, lr=3e-3, warmup=20, eval_every=200,
-                             eval_n=2, save_every=200, threads=2,
+    cfg = PlannerTrainConfig(data=str(pointing_data), steps=300, batch=4, lr=3e-3, warmup=20, eval_every=300,
+                             eval_n=2, save_every=300, threads=2,
                              model=VLMConfig(vit_width=64, vit_layers=1, vit_heads=2, vit_ff=128, patch=40,
-                                             lm_width=64, lm_layers=1, lm_heads=2, lm_ff=128))
+                                             lm_width=256, lm_layers=1, lm_heads=4, lm_ff=256))
     train(run, cfg)
     return run
 

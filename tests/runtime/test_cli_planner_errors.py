@@ -68,7 +68,8 @@ def test_a_bad_model_named_by_the_setup_file_is_one_line_and_exit_2(files, capsy
 
     text = resolve_config("sim_panda").read_text()
     bad = files["dir"] / "garbage.gguf"
-    text = text.replace('backend = "oracle"', f'backend = "gguf"\nmodel = "{bad}"\n'
+    assert '[planner]\nbackend = "gguf"' in text
+    text = text.replace('[planner]\nbackend = "gguf"', f'[planner]\nbackend = "gguf"\nmodel = "{bad}"\n'
                         f'options = {{ mmproj_path = "{files["mmproj"]}", chat_handler = "mtmd" }}')
     cfg = tmp_path / "robot.toml"
     cfg.write_text(text)

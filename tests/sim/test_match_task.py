@@ -128,7 +128,7 @@ def test_edge_run_free_text_runs_the_tasks_scene_and_plans_the_text_word_for_wor
 
     monkeypatch.setattr(devices_mod, "build_devices", spy)
     out = tmp_path / "eps.jsonl"
-    rc = main(["--task", text, "--expert", "ik", "--json", str(out)])
+    rc = main(["--task", text, "--planner", "oracle", "--expert", "ik", "--json", str(out)])
     row = json.loads(out.read_text())
     assert rc == 0 and row["success"], row["reason"]  # the oracle resolved the text's steps in that scene
     assert row["task"] == slug and row["instruction"] == text

@@ -24,6 +24,7 @@ count), and every generation stops in a bounded number of tokens.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -128,6 +129,15 @@ def plan_schema(width: int | None = None, height: int | None = None, max_anchors
     }
 
 
+def _brief(value: Any, limit: int = 40) -> str:
+    """A short, safe ``repr`` for error messages: containers by type and size (a deeply nested one
+    would overflow ``repr``), long strings cut."""
+    if isinstance(value, (list, dict)):
+        return f"{type(value).__name__} of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def validate_json(value: Any, schema: dict, path: str = "$") -> list[str]:
     """Check ``value`` against the schema subset used here; return the list of violations (empty = valid).
 
@@ -147,14 +157,14 @@ def validate_json(value: Any, schema: dict, path: str = "$") -> list[str]:
             if k in props:
                 errs += validate_json(v, props[k], f"{path}.{k}")
             elif schema.get("additionalProperties", True) is False:
-                errs.append(f"{path}: unexpected key {k!r}")
+                errs.append(f"{path}: unexpected key {_brief(k)}")
         return errs
     if t == "array":
         if not isinstance(value, list):
             return [f"{path}: expected array, got {type(value).__name__}"]
         if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", math.inf):
-            errs.append(f"{path}: {len(value)} items, allowed {schema.get('minItems', 0)}.."
-                        f"{schema.get('maxItems', 'any')}")
+            return [f"{path}: {len(value)} items, allowed {schema.get('minItems', 0)}.."
+                    f"{schema.get('maxItems', 'any')}"]  # items of a list of the wrong size are not checked
         prefix = schema.get("prefixItems", [])
         for i, item in enumerate(value):
             sub = prefix[i] if i < len(prefix) else schema.get("items", {})
@@ -165,11 +175,11 @@ def validate_json(value: Any, schema: dict, path: str = "$") -> list[str]:
         return errs
     if t == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
-            return [f"{path}: expected integer, got {value!r}"]
+            return [f"{path}: expected integer, got {_brief(value)}"]
     elif t == "string" and not isinstance(value, str):
-        return [f"{path}: expected string, got {value!r}"]
+        return [f"{path}: expected string, got {_brief(value)}"]
     if "enum" in schema and value not in schema["enum"]:
-        errs.append(f"{path}: {value!r} not one of {schema['enum']}")
+        errs.append(f"{path}: {_brief(value)} not one of {schema['enum']}")
     if "minimum" in schema and value < schema["minimum"]:
         errs.append(f"{path}: {value} < minimum {schema['minimum']}")
     if "maximum" in schema and value > schema["maximum"]:
@@ -192,33 +202,54 @@ def yaw_to_quat(yaw_deg: float) -> np.ndarray:
                      w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2])
 
 
+def _snippet(text: str) -> str:
+    return _brief(text if len(text) <= 200 else text[:200] + "...", 220)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+@functools.lru_cache(maxsize=32)
+def _schema(width: int, height: int, max_anchors: int) -> dict:
+    return plan_schema(width, height, max_anchors)  # read only: validate_json never changes it
+
+
 def parse_plan(text: str, instruction: str, width: int, height: int, *, max_anchors: int = MAX_ANCHORS,
                source: str = "unknown", timings_ms: dict | None = None) -> Plan:
-    """Parse and validate a model answer into a :class:`Plan`; any problem raises :class:`PlanError`
-    quoting the offending part of the answer."""
-    if not isinstance(text, str) or not text.strip():
+    """Parse and validate a model answer into a :class:`Plan`; any problem, whatever ``text`` holds,
+    raises :class:`PlanError` quoting the offending part of the answer (nothing else escapes: not
+    deep nesting, huge numbers, ``NaN`` or a non-string answer)."""
+    for name, val, lo in (("width", width, 2), ("height", height, 2), ("max_anchors", max_anchors, 1)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
+            raise PlanError(f"parse_plan: {name} must be an int >= {lo}, got {_brief(val)}")
+    if not isinstance(text, str):
+        raise PlanError(f"planner {source}: the answer is {type(text).__name__}, not text; expected a JSON plan")
+    if not text.strip():
         raise PlanError(f"planner {source}: empty answer; expected a JSON plan")
-    snippet = text if len(text) <= 200 else text[:200] + "..."
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
-        raise PlanError(f"planner {source}: answer is not JSON ({e.msg} at char {e.pos}): {snippet!r}; "
+        raise PlanError(f"planner {source}: answer is not JSON ({e.msg} at char {e.pos}): {_snippet(text)}; "
                         f"is grammar-constrained decoding enabled?") from e
-    errs = validate_json(obj, plan_schema(width, height, max_anchors))
+    except (ValueError, RecursionError) as e:  # NaN/Infinity, an integer of thousands of digits, deep nesting
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise PlanError(f"planner {source}: answer is not a plan ({why}): {_snippet(text)}") from e
+    errs = validate_json(obj, _schema(int(width), int(height), int(max_anchors)))
     if errs:
         raise PlanError(f"planner {source}: answer violates the plan schema: {'; '.join(errs[:5])} "
-                        f"(answer {snippet!r})")
+                        f"(answer {_snippet(text)})")
     anchors = tuple(Anchor(int(a["point_2d"][0]), int(a["point_2d"][1]), GRIPPER_VALUES[a["gripper"]])
                     for a in obj["anchors"])
     subtasks = tuple(obj.get("subtasks", ()))
     if list(subtasks) != sorted(set(subtasks)) or any(s >= len(anchors) for s in subtasks):
         raise PlanError(f"planner {source}: subtasks {list(subtasks)} must be increasing anchor indices "
-                        f"< {len(anchors)} (answer {snippet!r})")
+                        f"< {len(anchors)} (answer {_snippet(text)})")
     try:
         return Plan(instruction=instruction, anchors=anchors, orientation=yaw_to_quat(obj["yaw"]),
                     subtasks=subtasks, source=source, timings_ms=dict(timings_ms or {}))
-    except ValueError as e:
-        raise PlanError(f"planner {source}: plan rejected ({e}); answer {snippet!r}") from e
+    except (ValueError, TypeError) as e:
+        raise PlanError(f"planner {source}: plan rejected ({e}); answer {_snippet(text)}") from e
 
 
 def plan_to_json(plan: Plan) -> str:

@@ -97,3 +97,11 @@ def test_assets_versioned_together():
     assert meta == compute_meta(_asset_dir()) and meta["format_version"] == a.version
     assert "{instruction}" in a.template
     assert "pick the cup" in a.render("pick the cup", 640, 480)
+
+
+@pytest.mark.parametrize("yaw", [-90, -89, 0, 89, 90])
+def test_plan_json_round_trip_keeps_both_ends_of_the_yaw_range(yaw):
+    p = parse_plan('{"anchors": [{"point_2d": [1, 2], "gripper": "open"}], "yaw": %d}' % yaw, "pick", 64, 48)
+    assert json.loads(plan_to_json(p))["yaw"] == yaw
+    q = Plan("pick", (Anchor(1, 2, 1.0),), orientation=yaw_to_quat(120))  # outside the range: the same grasp
+    assert json.loads(plan_to_json(q))["yaw"] == -60

@@ -257,8 +257,9 @@ def plan_to_json(plan: Plan) -> str:
     replay logs)."""
     q = np.asarray(plan.orientation)
     # q = qz(yaw) * (1,0,0,0) = (cos h, sin h, 0, 0)  ->  yaw = 2 atan2(qy, qx)
-    yaw = int(round(math.degrees(2 * math.atan2(q[1], q[0]))))
-    yaw = (yaw + 90) % 180 - 90
+    yaw = int(round(math.degrees(2 * math.atan2(q[1], q[0]))))  # (-180, 180]
+    if not -YAW_LIMIT_DEG <= yaw <= YAW_LIMIT_DEG:  # the same grasp turned a half turn (a symmetric gripper)
+        yaw -= 180 if yaw > 0 else -180
     out: dict[str, Any] = {"anchors": [{"point_2d": [a.u, a.v], "gripper": "open" if a.gripper >= 0.5 else "close"}
                                        for a in plan.anchors], "yaw": yaw}
     if plan.subtasks:

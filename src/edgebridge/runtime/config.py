@@ -1,25 +1,87 @@
 """Robot-setup configuration: one TOML file per setup (arm, camera, planner, expert, rates, limits).
 
 ``load_robot_config(path)`` returns a validated, frozen :class:`RobotConfig`; any bad value raises
-``ConfigError`` naming the file and the dotted key (``sim_panda.toml: limits.joint_upper: ...``).
+one ``ConfigError`` line naming the file and the dotted key (``sim_panda.toml: limits.joint_upper: ...``).
+``loads_robot_config(text)`` / ``robot_config_from_dict(data)`` do the same without a file.
 Shipped setups live in ``edgebridge/assets/configs``; ``resolve_config("sim_panda")`` finds them by name.
+
+Every float of every section must be finite (no infinite timeout, rate or limit: ``inf`` would switch a
+check off or overflow later); ``camera.T_base_cam`` must be a rigid transform (see :func:`rigid_transform`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ConfigError, check, load_config
+import numpy as np
+
+from ..config import ConfigError, check, check_finite_fields, from_dict, load_config, loads_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "assets" / "configs"
 
+# |R^T R - I| allowed in a configured rotation (four decimals typed by hand); the loader then replaces R by
+# the nearest exact rotation, so the runtime's stricter transform check never sees the difference.
+RIGID_TOL = 1e-4
+# Outer bounds of what a setup can mean (a larger value is a typo, or a check switched off by the back door).
+MAX_JOINT = 1e3          # |joint limit|, rad (or m)
+MAX_JOINT_VELOCITY = 1e3  # rad/s
+MAX_JOINT_ACCELERATION = 1e6  # rad/s^2
+MAX_REACH_M = 100.0      # |workspace, crop box, camera position|, m
 
-def _finite(key: str, values: tuple[float, ...] | float) -> None:
-    vals = values if isinstance(values, tuple) else (values,)
-    check(all(math.isfinite(v) for v in vals), key, f"values must be finite, got {values}")
+
+def _range_error(v: Any, lo: float, hi: float, unit: str, lo_open: bool) -> str | None:
+    u = f" {unit}" if unit else ""
+    if not (lo < v if lo_open else lo <= v):
+        return f"must be {'>' if lo_open else '>='} {lo:g}{u}, got {v}"
+    if not v <= hi:
+        return f"must be <= {hi:g}{u}, got {v}"
+    return None
+
+
+def _within(obj: Any, name: str, lo: float, hi: float, unit: str = "", *, lo_open: bool = True) -> None:
+    """``check`` that field ``name`` of ``obj`` lies in ``(lo, hi]`` (``[lo, hi]`` when not ``lo_open``)."""
+    why = _range_error(getattr(obj, name), lo, hi, unit, lo_open)
+    check(why is None, name, why or "")
+
+
+def _all_within(key: str, values: tuple, lo: float, hi: float, unit: str, *, lo_open: bool = True) -> None:
+    for i, v in enumerate(values):
+        why = _range_error(v, lo, hi, unit, lo_open)
+        check(why is None, f"{key}[{i}]", why or "")
+
+
+def rigid_transform(key: str, rows: Any) -> tuple[tuple[float, ...], ...]:
+    """``rows`` (4 rows of 4 numbers) checked to be a rigid transform: finite, rotation block orthonormal
+    within :data:`RIGID_TOL` with determinant +1, last row ``0 0 0 1``. Returns it with the rotation block
+    projected onto the nearest rotation (SVD) and the last row exact."""
+    check(isinstance(rows, (tuple, list)) and len(rows) == 4
+          and all(isinstance(r, (tuple, list)) and len(r) == 4 for r in rows), key,
+          "expected a 4x4 matrix as 4 rows of 4 numbers")
+    try:
+        M = np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: expected a 4x4 matrix of numbers ({e})") from e
+    check(bool(np.all(np.isfinite(M))), key, "entries must be finite numbers")
+    check(bool(np.allclose(M[3], (0.0, 0.0, 0.0, 1.0), rtol=0.0, atol=1e-9)), f"{key}[3]",
+          f"the last row of a rigid transform is [0, 0, 0, 1], got {M[3].tolist()}")
+    R = M[:3, :3]
+    with np.errstate(over="ignore", invalid="ignore"):  # huge entries: err is inf and refused below
+        err = float(np.abs(R.T @ R - np.eye(3)).max())
+    check(err <= RIGID_TOL, key, f"rotation block (first 3 rows and columns) is not orthonormal: "
+          f"|R^T R - I| = {err:.2g} > {RIGID_TOL:g} (rows of unit length, mutually perpendicular; "
+          "typed by hand: 4 decimals or more)")
+    det = float(np.linalg.det(R))
+    check(det > 0, key, f"rotation block has determinant {det:.3f}, a rotation has +1 (a mirrored axis?)")
+    if err > 1e-12:  # an exact rotation stays as written (and loading twice changes nothing)
+        U, _, Vt = np.linalg.svd(R)
+        M[:3, :3] = U @ Vt
+    M[3] = (0.0, 0.0, 0.0, 1.0)
+    dist = float(np.abs(M[:3, 3]).max())
+    check(dist <= MAX_REACH_M, key, f"the camera sits {dist:g} m from the base along an axis (> {MAX_REACH_M:g} m); "
+          "the translation is in metres")
+    return tuple(tuple(float(x) for x in row) for row in M)
 
 
 @dataclass(frozen=True)
@@ -42,19 +104,20 @@ class SafetyLimits:
     tolerance: float = 1e-6
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         n = len(self.joint_lower)
         check(n > 0, "joint_lower", "needs at least one joint")
         for name in ("joint_upper", "joint_velocity", "joint_acceleration"):
             check(len(getattr(self, name)) == n, name, f"needs {n} entries (one per joint, like joint_lower), "
                                                         f"got {len(getattr(self, name))}")
-        for name in ("joint_lower", "joint_upper", "joint_velocity", "joint_acceleration",
-                     "workspace_min", "workspace_max"):
-            _finite(name, getattr(self, name))
         for i, (lo, hi) in enumerate(zip(self.joint_lower, self.joint_upper)):
             check(lo < hi, f"joint_upper[{i}]", f"must exceed joint_lower[{i}] = {lo}, got {hi}")
-        check(all(v > 0 for v in self.joint_velocity), "joint_velocity", f"must all be > 0, got {self.joint_velocity}")
-        check(all(a > 0 for a in self.joint_acceleration), "joint_acceleration",
-              f"must all be > 0, got {self.joint_acceleration}")
+        _all_within("joint_lower", self.joint_lower, -MAX_JOINT, MAX_JOINT, "rad", lo_open=False)
+        _all_within("joint_upper", self.joint_upper, -MAX_JOINT, MAX_JOINT, "rad", lo_open=False)
+        _all_within("joint_velocity", self.joint_velocity, 0.0, MAX_JOINT_VELOCITY, "rad/s")
+        _all_within("joint_acceleration", self.joint_acceleration, 0.0, MAX_JOINT_ACCELERATION, "rad/s^2")
+        _all_within("workspace_min", self.workspace_min, -MAX_REACH_M, MAX_REACH_M, "m", lo_open=False)
+        _all_within("workspace_max", self.workspace_max, -MAX_REACH_M, MAX_REACH_M, "m", lo_open=False)
         for i in range(3):
             check(self.workspace_min[i] < self.workspace_max[i], f"workspace_max[{i}]",
                   f"must exceed workspace_min[{i}] = {self.workspace_min[i]}, got {self.workspace_max[i]}")
@@ -96,15 +159,17 @@ class LoopConfig:
     max_rejections: int = 50
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check(1.0 <= self.rate_hz <= 5000.0, "rate_hz", f"must lie in [1, 5000] Hz, got {self.rate_hz}")
-        check(self.spin_us >= 0, "spin_us", f"must be >= 0, got {self.spin_us}")
+        _within(self, "spin_us", 0.0, 1e6, "us", lo_open=False)
         check(0 <= self.realtime_priority <= 99, "realtime_priority", f"must lie in [0, 99], got {self.realtime_priority}")
         check(self.cpu >= -1, "cpu", f"must be -1 (no pinning) or a CPU index, got {self.cpu}")
-        check(self.chunk_timeout_s > 0, "chunk_timeout_s", f"must be > 0, got {self.chunk_timeout_s}")
-        check(self.blend_s >= 0, "blend_s", f"must be >= 0, got {self.blend_s}")
-        for name in ("max_ee_speed", "max_ee_angular_speed", "max_gripper_speed"):
-            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        check(self.max_rejections >= 1, "max_rejections", f"must be >= 1, got {self.max_rejections}")
+        _within(self, "chunk_timeout_s", 0.0, 60.0, "s")
+        _within(self, "blend_s", 0.0, 10.0, "s", lo_open=False)
+        _within(self, "max_ee_speed", 0.0, 10.0, "m/s")
+        _within(self, "max_ee_angular_speed", 0.0, 100.0, "rad/s")
+        _within(self, "max_gripper_speed", 0.0, 1000.0, "1/s")
+        _within(self, "max_rejections", 1, 1_000_000, lo_open=False)
 
     @property
     def period_ns(self) -> int:
@@ -119,6 +184,7 @@ class DeviceConfig:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check(bool(self.driver.strip()), "driver", "must name a driver")
 
 
@@ -139,12 +205,16 @@ class CameraConfig:
     table_z_m: float = 0.0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check(bool(self.driver.strip()), "driver", "must name a driver")
         if self.T_base_cam:
-            check(len(self.T_base_cam) == 4 and all(len(r) == 4 for r in self.T_base_cam), "T_base_cam",
-                  "expected a 4x4 matrix as 4 rows of 4 numbers")
-        check(self.rate_hz > 0, "rate_hz", f"must be > 0, got {self.rate_hz}")
-        check(self.max_frame_age_s > 0, "max_frame_age_s", f"must be > 0, got {self.max_frame_age_s}")
+            object.__setattr__(self, "T_base_cam", rigid_transform("T_base_cam", self.T_base_cam))
+            check("calibration" not in self.options, "T_base_cam", "the camera pose is given twice (T_base_cam and "
+                  "options.calibration); keep one")
+        check(not self.calibration, "calibration", "the camera driver reads the calibration file: set "
+              "camera.options.calibration instead (or give T_base_cam)")
+        _within(self, "rate_hz", 0.0, 1000.0, "Hz")
+        _within(self, "max_frame_age_s", 0.0, 60.0, "s")
         check(isinstance(self.depth_tare, bool), "depth_tare", f"expected true or false, got {self.depth_tare!r}")
         check(abs(self.table_z_m) < 2.0, "table_z_m", f"must lie within 2 m of the base, got {self.table_z_m}")
 
@@ -167,12 +237,13 @@ class PlannerConfig:
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check(self.replan_s == 0, "replan_s", f"periodic re-planning is not implemented; use 0 (re-plan at each "
               f"sub-task boundary), got {self.replan_s}")
-        check(self.max_attempts >= 1, "max_attempts", f"must be >= 1, got {self.max_attempts}")
+        _within(self, "max_attempts", 1, 1000, lo_open=False)
         check(isinstance(self.replan_subtasks, bool), "replan_subtasks",
               f"expected true or false, got {self.replan_subtasks!r}")
-        check(self.timeout_s > 0, "timeout_s", f"must be > 0 s, got {self.timeout_s}")
+        _within(self, "timeout_s", 0.0, 3600.0, "s")
 
 
 @dataclass(frozen=True)
@@ -188,9 +259,10 @@ class ExpertSettings:
     dt: float = 0.05
 
     def __post_init__(self) -> None:
-        check(self.every_k_ticks >= 1, "every_k_ticks", f"must be >= 1, got {self.every_k_ticks}")
-        check(self.horizon >= 1, "horizon", f"must be >= 1, got {self.horizon}")
-        check(self.dt > 0, "dt", f"must be > 0, got {self.dt}")
+        check_finite_fields(self)
+        _within(self, "every_k_ticks", 1, 100_000, "ticks", lo_open=False)
+        _within(self, "horizon", 1, 1024, "steps", lo_open=False)
+        _within(self, "dt", 0.0, 10.0, "s")
 
 
 @dataclass(frozen=True)
@@ -205,13 +277,17 @@ class PerceptionConfig:
     guidance_speed: float = 0.15
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
+        _all_within("crop_min", self.crop_min, -MAX_REACH_M, MAX_REACH_M, "m", lo_open=False)
+        _all_within("crop_max", self.crop_max, -MAX_REACH_M, MAX_REACH_M, "m", lo_open=False)
         for i in range(3):
-            check(self.crop_min[i] < self.crop_max[i], f"crop_max[{i}]", f"must exceed crop_min[{i}]")
-        check(self.voxel_m == "auto" or (isinstance(self.voxel_m, float) and self.voxel_m >= 0), "voxel_m",
-              f'must be "auto" or a size >= 0 in metres, got {self.voxel_m!r}')
-        check(self.n_points >= 1, "n_points", f"must be >= 1, got {self.n_points}")
-        check(self.guidance_dt > 0, "guidance_dt", f"must be > 0, got {self.guidance_dt}")
-        check(self.guidance_speed > 0, "guidance_speed", f"must be > 0 m/s, got {self.guidance_speed}")
+            check(self.crop_min[i] < self.crop_max[i], f"crop_max[{i}]",
+                  f"must exceed crop_min[{i}] = {self.crop_min[i]}, got {self.crop_max[i]}")
+        check(self.voxel_m == "auto" or (isinstance(self.voxel_m, float) and 0 <= self.voxel_m <= 10.0), "voxel_m",
+              f'must be "auto" or a size in [0, 10] metres, got {self.voxel_m!r}')
+        _within(self, "n_points", 1, 1_000_000, lo_open=False)
+        _within(self, "guidance_dt", 0.0, 10.0, "s")
+        _within(self, "guidance_speed", 0.0, 10.0, "m/s")
 
 
 @dataclass(frozen=True)
@@ -230,8 +306,9 @@ class RobotConfig:
     task_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         check(bool(self.name.strip()), "name", "must name the setup")
-        check(self.task_timeout_s > 0, "task_timeout_s", f"must be > 0, got {self.task_timeout_s}")
+        _within(self, "task_timeout_s", 0.0, 86400.0, "s")
 
 
 def resolve_config(name_or_path: str | Path) -> Path:
@@ -248,7 +325,21 @@ def resolve_config(name_or_path: str | Path) -> Path:
 
 
 def load_robot_config(name_or_path: str | Path) -> RobotConfig:
+    """The setup in a TOML file, or a shipped setup by name; errors name the file and the key."""
     return load_config(resolve_config(name_or_path), RobotConfig)
+
+
+def loads_robot_config(text: str, name: str = "<string>") -> RobotConfig:
+    """The setup in TOML ``text``; errors start with ``name``."""
+    return loads_config(text, RobotConfig, name)
+
+
+def robot_config_from_dict(data: dict, name: str = "<dict>") -> RobotConfig:
+    """The setup in ``data`` (a parsed TOML document); errors start with ``name``."""
+    try:
+        return from_dict(RobotConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from e
 
 
 def with_overrides(cfg: RobotConfig, **sections: dict[str, Any]) -> RobotConfig:
@@ -258,5 +349,8 @@ def with_overrides(cfg: RobotConfig, **sections: dict[str, Any]) -> RobotConfig:
     changes = {}
     for section, values in sections.items():
         if values:
-            changes[section] = dataclasses.replace(getattr(cfg, section), **values)
+            try:
+                changes[section] = dataclasses.replace(getattr(cfg, section), **values)
+            except ConfigError as e:
+                raise ConfigError(f"{section}.{e}") from e
     return dataclasses.replace(cfg, **changes)

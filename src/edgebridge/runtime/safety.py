@@ -4,7 +4,10 @@ Every command is validated before it may be sent: finite values, joint count, jo
 joint velocity and acceleration limits (against the last *sent* command, at the loop period), the
 workspace box (FK of the commanded joints) and the gripper range. Only :meth:`SafetyLayer.validate`
 creates the ``ArmCommand`` a driver receives; a command that fails is never built, the reason is
-counted and returned.
+counted and returned. There is no command without a reference: until :meth:`SafetyLayer.reset` was given
+a finite pose (and velocity) of the right size, every command is rejected (``no_reference``), so the
+velocity and acceleration checks can never be skipped; a non-finite reference is refused with a
+``ValueError`` (and clears the old one).
 
 :class:`JointLimiter` shapes the loop's joint targets so that they respect the velocity and
 acceleration limits by construction (it decelerates ahead of the target instead of overshooting);
@@ -15,6 +18,7 @@ TOML, :class:`edgebridge.runtime.config.SafetyLimits`).
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -36,8 +40,32 @@ WORKSPACE = "workspace"
 GRIPPER_RANGE = "gripper_range"
 FK_FAILED = "fk_failed"
 IK_FAILED = "ik_failed"
+NO_REFERENCE = "no_reference"
 REASONS = (NON_FINITE, JOINT_COUNT, JOINT_LIMIT, VELOCITY_LIMIT, ACCELERATION_LIMIT, WORKSPACE,
-           GRIPPER_RANGE, FK_FAILED, IK_FAILED)
+           GRIPPER_RANGE, FK_FAILED, IK_FAILED, NO_REFERENCE)
+
+
+def _period(owner: str, period_s: float) -> float:
+    try:
+        p = float(period_s)
+    except (TypeError, ValueError):
+        p = math.nan
+    if isinstance(period_s, bool) or not (math.isfinite(p) and p > 0):
+        raise ValueError(f"{owner}.period_s: must be a finite number > 0, got {period_s!r}")
+    return p
+
+
+def _joint_vector(owner: str, name: str, value, n: int) -> np.ndarray:
+    """``value`` as a finite float64 vector of ``n`` joints, or a ValueError naming ``name``."""
+    try:
+        x = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{owner}.reset: {name}: expected {n} numbers ({e})") from e
+    if x.shape != (n,):
+        raise ValueError(f"{owner}.reset: {name}: expected {n} joints, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{owner}.reset: {name}: non-finite reference {x}; reset from a measured state")
+    return x
 
 
 class Kinematics(Protocol):
@@ -63,14 +91,13 @@ class SafetyLayer:
     ``fk``: joints -> end-effector ``Pose`` for the workspace check (None = skip it, with a warning once).
     ``period_s``: the control period the velocity/acceleration checks use.
     ``reset(q, v)`` sets the reference (last sent joints and velocity), e.g. from the measured state
-    after a hold; every accepted command becomes the new reference.
+    after a hold; every accepted command becomes the new reference. Without a reference every command
+    is rejected (``no_reference``); ``reset`` refuses a non-finite or wrongly sized reference.
     """
 
     def __init__(self, limits: SafetyLimits, period_s: float, fk: Callable[[np.ndarray], Pose] | None = None) -> None:
-        if period_s <= 0:
-            raise ValueError(f"SafetyLayer.period_s: must be > 0, got {period_s}")
         self.limits = limits
-        self.period_s = float(period_s)
+        self.period_s = _period("SafetyLayer", period_s)
         self.fk = fk
         self.lower = np.asarray(limits.joint_lower, dtype=np.float64)
         self.upper = np.asarray(limits.joint_upper, dtype=np.float64)
@@ -87,9 +114,14 @@ class SafetyLayer:
             log.warning("safety: no forward kinematics given; the workspace-box check is disabled")
 
     def reset(self, q: np.ndarray, v: np.ndarray | None = None) -> None:
-        q = np.asarray(q, dtype=np.float64)
-        self._q_ref = q.copy() if q.shape == self.lower.shape and np.all(np.isfinite(q)) else None
-        self._v_ref = np.zeros_like(self.lower) if v is None else np.asarray(v, dtype=np.float64).copy()
+        """Set the reference to joints ``q`` moving at ``v`` (None: at rest). A non-finite or wrongly
+        sized ``q`` or ``v`` raises ``ValueError`` naming it, and leaves no reference (every command is
+        then rejected until a good reset)."""
+        n = self.limits.n_joints
+        self._q_ref = None
+        q_ref = _joint_vector("SafetyLayer", "q", q, n)
+        self._v_ref = np.zeros(n) if v is None else _joint_vector("SafetyLayer", "v", v, n)
+        self._q_ref = q_ref
 
     @property
     def reference(self) -> np.ndarray | None:
@@ -113,19 +145,20 @@ class SafetyLayer:
             return self.reject(JOINT_LIMIT, f"joint {j} = {q[j]:.4f} rad outside [{self.lower[j]}, {self.upper[j]}]")
         if not lim.gripper_min <= gripper <= lim.gripper_max:
             return self.reject(GRIPPER_RANGE, f"gripper {gripper:.4f} outside [{lim.gripper_min}, {lim.gripper_max}]")
-        v = None
-        if self._q_ref is not None:
-            v = (q - self._q_ref) / self.period_s
-            bad = np.flatnonzero(np.abs(v) > self.vmax)
-            if bad.size:
-                j = int(bad[0])
-                return self.reject(VELOCITY_LIMIT, f"joint {j} velocity {v[j]:.3f} rad/s exceeds {self.vmax[j]:.3f}")
-            a = (v - self._v_ref) / self.period_s
-            bad = np.flatnonzero(np.abs(a) > self.amax)
-            if bad.size:
-                j = int(bad[0])
-                return self.reject(ACCELERATION_LIMIT,
-                                   f"joint {j} acceleration {a[j]:.2f} rad/s^2 exceeds {self.amax[j]:.2f}")
+        if self._q_ref is None:
+            return self.reject(NO_REFERENCE, "no reference state to check velocity and acceleration against; "
+                                             "reset(measured joints) first")
+        v = (q - self._q_ref) / self.period_s
+        bad = np.flatnonzero(~(np.abs(v) <= self.vmax))  # NaN fails too
+        if bad.size:
+            j = int(bad[0])
+            return self.reject(VELOCITY_LIMIT, f"joint {j} velocity {v[j]:.3f} rad/s exceeds {self.vmax[j]:.3f}")
+        a = (v - self._v_ref) / self.period_s
+        bad = np.flatnonzero(~(np.abs(a) <= self.amax))
+        if bad.size:
+            j = int(bad[0])
+            return self.reject(ACCELERATION_LIMIT,
+                               f"joint {j} acceleration {a[j]:.2f} rad/s^2 exceeds {self.amax[j]:.2f}")
         if self.fk is not None:
             try:
                 ee = self.fk(q).position
@@ -136,7 +169,7 @@ class SafetyLayer:
                 return self.reject(WORKSPACE, f"end effector {np.round(ee, 4)} outside the workspace box "
                                               f"[{self.ws_min}, {self.ws_max}]")
         cmd = ArmCommand(q, float(gripper), ee_target, stamp_ns)
-        self._v_ref = np.zeros_like(q) if v is None else v
+        self._v_ref = v
         self._q_ref = q
         self.accepted += 1
         return Verdict(True, cmd)
@@ -149,15 +182,19 @@ class JointLimiter:
     """
 
     def __init__(self, limits: SafetyLimits, period_s: float, margin: float = 0.98) -> None:
-        self.dt = float(period_s)
+        self.dt = _period("JointLimiter", period_s)
         self.vmax = np.asarray(limits.joint_velocity, dtype=np.float64) * margin
         self.amax = np.asarray(limits.joint_acceleration, dtype=np.float64) * margin
         self.q: np.ndarray | None = None
         self.v = np.zeros(limits.n_joints)
 
     def reset(self, q: np.ndarray, v: np.ndarray | None = None) -> None:
-        self.q = np.asarray(q, dtype=np.float64).copy()
-        self.v = np.zeros_like(self.q) if v is None else np.asarray(v, dtype=np.float64).copy()
+        """Start from joints ``q`` moving at ``v`` (None: at rest); non-finite or wrongly sized: ValueError."""
+        n = len(self.vmax)
+        self.q = None
+        q = _joint_vector("JointLimiter", "q", q, n)
+        self.v = np.zeros(n) if v is None else _joint_vector("JointLimiter", "v", v, n)
+        self.q = q
 
     def step(self, q_target: np.ndarray) -> np.ndarray:
         """The next command towards ``q_target`` (does not commit: call :meth:`commit` once it was sent)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -151,3 +153,27 @@ def test_workspace_box_from_kernels():
     assert len(lift_plan(_plan(Anchor(31, 23, 1.0)), _frame(d), np.eye(4), box)) == 1
     with pytest.raises(PlanError, match="outside the workspace"):
         lift_plan(_plan(Anchor(31, 23, 1.0), Anchor(63, 23, 1.0)), _frame(d), np.eye(4), box)
+
+
+def test_a_workspace_box_rejection_reads_as_numbers_not_reprs():
+    from edgebridge.kernels import WorkspaceBox
+    from edgebridge.runtime.lift import describe_region, format_point
+
+    d = np.full((H, W), 1.0, np.float32)
+    plan = _plan(Anchor(31, 23, 1.0), Anchor(63, 23, 1.0))
+    flat = WorkspaceBox.from_bounds((-0.1, -0.3, 0.8), (0.1, 0.3, 1.2))
+    with pytest.raises(PlanError) as e:
+        lift_plan(plan, _frame(d), np.eye(4), flat)
+    msg = str(e.value)
+    assert re.search(r"anchor 1 at pixel \(u=63, v=23\) lifts to \(0\.53, -0\.01, 1\.00\) m, outside the workspace "
+                     r"x -0\.10\.\.0\.10, y -0\.30\.\.0\.30, z 0\.80\.\.1\.20; the plan points off the table", msg), msg
+    s = np.sin(np.pi / 8)
+    turned = WorkspaceBox(np.array([0.0, 0.0, 1.0]), np.array([0.1, 0.3, 0.2]), np.array([0.0, 0.0, s, np.cos(np.pi / 8)]))
+    with pytest.raises(PlanError) as e:
+        lift_plan(plan, _frame(d), np.eye(4), turned)
+    assert "a box centred at (0.00, 0.00, 1.00) m with half sizes (0.10, 0.30, 0.20) m, turned 45 deg about " \
+           "(0.00, 0.00, 1.00)" in str(e.value)
+    for m in (msg, str(e.value)):
+        assert "array(" not in m and "WorkspaceBox(" not in m
+    assert format_point([-0.0004, 1.0, -0.126]) == "(0.00, 1.00, -0.13)"
+    assert describe_region(object()) == "(a workspace of type object)"

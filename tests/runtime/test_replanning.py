@@ -3,6 +3,7 @@ re-planning at sub-task boundaries from a fresh frame, fall-back to the previous
 and (real time) the arm holding while a slow planner thinks."""
 
 import dataclasses
+import threading
 import time
 
 import numpy as np
@@ -169,3 +170,67 @@ def test_realtime_slow_planner_holds_the_arm_and_the_loop_keeps_running():
 def test_periodic_replanning_is_refused_with_a_clear_message():
     with pytest.raises(ConfigError, match="periodic re-planning is not implemented"):
         PlannerConfig(replan_s=2.0)
+
+
+class _Hanging:
+    """A planner whose server never answers: plan() blocks until released."""
+
+    def __init__(self) -> None:
+        self.release, self.calls = threading.Event(), 0
+
+    def plan(self, rgbd, instruction):
+        self.calls += 1
+        self.release.wait()
+        raise PlanError("released")
+
+
+def _session(planner, stop, **kw):
+    from edgebridge.runtime.planner.gguf import blank_frame
+    from edgebridge.runtime.plan_session import PlanSession
+
+    return PlanSession(planner, "pick", capture=lambda: blank_frame(64, 48), lift=lambda plan, frame: None,
+                       build=lambda wp, state, stamp: (1.0, None), blocking=True, stop=stop, **kw)
+
+
+def test_lockstep_planning_ends_promptly_on_a_stop_request():
+    planner, flag = _Hanging(), threading.Event()
+    session = _session(planner, flag.is_set, timeout_s=60.0, max_attempts=3)
+    result = []
+    t = threading.Thread(target=lambda: result.append(session.tick(1, object())), daemon=True)
+    try:
+        t.start()
+        time.sleep(0.2)
+        assert t.is_alive() and planner.calls == 1  # waiting on the planner, as lock-step does
+        t_stop = time.monotonic()
+        flag.set()
+        t.join(1.0)
+        assert time.monotonic() - t_stop < 0.3 and result == ["stop requested"]
+        assert session.stats.rejected == 0  # a stop is not a rejected plan
+        t0 = time.monotonic()
+        session.close()  # does not wait out the hanging request
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        planner.release.set()
+
+
+def test_retries_stop_and_the_reason_says_why():
+    class Request:  # what the pipeline passes: a StopRequest-like callable with a reason; set after a rejection
+        reason = "SIGINT received"
+
+        def __call__(self):
+            return session.stats.rejected >= 1
+
+    class Failing:
+        calls = 0
+
+        def plan(self, rgbd, instruction):
+            Failing.calls += 1
+            raise PlanError("garbage")
+
+    session = _session(Failing(), Request(), max_attempts=5)
+    try:
+        assert session.tick(1, object()) == "stop requested: SIGINT received"
+        assert Failing.calls == 1 and session.stats.rejected == 1  # no retry after the stop request
+        assert session.tick(2, object()) == "stop requested: SIGINT received"
+    finally:
+        session.close()

@@ -84,12 +84,19 @@ class AnchorBounds:
         p = np.asarray(point, dtype=np.float64).reshape(3)
         for i, axis in enumerate("xyz"):
             if p[i] < self.lo[i]:
-                return f"{axis} = {p[i]:.3f} m is below {self.lo[i]:.3f} m ({self.lo_src[i]})"
+                a, b = _pair(p[i], self.lo[i])
+                return f"{axis} {a} m is below {b} m ({self.lo_src[i]})"
             if p[i] > self.hi[i]:
-                return f"{axis} = {p[i]:.3f} m is above {self.hi[i]:.3f} m ({self.hi_src[i]})"
+                a, b = _pair(p[i], self.hi[i])
+                return f"{axis} {a} m is above {b} m ({self.hi_src[i]})"
         if self.region is not None and not self.region.contains(p[None].astype(np.float32))[0]:
-            return f"outside the camera's workspace region {self.region!r}"
+            return "outside the camera's working volume (its rotated crop)"
         return None
+
+    def describe(self) -> str:
+        """The bounds for people: ``x 0.05..0.90, y -0.60..0.60, z -0.03..0.60`` (metres)."""
+        text = ", ".join(f"{axis} {_m(lo)}..{_m(hi)}" for axis, lo, hi in zip("xyz", self.lo, self.hi))
+        return text if self.region is None else f"{text}, within {describe_region(self.region)}"
 
     def __repr__(self) -> str:
         return f"AnchorBounds(min={np.round(self.lo, 3).tolist()}, max={np.round(self.hi, 3).tolist()})"
@@ -104,6 +111,43 @@ def _axis_aligned_bounds(region: Any) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     c, h = np.asarray(center, dtype=np.float64), np.asarray(half, dtype=np.float64)
     return c - h, c + h
+
+
+def _m(x: float) -> str:
+    """Metres for people: two decimals, no negative zero."""
+    text = f"{float(x):.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def _pair(a: float, b: float) -> tuple[str, str]:
+    """Two lengths to compare, in two decimals unless that makes them look equal (then three)."""
+    x, y = _m(a), _m(b)
+    return (x, y) if x != y else (f"{float(a):.3f}", f"{float(b):.3f}")
+
+
+def format_point(p) -> str:
+    """A 3-D point for people: ``(-0.12, -0.40, 0.00)``."""
+    return "(" + ", ".join(_m(v) for v in np.asarray(p, dtype=np.float64).reshape(-1)) + ")"
+
+
+def describe_region(region: Any) -> str:
+    """A workspace for a log line, never a repr full of arrays: an :class:`AnchorBounds` or an
+    axis-aligned ``WorkspaceBox`` as per-axis ranges (``x 0.05..0.90, y -0.60..0.60, z 0.00..0.60``), a
+    rotated box by centre, half sizes and turn, anything else by its type."""
+    if isinstance(region, AnchorBounds):
+        return region.describe()
+    box = _axis_aligned_bounds(region)
+    if box is not None:
+        return ", ".join(f"{axis} {_m(lo)}..{_m(hi)}" for axis, lo, hi in zip("xyz", *box))
+    center, half, quat = (getattr(region, k, None) for k in ("center", "half_extents", "quat"))
+    if center is not None and half is not None and quat is not None:
+        q = np.asarray(quat, dtype=np.float64)
+        angle = float(np.degrees(2 * np.arccos(np.clip(abs(q[3]), 0.0, 1.0))))
+        axis = q[:3] * np.sign(q[3] or 1.0)
+        axis = axis / (np.linalg.norm(axis) or 1.0)
+        return (f"a box centred at {format_point(center)} m with half sizes {format_point(half)} m, turned "
+                f"{angle:.0f} deg about {format_point(axis)}")
+    return f"(a workspace of type {type(region).__name__})"
 
 
 def window_depth(depth: np.ndarray, u: int, v: int, *, window: int = 5, depth_min: float = 0.05,
@@ -181,12 +225,15 @@ def lift_plan(plan: Plan, rgbd: RGBD, T_base_cam: np.ndarray, workspace: Workspa
         if not inside.all():
             i = int(np.flatnonzero(~inside)[0])
             a = plan.anchors[i]
-            p = np.round(base_pts[i], 3).tolist()
             why = workspace.violation(base_pts[i]) if hasattr(workspace, "violation") else None
-            where = f"the workspace: {why}" if why else f"the workspace ({workspace!r})"
-            raise PlanError(f"anchor {i} at pixel (u={a.u}, v={a.v}) lifts to {p} m in the base frame, outside "
-                            f"{where}; {int((~inside).sum())} of {len(base_pts)} anchors outside - the plan "
-                            f"points off the table and is rejected")
+            n_out = int((~inside).sum())
+            log.debug("plan rejected by the workspace %r: anchors (u, v) %s lift to base-frame points %s m; "
+                      "outside: %s", workspace, [(b.u, b.v) for b in plan.anchors],
+                      np.round(base_pts, 4).tolist(), np.flatnonzero(~inside).tolist())
+            raise PlanError(f"anchor {i} at pixel (u={a.u}, v={a.v}) lifts to {format_point(base_pts[i])} m, outside "
+                            f"the workspace {describe_region(workspace)}{f': {why}' if why else ''}"
+                            f"{f' ({n_out} of {len(base_pts)} anchors outside)' if n_out > 1 else ''}; "
+                            f"the plan points off the table")
     m = len(plan.anchors)
     return Waypoints(
         positions=base_pts,

@@ -39,6 +39,8 @@ from .profiling import Profiler, timer
 log = logging.getLogger(__name__)
 
 GUIDANCE_COMPLETE = "guidance complete"
+STOP_REQUESTED = "stop requested"
+STOP_CLOSE_S = 0.5  # after a stop request, how long close() waits for a plan request still running
 
 
 @dataclass
@@ -106,7 +108,8 @@ class PlanSession:
     def __init__(self, planner: Any, instruction: str, *, capture: Callable[[], RGBD],
                  lift: Callable[[Plan, RGBD], Waypoints], build: Callable[[Waypoints, ArmState, int], tuple],
                  max_attempts: int = 3, replan_subtasks: bool = True, timeout_s: float = 60.0,
-                 settle_s: float = 1.5, blocking: bool = False, profiler: Profiler | None = None) -> None:
+                 settle_s: float = 1.5, blocking: bool = False, profiler: Profiler | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
         from .planner.asynchronous import AsyncPlanner
 
         self.instruction = instruction
@@ -117,9 +120,12 @@ class PlanSession:
         self.settle_s = float(settle_s)
         self.blocking = blocking
         self.profiler = profiler
+        self.stop = stop
         self.stats = PlanningStats()
         self.guidance = None
-        self._ap = AsyncPlanner(_TimedPlanner(planner, profiler), validate=lift, name="episode-planner")
+        # the session reports each failure itself (one line per rejected attempt): the worker's at debug level
+        self._ap = AsyncPlanner(_TimedPlanner(planner, profiler), validate=lift, name="episode-planner",
+                                failure_level=logging.DEBUG)
         self._rid: int | None = None          # request in flight
         self._t_req = 0.0                     # its wall start (perf_counter)
         self._attempts = 0                    # attempts for the current planning round
@@ -132,7 +138,14 @@ class PlanSession:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        self._ap.close()
+        """Stop the planner worker; after a stop request a request still running is not waited for."""
+        self._ap.close(STOP_CLOSE_S if self._stop_reason() else 30.0)
+
+    def _stop_reason(self) -> str | None:
+        if self.stop is None or not self.stop():
+            return None
+        why = getattr(self.stop, "reason", None)  # a StopRequest says why
+        return f"{STOP_REQUESTED}: {why}" if why else STOP_REQUESTED
 
     @property
     def waiting(self) -> bool:
@@ -141,7 +154,10 @@ class PlanSession:
     # ------------------------------------------------------------------ supervisor side
     def tick(self, now_ns: int, state: ArmState | None) -> str | None:
         """Advance planning at loop-clock time ``now_ns``; returns a stop reason (``GUIDANCE_COMPLETE`` or
-        ``plan rejected: ...``) or None to go on."""
+        ``plan rejected: ...``, or ``stop requested...`` once ``stop()`` is true) or None to go on."""
+        why = self._stop_reason()
+        if why:
+            return why
         if state is None:
             return None
         if self._total is None and self._rid is None and self._attempts == 0:
@@ -166,6 +182,9 @@ class PlanSession:
         return None
 
     def _request(self, now_ns: int, state: ArmState, reason: str) -> str | None:
+        why = self._stop_reason()
+        if why:
+            return why
         if self._attempts == 0:
             self._round += 1
         self._attempts += 1
@@ -178,8 +197,8 @@ class PlanSession:
         self._t_req = time.perf_counter()
         log.info("planning (%s), attempt %d/%d", reason, self._attempts, self.max_attempts)
         if self.blocking:
-            self._ap.wait(self._rid, self.timeout_s)
-            return self._poll(now_ns, state)
+            self._ap.wait(self._rid, self.timeout_s, stop=self.stop)
+            return self._stop_reason() or self._poll(now_ns, state)
         return None
 
     def _poll(self, now_ns: int, state: ArmState) -> str | None:
@@ -212,10 +231,10 @@ class PlanSession:
         self.stats.last_error = why
         if len(self.stats.rejections) < self.stats.MAX_KEPT:
             self.stats.rejections.append(f"round {self._round} attempt {self._attempts}/{self.max_attempts}: {why}")
-        log.warning("plan rejected (planning round %d, attempt %d/%d; the arm holds): %s", self._round,
-                    self._attempts, self.max_attempts, why)
+        log.warning("plan rejected, attempt %d/%d (planning round %d; the arm holds): %s", self._attempts,
+                    self.max_attempts, self._round, why)
         if self._attempts < self.max_attempts:
-            return self._request(now_ns, state, f"retry after a rejected plan: {why}")
+            return self._request(now_ns, state, "retry after a rejected plan")
         if self._segments:  # a sub-task boundary: keep the previous plan's remaining sub-tasks
             self.stats.fallbacks += 1
             log.warning("re-planning failed %d times; continuing with the previous plan's remaining %d sub-task(s)",

@@ -130,3 +130,19 @@ def test_request_after_close_raises():
     ap.close()
     with pytest.raises(PlanError, match="closed"):
         ap.request(blank_frame(), "x")
+
+
+def test_wait_returns_promptly_when_stop_turns_true():
+    import time
+
+    planner = Gated()
+    with AsyncPlanner(planner) as ap:
+        rid = ap.request(blank_frame(), "pick")
+        assert planner.started.wait(TIMEOUT)
+        flag = threading.Event()
+        threading.Timer(0.1, flag.set).start()
+        t0 = time.monotonic()
+        assert ap.wait(rid, 30.0, stop=flag.is_set) is False
+        assert 0.08 < time.monotonic() - t0 < 0.2  # polled every STOP_POLL_S, not at the 30 s timeout
+        planner.gate.release()
+        assert ap.wait(rid, TIMEOUT, stop=lambda: False)

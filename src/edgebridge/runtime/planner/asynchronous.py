@@ -23,6 +23,8 @@ from ...errors import PlanError
 
 log = logging.getLogger(__name__)
 
+STOP_POLL_S = 0.02  # how often a wait polls its stop callback
+
 
 @dataclass(frozen=True)
 class PlannerStatus:
@@ -42,9 +44,10 @@ class AsyncPlanner:
     next to the plan (:meth:`latest_result`) and an exception from it marks the plan as rejected."""
 
     def __init__(self, planner: Any, validate: Callable[[Plan, RGBD], Any] | None = None, *,
-                 name: str = "planner-worker") -> None:
+                 name: str = "planner-worker", failure_level: int = logging.WARNING) -> None:
         self.planner = planner
         self.validate = validate
+        self.failure_level = failure_level  # DEBUG where the caller reports failures itself (PlanSession)
         self._cv = threading.Condition()
         self._pending: tuple[int, RGBD, str, str] | None = None
         self._busy = False
@@ -103,14 +106,20 @@ class AsyncPlanner:
                                  last_reason=self._last_reason,
                                  latest_request=None if self._latest is None else self._latest[0])
 
-    def wait(self, request_id: int, timeout: float | None = None) -> bool:
-        """Block until ``request_id`` is done (planned, failed or superseded); for tests and start-up."""
+    def wait(self, request_id: int, timeout: float | None = None, *,
+             stop: Callable[[], bool] | None = None) -> bool:
+        """Block until ``request_id`` is done (planned, failed or superseded); False when ``timeout``
+        passes first, or ``stop()`` turns true (polled every :data:`STOP_POLL_S`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while self._done_id < request_id:
+                if stop is not None and stop():
+                    return False
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
+                if stop is not None:
+                    left = STOP_POLL_S if left is None else min(left, STOP_POLL_S)
                 self._cv.wait(left)
             return True
 
@@ -122,7 +131,8 @@ class AsyncPlanner:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.error("planner worker did not stop within %.0f s (a generation still running)", timeout)
+                log.warning("planner worker still busy after %.1f s (a plan request running); it is left to "
+                            "finish in the background", timeout)
                 return
         close = getattr(self.planner, "close", None)
         if close is not None:
@@ -154,7 +164,8 @@ class AsyncPlanner:
                     result = self.validate(plan, rgbd)
             except Exception as e:  # noqa: BLE001 - a worker must never die; the reason is kept
                 error = f"{type(e).__name__}: {e}"
-                log.warning("planner request %d (%s) failed: %s", rid, reason or "no reason given", error)
+                log.log(self.failure_level, "planner request %d (%s) failed: %s", rid, reason or "no reason given",
+                        error)
             with self._cv:
                 self._busy = False
                 self._done_id = max(self._done_id, rid)

@@ -123,3 +123,23 @@ def test_scale_plan_maps_to_pixel_centres():
     q = scale_plan(p, 2, 640, 480)
     assert [(a.u, a.v) for a in q.anchors] == [(1, 1), (639, 479)]  # inside the 2x2 block each came from
     assert scale_plan(p, 1, 640, 480) is p
+
+
+def test_close_waits_for_a_running_generation_before_freeing_the_model(caplog):
+    import threading
+
+    class Model:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    planner = object.__new__(GGUFPlanner)  # no model file: only the lifecycle is under test
+    planner._lock, planner._llm, planner._handler = threading.Lock(), Model(), None
+    model = planner._llm
+    planner._lock.acquire()  # a worker thread inside generate()
+    planner.close(timeout=0.05)
+    assert not model.closed and "generation is still running" in caplog.text
+    threading.Timer(0.1, planner._lock.release).start()
+    planner.close(timeout=5.0)  # waits for the generation, then frees
+    assert model.closed and planner._llm is None

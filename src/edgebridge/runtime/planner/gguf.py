@@ -29,6 +29,8 @@ from .prompt import (GGUF_KEY_PLAN_HEIGHT, GGUF_KEY_PLAN_WIDTH, GGUF_KEY_VERSION
 
 log = logging.getLogger(__name__)
 
+CLOSE_WAIT_S = 60.0  # how long close() waits for a generation still running (bounded by max_tokens)
+
 # config name -> llama_cpp.llama_chat_format class
 CHAT_HANDLERS = {
     "qwen2.5-vl": "Qwen25VLChatHandler",
@@ -201,14 +203,23 @@ class GGUFPlanner:
             raise PlanError("GGUF planner is closed; create a new one")
         return self._llm
 
-    def close(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
-        stack = getattr(self._handler, "_exit_stack", None)
-        if stack is not None:
-            stack.close()
-        self._handler = None
+    def close(self, timeout: float = CLOSE_WAIT_S) -> None:
+        """Free the model, after a generation still running in another thread (a planner worker left
+        behind by a stop request) has finished: freeing under it would crash the process. If it is still
+        running after ``timeout`` s the model is left allocated (the process is ending) and this is logged."""
+        if not self._lock.acquire(timeout=timeout):
+            log.warning("GGUF planner: a generation is still running after %.0f s; the model is not freed", timeout)
+            return
+        try:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
+            stack = getattr(self._handler, "_exit_stack", None)
+            if stack is not None:
+                stack.close()
+            self._handler = None
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "GGUFPlanner":
         return self

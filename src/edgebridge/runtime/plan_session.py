@@ -21,6 +21,10 @@ thread), which never blocks on the model in real time:
 
 In lock-step (``blocking=True``) a request waits for its answer at once, in wall time, while simulated
 time stands still: deterministic, and the arm holds by construction.
+
+Each rejected attempt is logged once, as one WARNING line (the worker's own report is at debug level).
+``stop`` (the run's stop request, e.g. the watchdog's ``StopRequest`` that SIGINT sets) is polled by
+every wait and before every retry, at least every 50 ms: ``tick`` then returns ``stop requested...``.
 """
 
 from __future__ import annotations

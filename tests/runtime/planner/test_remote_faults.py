@@ -144,11 +144,13 @@ def test_an_answer_over_max_response_bytes_is_refused(serve):
     assert len(s2.headers) == 1  # not retried
 
 
-@pytest.mark.parametrize("where", ["body", "headers"])
+@pytest.mark.parametrize("where", ["body", "headers", "unannounced body"])
 def test_a_trickling_server_cannot_stretch_the_deadline(serve, where):
     def trickle(h):
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-        if where == "body":
+        if where == "unannounced body":  # read until the connection closes
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        if where != "headers":
             h.wfile.write(head)
             h.wfile.flush()
             head = b" " * 100000

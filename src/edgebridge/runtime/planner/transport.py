@@ -170,6 +170,8 @@ def _once(url: str, data: bytes, headers: dict, deadline: _Deadline, max_bytes: 
             n += len(chunk)
             if n > max_bytes:
                 raise AnswerTooLarge(n, max_bytes, announced=False)
+        if deadline.expired:  # a body read until the connection closed: the deadline's shutdown closed it
+            raise DeadlineExceeded("deadline passed")
         return resp, b"".join(chunks)
     finally:
         deadline.attach(None)  # detached before close: the timer never touches a closed descriptor

@@ -213,6 +213,13 @@ def test_a_key_over_plain_http_is_refused_unless_loopback_or_allowed(url, ok):
 
 # ----------------------------------------------------------------------------- TLS
 
+@pytest.mark.parametrize("url, why", [("http://:8080/v1", "no host"), ("http://h:port/v1", "not a valid URL"),
+                                      ("ftp://h/v1", "expected an http")])
+def test_a_bad_base_url_is_a_config_error(url, why):
+    with pytest.raises(ConfigError, match=f"base_url: .*{why}"):
+        RemotePlannerConfig(base_url=url)
+
+
 def test_a_missing_or_bad_ca_bundle_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"planner.options.ca_bundle: no such file: 'nope.pem'"):
         from_dict(RemotePlannerConfig, {"base_url": "https://h/v1", "ca_bundle": "nope.pem"}, prefix="planner.options.")

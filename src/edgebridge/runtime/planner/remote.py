@@ -68,7 +68,10 @@ class RemotePlannerConfig:
     def __post_init__(self) -> None:
         check(self.base_url.startswith(("http://", "https://")), "base_url",
               f"expected an http(s) URL, got {self.base_url!r}")
-        scheme, host, _ = transport.origin(self.base_url)
+        try:
+            scheme, host, _ = transport.origin(self.base_url)
+        except ValueError as e:  # a port that is not a number
+            raise ConfigError(f"base_url: {self.base_url!r} is not a valid URL ({e})") from e
         check(bool(host), "base_url", f"no host in {self.base_url!r}")
         check(self.constraint in CONSTRAINTS, "constraint", f"expected one of {CONSTRAINTS}, got {self.constraint!r}")
         check(self.timeout_s > 0, "timeout_s", f"must be > 0, got {self.timeout_s}")

@@ -26,7 +26,7 @@ def emu():
 
 
 def _arm(emu, **kw) -> SerialArm:
-    return SerialArm(SerialArmConfig(port=emu.port, timeout_s=0.25, retries=0, **kw))
+    return SerialArm(SerialArmConfig(port=emu.port, **{"timeout_s": 0.25, "retries": 0, **kw}))
 
 
 def _barrier(arm):
@@ -79,18 +79,19 @@ def test_connect_state_command_hold(emu):
     with pytest.raises(DeviceNotConnectedError):
         arm.state()
     with arm:
-        # Goal = present before torque on: the arm must not jump.
+        # Goal = present on connect, torque left as found (off): the arm does not move.
         _barrier(arm)
         assert emu.get(3, "Goal_Position") == 2048 + 512
-        assert _torque(emu) == [1] * 6
+        assert _torque(emu) == [0] * 6 and not arm.torque_enabled
         s = arm.state()
         np.testing.assert_allclose(s.joints, [0, 0, math.pi / 4, 0, 0], atol=1e-12)
         assert isinstance(s.ee_pose, Pose)
         np.testing.assert_allclose(s.ee_pose.position, arm._kin.fk(s.joints).position)
         target = np.array([0.2, -0.3, 0.4, 0.1, -0.5])
-        sent = arm.command(ArmCommand(joints=target, gripper=1.0))
+        sent = arm.command(ArmCommand(joints=target, gripper=1.0))  # the first command turns torque on
         np.testing.assert_allclose(sent.joints, target, atol=TICK)
         _barrier(arm)
+        assert _torque(emu) == [1] * 6 and arm.torque_enabled
         assert sent.gripper == 1.0 and emu.get(6, "Goal_Position") == 3200
         wait_until(lambda: np.allclose(arm.state().joints, sent.joints, atol=1e-9)
                    and arm.state().gripper == pytest.approx(1.0), 2.0, "the servos to reach the commanded joints")
@@ -140,6 +141,7 @@ def test_estop_disables_torque_and_blocks_commands(emu):
 
 def test_torque_disabled_block_restores(emu):
     with _arm(emu) as arm:
+        arm.enable()
         with arm.torque_disabled():
             _barrier(arm)
             assert _torque(emu) == [0] * 6
@@ -150,6 +152,7 @@ def test_torque_disabled_block_restores(emu):
 
 def test_keep_torque_on_disconnect(emu):
     with _arm(emu, disable_torque_on_disconnect=False) as arm:
+        arm.enable()
         _barrier(arm)
     time.sleep(0.05)  # nothing to wait for: a torque-off written on disconnect would have landed by now
     assert _torque(emu) == [1] * 6
@@ -174,8 +177,140 @@ def test_state_fault_names_port_and_servo(emu):
 
 def test_command_is_one_sync_write(emu):
     with _arm(emu) as arm:
+        arm.enable()
         _barrier(arm)
         emu.received.clear()
         arm.command(ArmCommand(joints=np.zeros(5), gripper=0.0))
         _barrier(arm)
         assert [(sid, inst) for sid, inst, _ in emu.received] == [(0xFE, INST_SYNC_WRITE), (1, 0x01)]
+
+
+# ---------------------------------------------------------------------------------------------- defects
+
+
+def _stale_goals(emu, offset=400):
+    """A goal left 400 ticks away from where each servo is: turning torque on before goal = present jumps."""
+    for i in range(1, 7):
+        emu.set(i, "Goal_Position", emu.get(i, "Present_Position") + offset)
+
+
+def _positions(emu):
+    return [emu.get(i, "Present_Position") for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("acceleration", [None, 100])
+@pytest.mark.parametrize("found_on", [False, True])
+def test_connect_never_moves_the_arm(acceleration, found_on):
+    with FeetechBusEmulator(speed=0.0) as emu:  # speed 0: only a torque-on jump can move a servo
+        assert emu.torque_snaps
+        _stale_goals(emu)
+        if found_on:
+            for i in range(1, 7):
+                emu.set(i, "Torque_Enable", 1)
+        before = _positions(emu)
+        with _arm(emu, acceleration=acceleration) as arm:
+            _barrier(arm)
+            assert _positions(emu) == before, "connect moved the arm"
+            assert [emu.get(i, "Goal_Position") for i in range(1, 7)] == before
+            assert _torque(emu) == [int(found_on)] * 6  # torque as found
+            if acceleration is not None:
+                assert [emu.get(i, "Acceleration") for i in range(1, 7)] == [acceleration] * 6
+            _stale_goals(emu)  # another program wrote goals meanwhile: enable() must not jump either
+            arm.enable()
+            _barrier(arm)
+            assert _positions(emu) == before and _torque(emu) == [1] * 6
+
+
+def test_enable_refuses_when_a_servo_does_not_take_its_goal():
+    with FeetechBusEmulator(speed=0.0) as emu:
+        _stale_goals(emu)
+        emu.ignore_writes.add(3)
+        arm = _arm(emu)
+        with pytest.raises(DeviceFaultError, match=r"servo\(s\) \[3\] did not take goal = present"):
+            arm.connect()
+        assert _torque(emu) == [0] * 6 and not arm.bus.is_open
+
+
+def test_disconnect_releases_every_servo_when_one_faults_during_the_hold(emu):
+    arm = _arm(emu)
+    arm.connect()
+    arm.command(ArmCommand(joints=np.zeros(5), gripper=0.5))
+    _barrier(arm)
+    assert _torque(emu) == [1] * 6
+    emu.error_bits[3] = 0x20  # overload: the final hold's read fails
+    with pytest.raises(DeviceFaultError, match=r"hold failed.*servo 3.*overload"):
+        arm.disconnect()
+    assert _torque(emu) == [0] * 6 and not arm.bus.is_open and not arm.is_connected
+
+
+def test_disconnect_names_a_servo_that_does_not_acknowledge_torque_off(emu):
+    arm = _arm(emu, timeout_s=0.05)
+    arm.connect()
+    arm.hold()  # torque on, where it is
+    emu.silent.add(4)  # its receive line works, its answers are lost
+    with pytest.raises(DeviceFaultError, match=r"servo\(s\) \[4\].*cut the servo power"):
+        arm.disconnect()
+    assert _torque(emu) == [0] * 6 and not arm.bus.is_open
+
+
+def test_disconnect_writes_each_servo_when_the_sync_write_fails(emu, monkeypatch):
+    arm = _arm(emu)
+    arm.connect()
+    arm.hold()
+    real = arm.bus.sync_write
+
+    def broken(register, values):
+        if register == "Torque_Enable":
+            raise DeviceFaultError("servo bus: SYNC_WRITE failed (test)")
+        return real(register, values)
+
+    monkeypatch.setattr(arm.bus, "sync_write", broken)
+    arm.disconnect()  # every servo acknowledged its own WRITE: nothing to report
+    assert _torque(emu) == [0] * 6
+
+
+def test_max_relative_command_reads_once_per_cycle(emu):
+    with _arm(emu, max_relative_target_rad=0.1) as arm:
+        arm.hold()
+        _barrier(arm)
+        emu.received.clear()
+        arm.state()
+        arm.command(ArmCommand(joints=np.full(5, 1.0), gripper=0.5))  # reuses the state() just read
+        arm.command(ArmCommand(joints=np.full(5, 1.0), gripper=0.5))  # fresh too (within present_max_age_s)
+        _barrier(arm)
+        kinds = [inst for sid, inst, _ in emu.received]
+        assert kinds == [0x82, INST_SYNC_WRITE, INST_SYNC_WRITE, 0x01]
+    with _arm(emu, max_relative_target_rad=0.1, present_max_age_s=0.0) as arm:
+        arm.hold()
+        _barrier(arm)
+        emu.received.clear()
+        here = np.array([emu.get(i, "Present_Position") - 2048 for i in range(1, 6)]) * TICK  # held there
+        sent = arm.command(ArmCommand(joints=np.full(5, 1.0), gripper=0.5))  # no fresh state: one read
+        _barrier(arm)
+        assert [inst for sid, inst, _ in emu.received] == [0x82, INST_SYNC_WRITE, 0x01]
+        np.testing.assert_allclose(sent.joints, here + 0.1, atol=TICK)
+
+
+def test_malformed_answers_are_faults_that_name_the_servo_never_silence(emu):
+    with _arm(emu) as arm:
+        emu.short_answer.add(3)
+        with pytest.raises(DeviceFaultError, match=r"servo 3.*1 data byte\(s\) where 2") as ei:
+            arm.state()
+        assert "silent" not in str(ei.value) and ei.value.kind == "malformed"
+        emu.short_answer.clear()
+        emu.set_raw(2, "Present_Position", b"\xff\xf0")  # 61695: no STS3215 position
+        with pytest.raises(DeviceFaultError, match=r"servo 2.*Present_Position = 61695 lies outside 0\.\.4095"):
+            arm.state()
+        emu.set(2, "Present_Position", 2048)
+        np.testing.assert_allclose(arm.state().joints, 0, atol=1e-12)  # the bus is in step again
+        assert arm.bus.stats.faults["timeout"] == 0
+
+
+def test_velocity_comes_in_the_same_read(emu):
+    with _arm(emu, read_velocity=True) as arm:
+        emu.set(2, "Present_Velocity", 100)
+        _barrier(arm)
+        emu.received.clear()
+        s = arm.state()
+        assert [inst for _, inst, _ in emu.received] == [0x82]
+        assert s.joint_velocities[1] == pytest.approx(100 * TICK)

@@ -4,8 +4,8 @@ import pytest
 
 from edgebridge.config import ConfigError
 from edgebridge.drivers.feetech_tables import INST_SYNC_WRITE, SCS0009, STS3215
-from edgebridge.drivers.servo_bus import (ServoBus, ServoBusConfig, checksum, decode_value, encode_value,
-                                          instruction_packet)
+from edgebridge.drivers.feetech_protocol import checksum, instruction_packet
+from edgebridge.drivers.servo_bus import ServoBus, ServoBusConfig
 from edgebridge.errors import DeviceFaultError, DeviceNotConnectedError
 from feetech_bus_emulator import FeetechBusEmulator
 from helpers.waiting import wait_until
@@ -35,16 +35,16 @@ def test_packet_framing_known_bytes():
 
 def test_value_encoding_inverse_pairs():
     for v in (0, 1, 2048, 4095, 65535):
-        assert decode_value(STS3215, "Goal_Position", encode_value(STS3215, "Goal_Position", v)) == v
-    assert encode_value(STS3215, "Goal_Position", 0x0102) == b"\x02\x01"  # STS: little-endian
-    assert encode_value(SCS0009, "Goal_Position", 0x0102) == b"\x01\x02"  # SCS: big-endian
+        assert STS3215.decode("Goal_Position", STS3215.encode("Goal_Position", v)) == v
+    assert STS3215.encode("Goal_Position", 0x0102) == b"\x02\x01"  # STS: little-endian
+    assert SCS0009.encode("Goal_Position", 0x0102) == b"\x01\x02"  # SCS: big-endian
     for v in (-2047, -1, 0, 5, 2047):  # Homing_Offset: sign-magnitude, sign at bit 11
-        assert decode_value(STS3215, "Homing_Offset", encode_value(STS3215, "Homing_Offset", v)) == v
-    assert encode_value(STS3215, "Homing_Offset", -5) == (5 | 1 << 11).to_bytes(2, "little")
+        assert STS3215.decode("Homing_Offset", STS3215.encode("Homing_Offset", v)) == v
+    assert STS3215.encode("Homing_Offset", -5) == (5 | 1 << 11).to_bytes(2, "little")
     with pytest.raises(ValueError):
-        encode_value(STS3215, "Homing_Offset", 4000)
+        STS3215.encode("Homing_Offset", 4000)
     with pytest.raises(ValueError):
-        encode_value(STS3215, "Torque_Enable", 256)
+        STS3215.encode("Torque_Enable", 256)
 
 
 def test_config_validation_names_field():
@@ -115,8 +115,8 @@ def test_retry_recovers_from_one_corrupt_answer(emu):
         emu.corrupt.add(1)
         orig = emu._reply
 
-        def once(sid, params=b""):
-            orig(sid, params)
+        def once(sid, params, t_ready):
+            orig(sid, params, t_ready)
             emu.corrupt.discard(sid)
 
         emu._reply = once
@@ -144,3 +144,65 @@ def test_against_vendor_sdk(emu, bus):
         assert emu.received[0] == vendor_pkt  # byte-identical instruction
     finally:
         port.closePort()
+
+
+# ---------------------------------------------------------------------------------------------- defects
+
+
+def test_a_late_answer_is_never_taken_for_the_next_one(emu):
+    """Servo 2 answers a READ of Present_Position after the client gave up; the next READ (of Goal_Position,
+    same length, same servo) must not return that late Present_Position."""
+    emu.set(2, "Goal_Position", 1111)
+    with ServoBus(ServoBusConfig(emu.port, timeout_s=0.05, retries=0)) as bus:
+        emu.late[2] = 0.08  # after the 50 ms timeout
+        with pytest.raises(DeviceFaultError, match="servo 2"):
+            bus.read(2, "Present_Position")
+        emu.late.clear()
+        assert bus.read(2, "Goal_Position") == 1111
+        assert bus.read(2, "Present_Position") == 2048
+        assert bus.stats.stale >= 1 and bus.stats.resyncs == 1
+    # the same inside a sync read: servo 3's late answer is dropped, the values stay with their servos
+    emu.set(3, "Goal_Position", 3333)
+    with ServoBus(ServoBusConfig(emu.port, timeout_s=0.05, retries=0)) as bus:
+        emu.late[3] = 0.08
+        with pytest.raises(DeviceFaultError, match="servo 3"):
+            bus.sync_read("Present_Position", [1, 3, 5])
+        emu.late.clear()
+        assert bus.sync_read("Goal_Position", [1, 3, 5]) == {1: 2048, 3: 3333, 5: 2048}
+
+
+def test_late_answers_with_retries_still_give_the_right_value(emu):
+    emu.set(4, "Goal_Position", 777)
+    with ServoBus(ServoBusConfig(emu.port, timeout_s=0.03, retries=3)) as bus:
+        emu.late[4] = 0.04
+        bus.read(4, "Present_Position")  # a retry gets it
+        emu.late.clear()
+        assert bus.read(4, "Goal_Position") == 777
+
+
+@pytest.mark.parametrize("fault,cause,not_cause", [
+    ("silent", "silent: check its power supply", "share"),
+    ("corrupt", "garbled: two servos may share id 4", "silent"),
+])
+def test_sync_read_fault_names_the_servo_and_the_likely_cause(emu, bus, fault, cause, not_cause):
+    getattr(emu, fault).add(4)
+    with pytest.raises(DeviceFaultError) as ei:
+        bus.sync_read("Present_Position", [1, 2, 4, 6])
+    msg = str(ei.value)
+    assert "servo 4" in msg and cause in msg and not_cause not in msg and "\n" not in msg
+    assert ei.value.servo_id == 4
+
+
+def test_short_and_out_of_range_answers_are_malformed_not_silent(emu, bus):
+    emu.short_answer.add(5)
+    for call in (lambda: bus.read(5, "Present_Position"), lambda: bus.sync_read("Present_Position", [1, 5])):
+        with pytest.raises(DeviceFaultError, match=r"servo 5.*1 data byte\(s\) where 2 were asked.*model") as ei:
+            call()
+        assert ei.value.kind == "malformed" and "silent" not in str(ei.value)
+    emu.short_answer.clear()
+    emu.set_raw(1, "Present_Position", (5000).to_bytes(2, "little"))
+    with pytest.raises(DeviceFaultError, match=r"servo 1.*Present_Position = 5000 lies outside"):
+        bus.read(1, "Present_Position")
+    emu.set(1, "Present_Position", 100)
+    assert bus.sync_read("Present_Position", [1, 5]) == {1: 100, 5: 2048}
+    assert bus.stats.faults["timeout"] == 0 and bus.stats.faults["malformed"] == 3

@@ -19,7 +19,9 @@ One file per arm id (TOML or JSON), e.g. ``so101_follower_a.toml``::
     open = 3200           # ticks when fully open (gripper 1)
 
 ``rad = sign * (ticks - offset) * 2 pi / resolution``; ``resolution`` comes from the servo model
-(4096 ticks per turn on the STS3215).
+(4096 ticks per turn on the STS3215 and the Dynamixel X series). ``model`` names the servos' model (any
+family: ``sts3215``, ``xl430-w250``, ...); a joint or the gripper may name its own (``model = "xl330-m288"``)
+when the arm mixes models of one family, as the Koch arm does.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError, check, from_dict
-from .feetech_tables import MAX_ID, model_by_name
+from .servo_protocol import model_by_name, protocol_by_name
+
+MAX_ID = 0xFD  # the largest id of any family (Feetech); the arm checks its own protocol's
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class JointCalibration:
     sign: int = 1
     min: int = 0
     max: int = 4095
+    model: str = ""       # this servo's model when it differs from the arm's
 
     def __post_init__(self) -> None:
         check(bool(self.name), "name", "must name the URDF joint")
@@ -58,6 +63,7 @@ class GripperCalibration:
     id: int
     closed: int
     open: int
+    model: str = ""
 
     def __post_init__(self) -> None:
         check(0 <= self.id <= MAX_ID, "id", f"servo id must be in [0, {MAX_ID}], got {self.id}")
@@ -78,16 +84,26 @@ class ArmCalibration:
         check(bool(self.arm_id), "arm_id", "must name the arm")
         check(len(self.joints) > 0, "joints", "need at least one joint")
         try:
-            res = model_by_name(self.model).resolution
+            arm_model = model_by_name(self.model)
+            models = [model_by_name(j.model or self.model) for j in self.joints]
+            grip_model = model_by_name(self.gripper.model or self.model)
         except ValueError as e:
             raise ConfigError(f"model: {e}") from e
+        mixed = {m.protocol for m in (*models, grip_model)} - {arm_model.protocol}
+        check(not mixed, "model", f"{self.model} speaks {arm_model.protocol}; joints or gripper name models of "
+                                  f"{sorted(mixed)}: one bus speaks one protocol")
+        top = protocol_by_name(arm_model.protocol).max_id
         ids = [j.id for j in self.joints] + [self.gripper.id]
+        check(max(ids) <= top, "joints", f"{arm_model.protocol} servo ids must be <= {top}, got {ids}")
         check(len(set(ids)) == len(ids), "joints", f"servo ids must be unique, got {ids}")
         names = [j.name for j in self.joints]
         check(len(set(names)) == len(names), "joints", f"joint names must be unique, got {names}")
-        for j in self.joints:
-            check(j.max < res, f"joints.{j.name}.max", f"must be < {res} ticks for model {self.model}, got {j.max}")
-        object.__setattr__(self, "_res", res)
+        for j, m in zip(self.joints, models):
+            check(j.max < m.resolution, f"joints.{j.name}.max",
+                  f"must be < {m.resolution} ticks for model {m.name}, got {j.max}")
+        object.__setattr__(self, "_models", {j.id: m for j, m in zip(self.joints, models)} | {self.gripper.id: grip_model})
+        object.__setattr__(self, "_res", np.array([m.resolution for m in models], dtype=np.float64))
+        object.__setattr__(self, "_vel", np.array([m.velocity_unit_rad_s for m in models], dtype=np.float64))
         object.__setattr__(self, "_offset", np.array([j.offset for j in self.joints], dtype=np.float64))
         object.__setattr__(self, "_sign", np.array([j.sign for j in self.joints], dtype=np.float64))
         object.__setattr__(self, "_lo", np.array([j.min for j in self.joints], dtype=np.int64))
@@ -96,7 +112,17 @@ class ArmCalibration:
     # ------------------------------------------------------------------ accessors
     @property
     def resolution(self) -> int:
-        return self._res
+        """Ticks per turn of the arm's model (``model``)."""
+        return model_by_name(self.model).resolution
+
+    @property
+    def protocol(self) -> str:
+        """The bus protocol of the arm's servos (``feetech``, ``dynamixel2``)."""
+        return model_by_name(self.model).protocol
+
+    def models_by_id(self) -> dict[int, str]:
+        """Servo id -> model name, every servo of the arm."""
+        return {sid: m.name for sid, m in self._models.items()}
 
     @property
     def joint_names(self) -> tuple[str, ...]:
@@ -130,8 +156,8 @@ class ArmCalibration:
         return np.clip(t, self._lo, self._hi)
 
     def velocity_to_rad(self, ticks_per_s) -> np.ndarray:
-        """Present_Velocity (ticks/s) -> joint velocity (rad/s)."""
-        return self._sign * np.asarray(ticks_per_s, dtype=np.float64) * (2 * math.pi / self._res)
+        """Present_Velocity (in each model's unit) -> joint velocity (rad/s)."""
+        return self._sign * np.asarray(ticks_per_s, dtype=np.float64) * self._vel
 
     def gripper_to_unit(self, ticks: int) -> float:
         g = self.gripper
@@ -178,8 +204,11 @@ class ArmCalibration:
         raise ConfigError(f"no calibration for arm {arm_id!r} in {d} (looked for {arm_id}.toml / .json)")
 
     def to_dict(self) -> dict:
+        def plain(x) -> dict:  # no empty per-servo model: the file stays as the user wrote it
+            return {k: v for k, v in asdict(x).items() if not (k == "model" and not v)}
+
         return {"arm_id": self.arm_id, "model": self.model,
-                "joints": [asdict(j) for j in self.joints], "gripper": asdict(self.gripper)}
+                "joints": [plain(j) for j in self.joints], "gripper": plain(self.gripper)}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

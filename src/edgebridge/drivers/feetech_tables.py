@@ -1,17 +1,18 @@
 """Feetech STS/SCS servo facts as data: control tables, models, status error bits.
 
 A register is ``(address, n_bytes)``; ``SIGN_BITS`` names registers stored sign-magnitude (the bit that
-carries the sign). Sources: Feetech's STS/SMS and SCS memory tables (the STS3215 of the SO-100/SO-101
-arms is an STS-series servo: 4096 ticks per turn, little-endian words).
+carries the sign); ``RANGES`` the values a real answer can hold. Sources: Feetech's STS/SMS and SCS memory
+tables (the STS3215 of the SO-100/SO-101 arms is an STS-series servo: 4096 ticks per turn, little-endian
+words; Operating_Mode 0 is position control).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from types import MappingProxyType
 from typing import Mapping
 
-from ..errors import UnknownNameError
+from .servo_protocol import ServoModel
 
 # Instructions (Feetech "SCS" protocol, same framing as Dynamixel protocol 1.0).
 INST_PING = 0x01
@@ -127,33 +128,42 @@ READ_ONLY = frozenset({
 })
 
 
-@dataclass(frozen=True)
-class ServoModel:
-    """One servo model: its control table, resolution (ticks per turn) and word byte order."""
+STS_RANGES: Mapping[str, tuple[int, int]] = MappingProxyType({
+    "Present_Position": (0, 4095),
+    "Goal_Position": (0, 4095),
+    "Operating_Mode": (0, 3),
+    "Present_Temperature": (0, 150),
+    "Present_Voltage": (0, 250),
+    "ID": (0, MAX_ID),
+})
+SCS_RANGES: Mapping[str, tuple[int, int]] = MappingProxyType({
+    "Present_Position": (0, 1023),
+    "Goal_Position": (0, 1023),
+    "Present_Temperature": (0, 150),
+    "ID": (0, MAX_ID),
+})
 
-    name: str
-    model_number: int
-    resolution: int
-    table: Mapping[str, tuple[int, int]]
-    sign_bits: Mapping[str, int]
-    little_endian: bool
-
-    def register(self, name: str) -> tuple[int, int]:
-        try:
-            return self.table[name]
-        except KeyError as e:
-            raise UnknownNameError(f"servo model {self.name!r} has no register {name!r}; "
-                                   f"known registers: {', '.join(self.table)}") from e
+# Baud_Rate register: baud -> code (STS/SCS).
+BAUD_CODES: Mapping[int, int] = MappingProxyType({
+    1_000_000: 0, 500_000: 1, 250_000: 2, 128_000: 3, 115_200: 4, 57_600: 5, 38_400: 6, 19_200: 7,
+})
 
 
-STS3215 = ServoModel("sts3215", 777, 4096, STS_CONTROL_TABLE, STS_SIGN_BITS, little_endian=True)
-STS3250 = ServoModel("sts3250", 2825, 4096, STS_CONTROL_TABLE, STS_SIGN_BITS, little_endian=True)
-SCS0009 = ServoModel("scs0009", 1284, 1024, SCS_CONTROL_TABLE, MappingProxyType({}), little_endian=False)
+def _feetech(name: str, number: int, resolution: int, table, sign_bits, ranges, little_endian: bool) -> ServoModel:
+    return ServoModel(name, number, resolution, table, "feetech", little_endian=little_endian, sign_bits=sign_bits,
+                      read_only=READ_ONLY, ranges=ranges, velocity_unit_rad_s=2 * math.pi / resolution,
+                      position_modes=(0,), acceleration=("Acceleration", 254), baud_codes=BAUD_CODES)
+
+
+STS3215 = _feetech("sts3215", 777, 4096, STS_CONTROL_TABLE, STS_SIGN_BITS, STS_RANGES, little_endian=True)
+STS3250 = _feetech("sts3250", 2825, 4096, STS_CONTROL_TABLE, STS_SIGN_BITS, STS_RANGES, little_endian=True)
+SCS0009 = _feetech("scs0009", 1284, 1024, SCS_CONTROL_TABLE, MappingProxyType({}), SCS_RANGES, little_endian=False)
 
 MODELS: Mapping[str, ServoModel] = MappingProxyType({m.name: m for m in (STS3215, STS3250, SCS0009)})
 
 
 def model_by_name(name: str) -> ServoModel:
+    """A Feetech model by name (``servo_protocol.model_by_name`` looks in every family)."""
     try:
         return MODELS[name]
     except KeyError as e:

@@ -1,82 +1,63 @@
-"""Feetech STS/SCS serial servo bus over pyserial: PING, READ, WRITE, SYNC_READ, SYNC_WRITE.
+"""A serial servo bus over pyserial: PING, READ, WRITE, SYNC_READ, SYNC_WRITE, for any servo family.
 
-Packets (half-duplex TTL bus, the same framing as Dynamixel protocol 1.0)::
+The framing comes from a ``ServoProtocol`` (``feetech``: Feetech STS/SCS, ``dynamixel2``: Dynamixel
+protocol 2.0) and the registers from each servo's ``ServoModel`` (one bus may mix models of a family, as
+the Koch arm mixes XL430 and XL330). Everything else lives here, the same for every family:
 
-    instruction: 0xFF 0xFF id len instr params... checksum     len = len(params) + 2
-    status:      0xFF 0xFF id len error params... checksum     len = len(params) + 2
-    checksum = ~(id + len + instr|error + sum(params)) & 0xFF
+- Every answer is matched to its request: it must come from an id that was asked and carry exactly the
+  number of bytes asked for; the input buffer is flushed before each request and anything else is dropped
+  (``stats.stale``). A status packet names neither the instruction nor the address it answers, so after a
+  fault (a timeout, a garbled answer) every servo whose answer was not taken is marked out of step; before
+  it is asked again the bus reads its identity (model number and id, a length nothing else uses) and drops
+  whatever comes first: a servo answers in order, so its late answers arrive before that one. A late
+  answer can never be taken for the next transaction's.
+- A well-formed answer that cannot be right (a wrong number of data bytes from the servo asked, a value
+  outside the range its model can hold) is a ``malformed`` fault, never a silent servo.
+- Every failure raises one ``DeviceFaultError`` line naming the port, the servo id, the transaction and the
+  likely cause and fix: silent (power, cable, id, baud rate), garbled (shared id, noise), wrong id, servo
+  error bits, malformed. The error carries ``kind`` and ``servo_id``. Timeouts, garbled and malformed
+  answers are retried ``retries`` times; servo error bits never are.
 
-SYNC_READ (0x82) goes to the broadcast id 0xFE with params ``addr n id1 id2 ...``; each servo answers
-with its own status packet, in the order asked. SYNC_WRITE (0x83) carries ``addr n id1 d1.. id2 d2..``
-and gets no answer. Words are little-endian on STS servos, big-endian on SCS.
-
-Every failure (timeout, bad checksum, an answer from the wrong id, a servo error bit) raises
-``DeviceFaultError`` naming the port, the servo id, the register and what to check next.
+For the arm and the setup commands: ``read_positions``, ``torque_off`` (acknowledged by every servo)
+and ``hold_and_enable`` (goal = present, read back, then torque on: the arm does not move); scanning,
+set-id and set-baud live in ``servo_setup``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import select
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from ..config import check
 from ..errors import DeviceFaultError, DeviceNotConnectedError
-from .feetech_tables import (BROADCAST_ID, INST_PING, INST_READ, INST_SYNC_READ, INST_SYNC_WRITE,
-                             INST_WRITE, MAX_ID, READ_ONLY, STATUS_ERRORS, ServoModel, model_by_name)
+from .servo_protocol import PROTOCOLS, ServoModel, Status, model_by_name, protocol_by_name
 
 log = logging.getLogger(__name__)
 
-HEADER = b"\xff\xff"
-MAX_PACKET_LEN = 250
-
-
-def checksum(body: bytes | bytearray) -> int:
-    """Feetech checksum over id, length, instruction/error and parameters."""
-    return (~sum(body)) & 0xFF
-
-
-def instruction_packet(servo_id: int, instruction: int, params: bytes = b"") -> bytes:
-    """Frame an instruction packet."""
-    if not 0 <= servo_id <= BROADCAST_ID:
-        raise ValueError(f"servo id must be in [0, {BROADCAST_ID}], got {servo_id}")
-    if len(params) + 2 > MAX_PACKET_LEN:
-        raise ValueError(f"packet too long: {len(params)} parameter bytes")
-    body = bytes([servo_id, len(params) + 2, instruction]) + bytes(params)
-    return HEADER + body + bytes([checksum(body)])
-
-
-def encode_value(model: ServoModel, register: str, value: int) -> bytes:
-    """An integer register value -> its bytes (sign-magnitude where the model stores it so)."""
-    _, size = model.register(register)
-    value = int(value)
-    sign_bit = model.sign_bits.get(register)
-    if sign_bit is not None:
-        mag = abs(value)
-        if mag >= (1 << sign_bit):
-            raise ValueError(f"{register}: |{value}| does not fit {sign_bit} magnitude bits")
-        value = mag | ((1 << sign_bit) if value < 0 else 0)
-    if not 0 <= value < (1 << (8 * size)):
-        raise ValueError(f"{register}: value {value} does not fit {size} byte(s)")
-    return value.to_bytes(size, "little" if model.little_endian else "big")
-
-
-def decode_value(model: ServoModel, register: str, data: bytes) -> int:
-    """Register bytes -> integer (undoing sign-magnitude)."""
-    value = int.from_bytes(data, "little" if model.little_endian else "big")
-    sign_bit = model.sign_bits.get(register)
-    if sign_bit is not None and value & (1 << sign_bit):
-        value = -(value & ((1 << sign_bit) - 1))
-    return value
+HINTS = {
+    "timeout": "silent: check its power supply (the USB cable alone does not power the servos), its cable, and "
+               "that its id is {sid} and its baud rate {baud}",
+    "checksum": "garbled: two servos may share id {sid}, or there is noise on the bus (check the cable and "
+                "grounding, or lower the baud rate)",
+    "wrong_id": "a servo answers with the wrong id or two servos share an id: scan the bus and re-assign ids one "
+                "servo at a time",
+    "servo_error": "{error_hint}",
+    "malformed": "check that the servo model ({model}) and protocol ({protocol}) match the hardware and its "
+                 "firmware, or replace the servo",
+}
 
 
 @dataclass(frozen=True)
 class ServoBusConfig:
-    """A Feetech bus on one serial port.
+    """A servo bus on one serial port. ``model``: the servos' model unless told per id.
 
-    ``timeout_s`` bounds one status packet; ``retries`` repeats a transaction that timed out or came
-    back corrupt (a servo error bit is never retried).
+    ``timeout_s`` bounds one answer; ``retries`` repeats a transaction that timed out or came back garbled or
+    malformed (a servo error bit is never retried).
     """
 
     port: str
@@ -84,43 +65,67 @@ class ServoBusConfig:
     baudrate: int = 1_000_000
     timeout_s: float = 0.02
     retries: int = 1
+    protocol: str = "feetech"
 
     def __post_init__(self) -> None:
         check(isinstance(self.port, str) and bool(self.port), "port", f"expected a device path, got {self.port!r}")
         check(self.baudrate > 0, "baudrate", f"must be > 0, got {self.baudrate}")
         check(0 < self.timeout_s <= 5.0, "timeout_s", f"must be in (0, 5] seconds, got {self.timeout_s}")
         check(0 <= self.retries <= 10, "retries", f"must be in [0, 10], got {self.retries}")
+        check(self.protocol in PROTOCOLS, "protocol", f"must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         try:
-            model_by_name(self.model)
+            model_by_name(self.model, self.protocol)
         except ValueError as e:
             check(False, "model", str(e))
 
 
 @dataclass
 class BusStats:
-    """Counters for the bus: packets sent/received and faults by kind."""
+    """Counters for the bus: packets sent/received, answers dropped as stale, faults by kind."""
 
     tx_packets: int = 0
     rx_packets: int = 0
-    faults: dict = field(default_factory=lambda: {"timeout": 0, "checksum": 0, "wrong_id": 0, "servo_error": 0})
+    stale: int = 0
+    resyncs: int = 0
+    faults: dict = field(default_factory=lambda: {"timeout": 0, "checksum": 0, "wrong_id": 0, "servo_error": 0,
+                                                  "malformed": 0})
 
 
 class _BusFault(Exception):
-    """Internal: one failed attempt, with its kind for the counters."""
+    """Internal: one failed attempt. ``unanswered``: ids whose answers were not taken (now out of step)."""
 
-    def __init__(self, kind: str, msg: str) -> None:
+    def __init__(self, kind: str, msg: str, servo_id: int | None = None, unanswered: Iterable[int] = ()) -> None:
         super().__init__(msg)
         self.kind = kind
+        self.servo_id = servo_id
+        self.unanswered = set(unanswered)
 
 
 class ServoBus:
-    """Feetech STS/SCS servo bus on one serial port (pyserial)."""
+    """A servo bus on one serial port (pyserial); see the module docstring."""
 
-    def __init__(self, config: ServoBusConfig) -> None:
+    def __init__(self, config: ServoBusConfig, models: Mapping[int, str | ServoModel] | None = None) -> None:
         self.config = config
-        self.model = model_by_name(config.model)
+        self.protocol = protocol_by_name(config.protocol)
+        self.model = model_by_name(config.model, config.protocol)
         self.stats = BusStats()
+        self._models: dict[int, ServoModel] = {}
+        for sid, m in (models or {}).items():
+            self.set_model(sid, m)
         self._ser: Any = None
+        self._fd: int | None = None
+        self._rx = bytearray()
+        self._out_of_step: set[int] = set()
+
+    # ------------------------------------------------------------------ models
+    def set_model(self, servo_id: int, model: str | ServoModel) -> None:
+        m = model if isinstance(model, ServoModel) else model_by_name(model, self.config.protocol)
+        if m.protocol != self.protocol.name:
+            raise ValueError(f"servo {servo_id}: model {m.name} speaks {m.protocol}, this bus {self.protocol.name}")
+        self._models[int(servo_id)] = m
+
+    def model_of(self, servo_id: int) -> ServoModel:
+        return self._models.get(servo_id, self.model)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -140,7 +145,19 @@ class ServoBus:
                 f"cannot open servo bus port {self.config.port!r} at {self.config.baudrate} baud ({e}); "
                 f"check the USB cable, the port name (ls /dev/ttyACM* /dev/ttyUSB*) and that no other "
                 f"process holds it") from e
+        try:
+            self._fd = self._ser.fileno()
+        except Exception:  # no file descriptor (not POSIX): read through pyserial
+            self._fd = None
         self._ser.reset_input_buffer()
+        self._rx.clear()
+
+    def reopen(self, baudrate: int) -> None:
+        """Close and open again at ``baudrate`` (after servos were switched to it)."""
+        self.close()
+        self.config = dataclasses.replace(self.config, baudrate=int(baudrate))
+        self._out_of_step.clear()
+        self.open()
 
     def close(self) -> None:
         if self._ser is not None:
@@ -148,6 +165,7 @@ class ServoBus:
                 self._ser.close()
             finally:
                 self._ser = None
+                self._fd = None
 
     def __enter__(self) -> "ServoBus":
         self.open()
@@ -156,182 +174,295 @@ class ServoBus:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ public transactions
-    def ping(self, servo_id: int) -> bool:
-        """True if ``servo_id`` answers a PING; False on silence. Corrupt answers raise."""
+    # ------------------------------------------------------------------ transactions
+    def ping(self, servo_id: int, timeout_s: float | None = None) -> bool:
+        """True if ``servo_id`` answers a PING; False on silence. Garbled answers raise."""
+        return self._ping(servo_id, timeout_s) is not None
+
+    def ping_model(self, servo_id: int, timeout_s: float | None = None) -> int | None:
+        """The model number of ``servo_id`` (PING, plus a READ of Model_Number where PING carries none);
+        None when it is silent."""
+        st = self._ping(servo_id, timeout_s)
+        if st is None:
+            return None
+        number = self.protocol.ping_model(st.params)
+        return number if number is not None else self.read(servo_id, "Model_Number")
+
+    def _ping(self, servo_id: int, timeout_s: float | None) -> Status | None:
+        p = self.protocol
         try:
-            self._transact(servo_id, INST_PING, b"", "(ping)", n_params=0, retry=False)
+            return self._exchange(p.instruction(servo_id, p.INST_PING), {servo_id: p.ping_params}, "PING",
+                                  retry=False, timeout_s=timeout_s)[servo_id]
         except DeviceFaultError as e:
-            if isinstance(e.__cause__, _BusFault) and e.__cause__.kind == "timeout":
-                return False
+            if getattr(e, "kind", None) == "timeout":
+                return None
             raise
-        return True
 
     def read(self, servo_id: int, register: str) -> int:
-        addr, size = self.model.register(register)
-        data = self._transact(servo_id, INST_READ, bytes([addr, size]), register, n_params=size)
-        return decode_value(self.model, register, data)
+        model = self.model_of(servo_id)
+        addr, size = model.register(register)
+        p = self.protocol
+        st = self._exchange(p.instruction(servo_id, p.INST_READ, p.read_params(addr, size)), {servo_id: size},
+                            f"READ {register}", decode=((register, 0, size),))
+        return model.decode(register, st[servo_id].params)
 
     def write(self, servo_id: int, register: str, value: int) -> None:
         """WRITE one register and wait for the servo's status packet."""
-        self._check_writable(register)
-        addr, _ = self.model.register(register)
-        payload = bytes([addr]) + encode_value(self.model, register, value)
-        self._transact(servo_id, INST_WRITE, payload, register, n_params=0)
+        model = self.model_of(servo_id)
+        self._check_writable(model, register)
+        addr, _ = model.register(register)
+        p = self.protocol
+        self._exchange(p.instruction(servo_id, p.INST_WRITE, p.write_params(addr, model.encode(register, value))),
+                       {servo_id: 0}, f"WRITE {register}")
+
+    def write_no_answer(self, servo_id: int, register: str, value: int) -> None:
+        """WRITE without waiting for the status packet (a write that changes how the servo answers)."""
+        model = self.model_of(servo_id)
+        self._check_writable(model, register)
+        addr, _ = model.register(register)
+        p = self.protocol
+        try:
+            self._send(p.instruction(servo_id, p.INST_WRITE, p.write_params(addr, model.encode(register, value))))
+        except _BusFault as f:
+            raise self._fault_error(f, f"WRITE {register}") from f
+        self._out_of_step.add(servo_id)  # its answer, if any, is still to come
 
     def sync_read(self, register: str, ids: Iterable[int]) -> dict[int, int]:
         """SYNC_READ ``register`` from ``ids``; returns {id: value}."""
-        ids = [int(i) for i in ids]
-        self._check_ids(ids)
-        addr, size = self.model.register(register)
-        packet = instruction_packet(BROADCAST_ID, INST_SYNC_READ, bytes([addr, size, *ids]))
-        last: _BusFault | None = None
-        for attempt in range(self.config.retries + 1):
-            try:
-                self._send(packet)
-                out = {}
-                for sid in ids:
-                    data = self._receive(sid, register, size)
-                    out[sid] = decode_value(self.model, register, data)
-                return out
-            except _BusFault as f:
-                last = self._note_fault(f, attempt)
-                if f.kind == "servo_error":
-                    break
-        raise self._fault_error(last, register) from last
+        return {sid: v[register] for sid, v in self.sync_read_span((register,), ids).items()}
+
+    def sync_read_span(self, registers: Iterable[str], ids: Iterable[int]) -> dict[int, dict[str, int]]:
+        """One SYNC_READ of the contiguous span covering ``registers`` (e.g. Present_Velocity and
+        Present_Position); returns {id: {register: value}}."""
+        ids = self._check_ids(ids)
+        registers = tuple(registers)
+        spans = [self._common(r, ids) for r in registers]
+        start = min(a for a, _ in spans)
+        size = max(a + n for a, n in spans) - start
+        p = self.protocol
+        if size > 64:
+            raise ValueError(f"registers {registers} span {size} bytes; read them separately")
+        layout = tuple((r, a - start, n) for r, (a, n) in zip(registers, spans))
+        packet = p.instruction(p.broadcast_id, p.INST_SYNC_READ, p.sync_read_params(start, size, ids))
+        got = self._exchange(packet, {sid: size for sid in ids}, f"SYNC_READ {'+'.join(registers)}", decode=layout)
+        return {sid: {r: self.model_of(sid).decode(r, got[sid].params[o:o + n]) for r, o, n in layout} for sid in ids}
 
     def sync_write(self, register: str, values: Mapping[int, int]) -> bytes:
         """SYNC_WRITE one register on several servos (no answer); returns the packet sent."""
-        self._check_writable(register)
-        ids = [int(i) for i in values]
-        self._check_ids(ids)
-        addr, size = self.model.register(register)
-        params = bytearray([addr, size])
+        ids = self._check_ids(values)
+        addr, size = self._common(register, ids)
         for sid in ids:
-            params.append(sid)
-            params += encode_value(self.model, register, values[sid])
-        packet = instruction_packet(BROADCAST_ID, INST_SYNC_WRITE, bytes(params))
+            self._check_writable(self.model_of(sid), register)
+        p = self.protocol
+        items = [(sid, self.model_of(sid).encode(register, values[sid])) for sid in ids]
+        packet = p.instruction(p.broadcast_id, p.INST_SYNC_WRITE, p.sync_write_params(addr, size, items))
         try:
             self._send(packet)
         except _BusFault as f:
-            raise self._fault_error(f, register) from f
+            raise self._fault_error(f, f"SYNC_WRITE {register}") from f
         return packet
+
+    # ------------------------------------------------------------------ torque and positions
+    def read_positions(self, ids: Iterable[int]) -> dict[int, int]:
+        """Present_Position of ``ids`` (one SYNC_READ), whatever their torque."""
+        return self.sync_read("Present_Position", ids)
+
+    def torque_off(self, ids: Iterable[int]) -> dict[int, DeviceFaultError]:
+        """Torque off on every servo of ``ids``, whatever fails: one SYNC_WRITE, then a WRITE to each servo,
+        which acknowledges it (an answer carrying error bits still says the servo took it). Returns
+        {id: error} for the servos that did not acknowledge (empty: all off)."""
+        ids = self._check_ids(ids)
+        try:
+            self.sync_write("Torque_Enable", {i: 0 for i in ids})
+        except DeviceFaultError as e:
+            log.warning("%s; writing torque off to each servo instead", e)
+        errors = {}
+        for sid in ids:
+            try:
+                self.write(sid, "Torque_Enable", 0)
+            except DeviceFaultError as e:
+                if getattr(e, "kind", None) != "servo_error":
+                    errors[sid] = e
+        return errors
+
+    def hold_and_enable(self, ids: Iterable[int]) -> dict[int, int]:
+        """Goal = present on ``ids``, read back, then torque on: the servos do not move. Refuses (torque left
+        as it was) when a servo does not take its goal. Returns the goals written."""
+        ids = self._check_ids(ids)
+        goals = self.read_positions(ids)
+        for attempt in range(2):
+            self.sync_write("Goal_Position", goals)
+            back = self.sync_read("Goal_Position", ids)
+            wrong = {i: back[i] for i in ids if back[i] != goals[i]}
+            if not wrong:
+                break
+        else:
+            sid = next(iter(wrong))
+            raise DeviceFaultError(
+                f"servo bus {self.config.port}: servo {sid} did not take goal = present (wrote {goals[sid]}, reads "
+                f"back {wrong[sid]}); torque left off so the arm cannot jump: check that servo's cable and that "
+                f"no other program writes to the bus")
+        self.sync_write("Torque_Enable", {i: 1 for i in ids})
+        return goals
 
     # ------------------------------------------------------------------ internals
     def _require_open(self) -> None:
         if self._ser is None:
             raise DeviceNotConnectedError(f"servo bus on {self.config.port!r} is not open; call open() first")
 
-    def _check_writable(self, register: str) -> None:
-        self.model.register(register)
-        if register in READ_ONLY:
-            raise ValueError(f"register {register!r} is read-only on {self.model.name}")
-
     @staticmethod
-    def _check_ids(ids: list[int]) -> None:
+    def _check_writable(model: ServoModel, register: str) -> None:
+        model.register(register)
+        if register in model.read_only:
+            raise ValueError(f"register {register!r} is read-only on {model.name}")
+
+    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+        ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("need at least one servo id")
-        bad = [i for i in ids if not 0 <= i <= MAX_ID]
+        top = self.protocol.max_id
+        bad = [i for i in ids if not 0 <= i <= top]
         if bad or len(set(ids)) != len(ids):
-            raise ValueError(f"servo ids must be unique and in [0, {MAX_ID}], got {ids}")
+            raise ValueError(f"servo ids must be unique and in [0, {top}], got {ids}")
+        return ids
 
-    def _transact(self, servo_id: int, instruction: int, params: bytes, register: str, *,
-                  n_params: int, retry: bool = True) -> bytes:
-        packet = instruction_packet(servo_id, instruction, params)
+    def _common(self, register: str, ids: list[int]) -> tuple[int, int]:
+        """(address, size) of ``register``, which must be the same on every servo of ``ids``."""
+        where = {self.model_of(i).register(register) for i in ids}
+        if len(where) != 1:
+            raise ValueError(f"register {register} sits at different addresses on servos {ids}; "
+                             f"read it from each servo")
+        return where.pop()
+
+    def _exchange(self, packet: bytes, want: dict[int, int], what: str, *, retry: bool = True,
+                  timeout_s: float | None = None, decode: tuple = ()) -> dict[int, Status]:
+        """Send ``packet``; take one answer from each id of ``want`` (id -> data bytes); check ``decode``'s
+        (register, offset, size) values against the models' ranges."""
+        timeout = self.config.timeout_s if timeout_s is None else timeout_s
         last: _BusFault | None = None
         for attempt in range(self.config.retries + 1 if retry else 1):
             try:
+                for sid in [i for i in want if i in self._out_of_step]:
+                    self._resync(sid, timeout)
                 self._send(packet)
-                return self._receive(servo_id, register, n_params)
+                got = self._collect(want, timeout)
+                for sid, st in got.items():
+                    self._check_values(sid, st.params, decode)
+                return got
             except _BusFault as f:
-                last = self._note_fault(f, attempt)
+                last = f
+                self.stats.faults[f.kind] = self.stats.faults.get(f.kind, 0) + 1
+                self._out_of_step |= f.unanswered
+                log.debug("servo bus %s: %s attempt %d failed: %s", self.config.port, what, attempt + 1, f)
                 if f.kind == "servo_error":
                     break
-        raise self._fault_error(last, register, servo_id) from last
+        raise self._fault_error(last, what) from last
 
-    def _note_fault(self, f: _BusFault, attempt: int) -> _BusFault:
-        self.stats.faults[f.kind] = self.stats.faults.get(f.kind, 0) + 1
-        log.debug("servo bus %s: attempt %d failed: %s", self.config.port, attempt + 1, f)
-        self._drain()
-        return f
+    def _check_values(self, sid: int, params: bytes, decode: tuple) -> None:
+        model = self.model_of(sid)
+        for register, offset, size in decode:
+            why = model.out_of_range(register, model.decode(register, params[offset:offset + size]))
+            if why:
+                raise _BusFault("malformed", f"answered {why}", sid)
 
-    def _drain(self) -> None:
-        """After a fault, wait until the line is quiet (late answers of other servos) and drop it all,
-        so the next transaction does not read a stale packet."""
-        if self._ser is None:
-            return
-        quiet = max(self.config.timeout_s / 2, 0.002)
-        deadline = time.monotonic() + 4 * self.config.timeout_s
-        self._ser.timeout = quiet
-        try:
-            while self._ser.read(4096) and time.monotonic() < deadline:
-                pass
-        finally:
-            self._ser.timeout = self.config.timeout_s
-            self._ser.reset_input_buffer()
+    def _collect(self, want: dict[int, int], timeout: float) -> dict[int, Status]:
+        p = self.protocol
+        pending = dict(want)
+        got: dict[int, Status] = {}
+        others: list[int] = []
+        wire = sum(p.status_size(n) for n in want.values()) * 10 / self.config.baudrate
+        deadline = time.monotonic() + timeout + wire
+        while pending:
+            item = self._next_packet(deadline)
+            if item is None:
+                sid = next(iter(pending))
+                if others:
+                    raise _BusFault("wrong_id", f"no answer from servo {sid}, but from id(s) {sorted(set(others))}",
+                                    sid, pending)
+                answered = f" (servo(s) {', '.join(map(str, got))} did)" if got else ""
+                raise _BusFault("timeout", f"no answer within {timeout * 1e3:.0f} ms{answered}", sid, pending)
+            if not isinstance(item, Status):
+                sid = item.servo_id if item.servo_id in pending else next(iter(pending))
+                raise _BusFault("checksum", f"garbled answer ({item.why})", sid, pending)
+            sid = item.servo_id
+            if sid not in pending:  # a late answer of an earlier fault, or a servo with a duplicate id
+                if sid not in self._out_of_step:  # known to be late: no sign of a wrong id
+                    others.append(sid)
+                self.stats.stale += 1
+                continue
+            err = p.error_text(item.error)
+            if err is not None:
+                pending.pop(sid)
+                raise _BusFault("servo_error", f"servo reports {err}", sid, pending)
+            if len(item.params) != pending[sid]:
+                n = pending.pop(sid)
+                raise _BusFault("malformed", f"answered with {len(item.params)} data byte(s) where {n} were asked",
+                                sid, pending)
+            got[sid] = item
+            del pending[sid]
+            deadline = max(deadline, time.monotonic() + timeout)
+        return got
 
-    def _fault_error(self, f: _BusFault | None, register: str, servo_id: int | None = None) -> DeviceFaultError:
-        hint = {
-            "timeout": "check the servo's power supply, its id and baud rate, and the bus cable",
-            "checksum": "check the cable and grounding (noise on the bus), or lower the baud rate",
-            "wrong_id": "two servos may share an id; connect them one at a time and re-assign ids",
-            "servo_error": "let the servo cool down / check supply voltage and load, then re-enable torque",
-        }.get(f.kind if f else "", "check the bus")
-        who = f"servo {servo_id}" if servo_id is not None else "the bus"
-        return DeviceFaultError(f"servo bus {self.config.port}: {who}, register {register}: {f}; {hint}")
+    def _resync(self, sid: int, timeout: float) -> None:
+        """Bring ``sid`` back in step: read its identity, dropping whatever comes before that answer."""
+        p = self.protocol
+        addr, size = p.identity
+        self.stats.resyncs += 1
+        self._send(p.instruction(sid, p.INST_READ, p.read_params(addr, size)))
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self._next_packet(deadline)
+            if item is None:
+                raise _BusFault("timeout", "no answer (asked again after an earlier fault)", sid, {sid})
+            if isinstance(item, Status) and item.servo_id == sid and len(item.params) == size \
+                    and p.identity_id(item.params)[1] == sid:
+                self._out_of_step.discard(sid)
+                return
+            self.stats.stale += 1
+
+    def _fault_error(self, f: _BusFault, what: str) -> DeviceFaultError:
+        sid = f.servo_id
+        model = self.model_of(sid) if sid is not None else self.model
+        hint = HINTS.get(f.kind, "check the bus").format(
+            sid=sid, baud=self.config.baudrate, model=model.name, protocol=self.protocol.name,
+            error_hint=getattr(self.protocol, "error_hint", "let the servo cool down, check the supply voltage "
+                                                            "and the load, then re-enable torque"))
+        who = f"servo {sid}" if sid is not None else "the bus"
+        e = DeviceFaultError(f"servo bus {self.config.port}: {who}, {what}: {f}; {hint}")
+        e.kind, e.servo_id = f.kind, sid
+        return e
 
     def _send(self, packet: bytes) -> None:
         self._require_open()
-        self._ser.reset_input_buffer()
+        self._rx.clear()
         try:
+            self._ser.reset_input_buffer()
             self._ser.write(packet)
             self._ser.flush()
         except Exception as e:
-            raise _BusFault("timeout", f"write failed ({e})") from e
+            raise _BusFault("timeout", f"write to the port failed ({e}); was the adapter unplugged?") from e
         self.stats.tx_packets += 1
 
-    def _read_exact(self, n: int, deadline: float, servo_id: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self._ser.read(n - len(buf))
-            if chunk:
-                buf += chunk
-            elif time.monotonic() >= deadline:
-                raise _BusFault("timeout", f"no answer from servo {servo_id} within {self.config.timeout_s * 1e3:.0f} ms "
-                                           f"(got {len(buf)} of {n} bytes)")
-        return bytes(buf)
-
-    def _receive(self, servo_id: int, register: str, n_params: int) -> bytes:
-        """Read one status packet from ``servo_id`` carrying ``n_params`` parameter bytes."""
-        deadline = time.monotonic() + self.config.timeout_s
-        # Find the header, skipping line noise.
-        prev = b""
-        skipped = 0
+    def _next_packet(self, deadline: float):
+        """The next parsed packet (``Status`` or ``Corrupt``) or None at the deadline."""
         while True:
-            b = self._read_exact(1, deadline, servo_id)
-            if prev == b"\xff" and b == b"\xff":
-                break
-            prev = b
-            skipped += 1
-            if skipped > 2 * MAX_PACKET_LEN:
-                raise _BusFault("checksum", "no packet header in the byte stream")
-        head = self._read_exact(2, deadline, servo_id)
-        while head[0] == 0xFF:  # tolerate a third 0xFF
-            head = head[1:] + self._read_exact(1, deadline, servo_id)
-        rid, length = head[0], head[1]
-        if length < 2 or length > MAX_PACKET_LEN:
-            raise _BusFault("checksum", f"invalid length byte {length} in answer from id {rid}")
-        rest = self._read_exact(length, deadline, servo_id)
-        error, params, chk = rest[0], rest[1:-1], rest[-1]
-        expect = checksum(bytes([rid, length]) + rest[:-1])
-        if chk != expect:
-            raise _BusFault("checksum", f"bad checksum 0x{chk:02x} (expected 0x{expect:02x}) in answer from id {rid}")
-        self.stats.rx_packets += 1
-        if rid != servo_id:
-            raise _BusFault("wrong_id", f"answer came from id {rid}, expected id {servo_id}")
-        if error:
-            names = [n for bit, n in STATUS_ERRORS.items() if error & bit] or [f"error byte 0x{error:02x}"]
-            raise _BusFault("servo_error", "servo reports " + ", ".join(names))
-        if len(params) != n_params:
-            raise _BusFault("checksum", f"expected {n_params} data byte(s), got {len(params)}")
-        return bytes(params)
+            item = self.protocol.parse(self._rx)
+            if item is not None:
+                if isinstance(item, Status):
+                    self.stats.rx_packets += 1
+                return item
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                if self._fd is not None:
+                    if not select.select([self._fd], [], [], remaining)[0]:
+                        return None
+                    data = os.read(self._fd, 4096)
+                    if not data:
+                        raise OSError("end of file")
+                else:
+                    data = self._ser.read(max(1, self._ser.in_waiting))
+            except OSError as e:
+                raise _BusFault("timeout", f"read from the port failed ({e}); was the adapter unplugged?") from e
+            self._rx += data

@@ -203,12 +203,17 @@ class Intrinsics:
 
 @dataclass(frozen=True)
 class RGBD:
-    """An aligned colour + depth frame. Depth in metres; 0 or non-finite means no measurement."""
+    """An aligned colour + depth frame. Depth in metres; 0 or non-finite means no measurement.
+
+    ``stamp_ns``: when the frame was captured, on the monotonic clock (a driver that only knows when
+    it arrived stamps that). ``seq``: the camera's own frame number when it has one (None: unknown);
+    a camera that keeps returning one frame repeats it, which the watchdog counts as a stale frame."""
 
     rgb: np.ndarray
     depth: np.ndarray
     intrinsics: Intrinsics
     stamp_ns: int = field(default_factory=now_ns)
+    seq: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.intrinsics, Intrinsics):
@@ -220,6 +225,10 @@ class RGBD:
             raise _fail("RGBD", "depth", "negative depth values (metres expected; 0 marks no measurement)")
         _set(self, "depth", depth)
         _set(self, "stamp_ns", _stamp("RGBD", self.stamp_ns))
+        if self.seq is not None:
+            if not isinstance(self.seq, (int, np.integer)) or isinstance(self.seq, bool) or self.seq < 0:
+                raise _fail("RGBD", "seq", f"expected a non-negative int frame number or None, got {self.seq!r}")
+            _set(self, "seq", int(self.seq))
 
 
 @dataclass(frozen=True)

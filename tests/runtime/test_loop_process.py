@@ -61,3 +61,46 @@ def test_killed_loop_process_is_reported_as_a_fault():
         os.kill(lp._proc.pid, signal.SIGKILL)
         res = lp.join(10)
     assert res is not None and res.fault and "died" in res.reason
+
+
+def test_a_signal_to_the_loop_process_is_a_controlled_stop():
+    """Ctrl-C reaches the whole process group: the child brakes and holds, it does not die mid-command."""
+    import os
+    import signal
+
+    cfg = loop_cfg(rate_hz=100.0, chunk_timeout_s=2.0)
+    with LoopProcess(make_arm, PointKinematics, LIMITS, cfg) as lp:
+        assert lp.wait_first_state(10.0)
+        os.kill(lp._proc.pid, signal.SIGINT)
+        res = lp.join(5.0)
+    assert res is not None and res.reason == "SIGINT received" and not res.fault, res
+
+
+def _slow_arm():  # an arm whose connect hangs (a bus that never answers)
+    time.sleep(30)
+
+
+def test_start_and_first_state_waits_give_up_on_a_stop_request():
+    cfg = loop_cfg(rate_hz=100.0)
+    t_stop = time.monotonic() + 0.3
+    lp = LoopProcess(_slow_arm, PointKinematics, LIMITS, cfg, stop=lambda: time.monotonic() > t_stop)
+    with pytest.raises(InterruptedError, match="stop was requested"):
+        lp.start()
+    assert time.monotonic() - t_stop < 1.0 and not lp.alive  # the child was stopped, not left behind
+    lp.close()
+    stopped = []
+    with LoopProcess(_arm_slow_to_read, PointKinematics, LIMITS, cfg, stop=lambda: bool(stopped)) as lp:
+        stopped.append(True)
+        t0 = time.monotonic()
+        assert not lp.wait_first_state(10.0) and time.monotonic() - t0 < 0.5
+
+
+class _SlowFirstRead(RecordingArm):
+    def state(self):
+        if self.n_state == 0:
+            time.sleep(1.5)  # the first state comes late: the parent waits for it
+        return super().state()
+
+
+def _arm_slow_to_read():
+    return _SlowFirstRead()

@@ -254,3 +254,28 @@ def test_warm_up_runs_cloud_and_expert_once_and_stays_out_of_the_profile():
     pipe.warm_up(arm.state())
     assert len(calls) == 1 and calls[0][0] > 0  # one act on a real cloud, on a hold-in-place guidance
     assert arm.commands == [] and prof.stage_table() == {} and pipe.profiler is prof
+
+
+def test_sigint_ends_a_loop_process_episode_within_a_second():
+    """A signal to the supervising process: a stop through shared memory, the child brakes and holds,
+    ``run`` returns with the signal as the reason (the figure is printed with -s)."""
+    import dataclasses
+    import os
+    import signal
+    import threading
+
+    clock = MonotonicClock()
+    cfg, dev, _ = setup(clock, chunk_timeout_s=0.5)
+    cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, isolation="process"))
+    dev.arm, dev.arm_factory, dev.kin_factory = None, make_recording_arm, PointKinematics
+    sent = []
+    timer = threading.Timer(1.5, lambda: (sent.append(time.monotonic()), os.kill(os.getpid(), signal.SIGINT)))
+    timer.start()
+    try:
+        out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place", max_seconds=30.0)
+    finally:
+        timer.cancel()
+    elapsed = time.monotonic() - sent[0]
+    print(f"SIGINT -> loop-process episode ended in {elapsed:.3f} s")
+    assert out.reason == "SIGINT received" and not out.success, out.reason
+    assert elapsed < 1.0

@@ -3,6 +3,10 @@
 Layout: ``DIR/frame_000000.npz``, ``frame_000001.npz``, ... each holding ``rgb`` (H, W, 3) uint8,
 ``depth`` (H, W) float32 metres, ``intrinsics`` (10,) float64 as ``Intrinsics.as_array()`` plus
 ``size`` (2,) int64 = (width, height), and ``stamp_ns`` () int64 (the original capture stamp).
+
+Each ``read`` plays the next frame and numbers it (``RGBD.seq``: frames played since ``connect``, also
+across a loop), so a replay never looks frozen to the watchdog; with ``restamp = False`` the recorded
+stamps are kept, which the pipeline's watchdog sees as old frames (use that for offline profiling only).
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class ReplayCamera(CameraPose, DeviceBase):
         self._files: list[Path] = []
         self._cache: list[RGBD] | None = None
         self._index = 0
+        self._played = 0
         self._t0: tuple[int, int] | None = None  # (first recorded stamp, wall stamp at first read)
 
     def __len__(self) -> int:
@@ -121,6 +126,7 @@ class ReplayCamera(CameraPose, DeviceBase):
         self._files = files
         self._cache = [load_frame(p) for p in files] if self.config.preload else None
         self._index = 0
+        self._played = 0
         self._t0 = None
         self._connected = True
 
@@ -146,6 +152,6 @@ class ReplayCamera(CameraPose, DeviceBase):
             wait = due - now_ns()
             if wait > 0:
                 time.sleep(wait / 1e9)
-        if self.config.restamp:
-            frame = RGBD(rgb=frame.rgb, depth=frame.depth, intrinsics=frame.intrinsics, stamp_ns=now_ns())
-        return frame
+        self._played += 1
+        stamp = now_ns() if self.config.restamp else frame.stamp_ns
+        return RGBD(rgb=frame.rgb, depth=frame.depth, intrinsics=frame.intrinsics, stamp_ns=stamp, seq=self._played)

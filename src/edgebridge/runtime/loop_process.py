@@ -6,6 +6,10 @@ the loop polls every cycle. The arm and the kinematics are built *in the child* 
 (a driver's bus handle cannot cross a process boundary). The final :class:`LoopResult` comes back
 through a pipe.
 
+Signals: SIGINT/SIGTERM reaching the child (Ctrl-C reaches the whole process group) are a controlled
+stop there too, never a ``KeyboardInterrupt`` mid-command; a child whose parent is gone (killed) stops
+the same way. The parent's waits for the child to start poll the caller's ``stop``.
+
     with LoopProcess(make_arm, make_kin, limits, cfg) as lp:
         lp.put(chunk)            # from the expert worker
         st = lp.latest_state()   # ArmState or None
@@ -15,8 +19,10 @@ through a pipe.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import os
 import time
 from multiprocessing import shared_memory
 from typing import Callable
@@ -24,9 +30,10 @@ from typing import Callable
 import numpy as np
 
 from ..contracts import ActionChunk, ArmState, Pose
+from ..errors import DeviceFaultError
 from .config import LoopConfig, SafetyLimits
 from .loop import ControlLoop, LoopResult, StateBox
-from .watchdog import Watchdog
+from .watchdog import SignalGuard, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +94,12 @@ class _Shm:
 
 
 class ShmInbox:
-    """Child side of the chunk ring; also polls the stop flag (forwarded to the watchdog)."""
+    """Child side of the chunk ring; also polls the stop flag and whether the parent still lives
+    (``parent_pid``; None: not checked), both forwarded to the watchdog."""
 
-    def __init__(self, shm: _Shm, watchdog: Watchdog, profiler=None) -> None:
+    def __init__(self, shm: _Shm, watchdog: Watchdog, profiler=None, parent_pid: int | None = None) -> None:
         self.shm, self.watchdog, self.profiler = shm, watchdog, profiler
+        self.parent_pid = parent_pid
         self.read_count = 0
         self.dropped = 0
 
@@ -98,6 +107,8 @@ class ShmInbox:
         ctrl = self.shm.ctrl[0]
         if ctrl["stop"] and self.watchdog.stop_reason is None:
             self.watchdog.request_stop(ctrl["reason"].decode(errors="replace") or "stop requested")
+        if self.parent_pid is not None and os.getppid() != self.parent_pid and self.watchdog.stop_reason is None:
+            self.watchdog.request_stop(f"the supervising process {self.parent_pid} is gone")
         wc = int(ctrl["write_count"])
         if wc - self.read_count > SLOTS:
             self.dropped += wc - self.read_count - SLOTS
@@ -149,19 +160,24 @@ class ShmStatePublisher(StateBox):
 LOOP_STAGES = ("loop_compute", "driver_io", "end_to_end")  # what the child profiles and sends back
 
 
-def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run, profile, conn, first_state) -> None:
+def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run, profile, conn, first_state,
+           parent_pid) -> None:
     shm = _Shm(n_joints, hmax, names)
     result = None
+    watchdog = Watchdog(cfg.chunk_timeout_s)
     try:
-        watchdog = Watchdog(cfg.chunk_timeout_s)
-        prof = None
-        if profile:
-            from .profiling import Profiler
+        with SignalGuard(watchdog) as guard, contextlib.ExitStack() as devices:
+            prof = None
+            if profile:
+                from .profiling import Profiler
 
-            prof = Profiler()
-        with arm_factory() as arm:
-            loop = ControlLoop(arm, limits, cfg, kin_factory(), inbox=ShmInbox(shm, watchdog, prof),
-                               states=ShmStatePublisher(shm, first_state), watchdog=watchdog, profiler=prof, dry_run=dry_run)
+                prof = Profiler()
+            with guard.interrupting():  # opening the arm (nothing commanded yet): a signal ends it at once
+                arm = devices.enter_context(arm_factory())
+                kin = kin_factory()
+            loop = ControlLoop(arm, limits, cfg, kin, inbox=ShmInbox(shm, watchdog, prof, parent_pid),
+                               states=ShmStatePublisher(shm, first_state), watchdog=watchdog, profiler=prof,
+                               dry_run=dry_run)
             conn.send(("ready", None))
             result = loop.run()
             if prof is not None:
@@ -178,12 +194,19 @@ def _child(names, n_joints, hmax, arm_factory, kin_factory, limits, cfg, dry_run
             shm.close()
 
 
+class LoopStartError(DeviceFaultError, RuntimeError):
+    """The control-loop process could not open its arm or kinematics (the child's error is in the message)."""
+
+
 class LoopProcess:
-    """Runs :class:`ControlLoop` in a child process (``spawn``); see the module docstring."""
+    """Runs :class:`ControlLoop` in a child process (``spawn``); see the module docstring. ``stop``:
+    polled while ``start`` and ``wait_first_state`` wait; when it returns True they give up (``start``
+    stops the child and raises ``InterruptedError``)."""
 
     def __init__(self, arm_factory: Callable, kin_factory: Callable, limits: SafetyLimits, cfg: LoopConfig,
                  *, dry_run: bool = False, max_horizon: int = MAX_HORIZON, start_timeout_s: float = 60.0,
-                 profile: bool = False) -> None:
+                 profile: bool = False, stop: Callable[[], bool] | None = None) -> None:
+        self.stop = stop or (lambda: False)
         self.arm_factory, self.kin_factory = arm_factory, kin_factory
         self.profile = bool(profile)
         self.limits, self.cfg, self.dry_run = limits, cfg, dry_run
@@ -205,10 +228,17 @@ class LoopProcess:
         self._proc = ctx.Process(target=_child, name="control-loop", daemon=True,
                                  args=(self._shm.names, self.limits.n_joints, self.hmax, self.arm_factory,
                                        self.kin_factory, self.limits, self.cfg, self.dry_run, self.profile, child,
-                                       self._first_state))
+                                       self._first_state, os.getpid()))
         self._proc.start()
         t_end = time.monotonic() + self.start_timeout_s
-        while not parent.poll(0.1):
+        while not parent.poll(0.05):
+            if self.stop():  # the child is still opening its arm (nothing commanded): end it now
+                self._proc.terminate()
+                self._proc.join(2.0)
+                if self._proc.is_alive():
+                    self._proc.kill()
+                self.close()
+                raise InterruptedError("control-loop process: start abandoned, a stop was requested")
             if not self._proc.is_alive() or time.monotonic() > t_end:
                 code = self._proc.exitcode
                 self.close()
@@ -219,7 +249,7 @@ class LoopProcess:
         if kind != "ready":
             self.result = payload
             self.close()
-            raise RuntimeError(f"control-loop process failed to start: {payload.reason if payload else kind}")
+            raise LoopStartError(f"control-loop process failed to start: {payload.reason if payload else kind}")
         return self
 
     def put(self, chunk: ActionChunk, observed_ns: int = 0) -> None:
@@ -243,8 +273,15 @@ class LoopProcess:
         shm.ctrl["write_count"][0] = wc + 1
 
     def wait_first_state(self, timeout_s: float) -> bool:
-        """Block until the loop has published its first arm state (True) or ``timeout_s`` passed (False)."""
-        return self._first_state is not None and self._first_state.wait(timeout_s)
+        """Block until the loop has published its first arm state (True), or ``timeout_s`` passed or a
+        stop was requested (False)."""
+        if self._first_state is None:
+            return False
+        t_end = time.monotonic() + timeout_s
+        while not self._first_state.wait(min(0.05, max(0.0, t_end - time.monotonic()))):
+            if self.stop() or time.monotonic() >= t_end:
+                return False
+        return True
 
     def latest_state(self) -> ArmState | None:
         rec = self._shm.state

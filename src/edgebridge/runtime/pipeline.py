@@ -18,13 +18,14 @@ Planning: the first plan, a re-plan at each sub-task boundary from a fresh frame
 retries after a rejected plan (see ``plan_session.py``).
 
 Faults: the expert raising or returning an unusable chunk ``max_expert_failures`` times in a row, the
-camera failing for longer than ``camera.max_frame_age_s``, an arm driver fault, SIGINT/SIGTERM -> a
-controlled stop with the reason in the :class:`EpisodeOutcome`.
+newest camera frame older than ``camera.max_frame_age_s`` (no frame, or the same old one again), an arm
+driver fault, SIGINT/SIGTERM -> a controlled stop with the reason in the :class:`EpisodeOutcome`. A stop
+request (``stop``, a :class:`~edgebridge.runtime.watchdog.StopRequest` that SIGINT/SIGTERM set during
+``run``) ends whatever the episode waits on: planning, the loop process's start, the loop itself.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -43,8 +44,9 @@ from .lift import AnchorBounds, lift_plan
 from .loop import ControlLoop, LoopResult
 from .plan_session import GUIDANCE_COMPLETE, PlanSession
 from .profiling import Profiler, timer
+from .recorder import Recorder
 from .safety import Kinematics
-from .watchdog import Health, SignalGuard, Watchdog
+from .watchdog import Health, SignalGuard, StopRequest, Watchdog
 
 if TYPE_CHECKING:
     from ..kernels import WorkspaceBox
@@ -106,61 +108,18 @@ class EpisodeOutcome:
                 "wall_s": round(self.wall_s, 3)}
 
 
-class Recorder:
-    """``--record DIR``: one JSON line per expert step (state, first chunk pose), ``result.json`` and,
-    when the expert saw camera frames and imageio is installed, ``camera.gif`` (every ``gif_every``-th
-    frame the expert used)."""
-
-    def __init__(self, out: Path | None, gif_every: int = 2) -> None:
-        self.out = out
-        self._f = None
-        self.gif_every = int(gif_every)
-        self._frames: list[np.ndarray] = []
-        self._n = 0
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            self._f = open(out / "steps.jsonl", "w")
-
-    def step(self, t: float, state: ArmState, chunk: ActionChunk, frame: RGBD | None = None) -> None:
-        if self._f is None:
-            return
-        self._f.write(json.dumps({"t": round(t, 4), "joints": state.joints.round(5).tolist(),
-                                  "ee": state.ee_pose.position.round(5).tolist(), "gripper": round(state.gripper, 4),
-                                  "chunk0": chunk.poses[0].round(5).tolist(), "inference_ms": chunk.inference_ms}) + "\n")
-        if frame is not None and self.wants_frames and self._n % self.gif_every == 0:
-            self._frames.append(frame.rgb)
-        self._n += 1
-
-    @property
-    def wants_frames(self) -> bool:
-        return self._f is not None and self.gif_every > 0
-
-    def close(self, outcome: EpisodeOutcome | None) -> None:
-        if self._f is None:
-            return
-        self._f.close()
-        self._f = None
-        if outcome is not None:
-            (self.out / "result.json").write_text(json.dumps(outcome.to_dict(), indent=2) + "\n")
-        if self._frames:
-            try:
-                import imageio.v2 as imageio
-            except ImportError:
-                log.info("--record: camera.gif skipped (imageio is not installed: pip install 'edgebridge[sim]')")
-            else:
-                imageio.mimsave(self.out / "camera.gif", self._frames, duration=0.2, loop=0)
-            self._frames = []
-
-
 class Pipeline:
     """Runs episodes on ``devices`` with the setup ``cfg``. ``settle_s``: time after the guidance ends
     for the arm to finish before the success check. ``max_expert_failures``: consecutive failed expert
-    steps that stop the episode."""
+    steps that stop the episode. ``stop``: the caller's :class:`StopRequest` (``edge-run``: one for
+    the whole run, so a signal in one episode also ends the run); default: a new one per episode."""
 
     def __init__(self, cfg: RobotConfig, devices: Devices, *, dry_run: bool = False,
                  profiler: Profiler | None = None, record_dir: str | Path | None = None,
-                 settle_s: float = 1.5, max_expert_failures: int = 3, guidance_config=None) -> None:
+                 settle_s: float = 1.5, max_expert_failures: int = 3, guidance_config=None,
+                 stop: StopRequest | None = None) -> None:
         self.cfg, self.dev = cfg, devices
+        self.stop = stop
         self.dry_run = dry_run
         self.profiler = profiler
         self.record_dir = Path(record_dir) if record_dir is not None else None
@@ -185,10 +144,10 @@ class Pipeline:
             frame = self.dev.camera.read()
         if not isinstance(frame, RGBD):
             raise EdgebridgeError(f"camera returned {type(frame).__name__}, not an RGBD frame")
+        if watchdog is not None:  # the frame's own stamp and number: an old or repeated frame is not fresh
+            watchdog.feed_camera(frame.stamp_ns, frame.seq, read_ns=self.dev.clock.now_ns())
         if self.depth_tare is not None:
             frame = self.depth_tare.correct(frame)
-        if watchdog is not None:
-            watchdog.feed_camera(self.dev.clock.now_ns())
         return frame
 
     def tare_depth(self) -> None:
@@ -251,7 +210,8 @@ class Pipeline:
         return PlanSession(self.dev.planner, instruction, capture=lambda: self.capture(watchdog), lift=self.lift,
                            build=self.build_guidance, max_attempts=pc.max_attempts,
                            replan_subtasks=pc.replan_subtasks, timeout_s=pc.timeout_s, settle_s=self.settle_s,
-                           blocking=blocking, profiler=self.profiler)
+                           blocking=blocking, profiler=self.profiler,
+                           stop=None if watchdog is None else watchdog.signals)  # waits and retries end on a signal
 
     @property
     def workspace_bounds(self) -> tuple:
@@ -277,7 +237,7 @@ class Pipeline:
         limit = float(max_seconds if max_seconds is not None else
                       dev.time_limit_s if dev.time_limit_s is not None else cfg.task_timeout_s)
         cam_timeout = cfg.camera.max_frame_age_s if self.needs_cloud else None
-        watchdog = Watchdog(cfg.loop.chunk_timeout_s, camera_timeout_s=cam_timeout)
+        watchdog = Watchdog(cfg.loop.chunk_timeout_s, camera_timeout_s=cam_timeout, stop=self.stop)
         rec = Recorder(self.record_dir)
         t_start = clock.now_ns()
         outcome: EpisodeOutcome | None = None
@@ -296,35 +256,35 @@ class Pipeline:
             return outcome
 
         try:
-            if cfg.camera.depth_tare:  # every episode: the camera may have been moved or re-calibrated
-                try:
-                    self.tare_depth()
-                except EdgebridgeError as e:  # before the arm moves: nothing to stop
-                    return finish(False, f"depth tare failed: {e}", None)
-            if clock.realtime and self.needs_cloud and dev.arm is not None:
-                self.warm_up(dev.arm.state())
-            if dev.arm is None:
-                if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
-                    raise ValueError("Pipeline: devices have no arm; a loop in its own process needs arm_factory, "
-                                     "kin_factory and a real-time clock")
-                res = self._run_process(sup, watchdog, rec)
-                if res is None:
-                    res = LoopResult("the control-loop process did not report a result (killed or wedged)",
-                                     0, 0, {}, 0, fault=True)
-                return finish(*self._judge(res), res)
-            loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
-                               profiler=self.profiler, dry_run=self.dry_run)
-            self.last_loop = loop
-            self.last_period_stats = loop.stats
-            loop.prepare()
-            worker = _ExpertWorker(self, loop, watchdog, session, rec)
-            with SignalGuard(watchdog):
+            with SignalGuard(watchdog):  # SIGINT/SIGTERM: a controlled stop, whatever the episode waits on
+                if cfg.camera.depth_tare:  # every episode: the camera may have been moved or re-calibrated
+                    try:
+                        self.tare_depth()
+                    except EdgebridgeError as e:  # before the arm moves: nothing to stop
+                        return finish(False, f"depth tare failed: {e}", None)
+                if clock.realtime and self.needs_cloud and dev.arm is not None and not watchdog.stop_requested():
+                    self.warm_up(dev.arm.state())
+                if dev.arm is None:
+                    if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
+                        raise ValueError("Pipeline: devices have no arm; a loop in its own process needs "
+                                         "arm_factory, kin_factory and a real-time clock")
+                    res = self._run_process(sup, watchdog, rec)
+                    if res is None:
+                        res = LoopResult("the control-loop process did not report a result (killed or wedged)",
+                                         0, 0, {}, 0, fault=True)
+                    return finish(*self._judge(res), res)
+                loop = ControlLoop(dev.arm, cfg.limits, cfg.loop, dev.kinematics, clock=clock, watchdog=watchdog,
+                                   profiler=self.profiler, dry_run=self.dry_run)
+                self.last_loop = loop
+                self.last_period_stats = loop.stats
+                loop.prepare()
+                worker = _ExpertWorker(self, loop, watchdog, session, rec)
                 if clock.realtime:
                     loop.start()  # the loop runs (holding) while the planner thinks
                     res = self._run_realtime(loop, worker, sup)
                 else:
                     res = self._run_lockstep(loop, worker, sup)
-            return finish(*self._judge(res), res)
+                return finish(*self._judge(res), res)
         finally:
             session.close()
             rec.close(outcome)
@@ -337,28 +297,31 @@ class Pipeline:
 
         cfg, dev, clock = self.cfg, self.dev, self.dev.clock
         lp = LoopProcess(dev.arm_factory, dev.kin_factory, cfg.limits, cfg.loop, dry_run=self.dry_run,
-                         profile=self.profiler is not None).start()
+                         profile=self.profiler is not None, stop=watchdog.stop_requested)
         stop = threading.Event()
         t = None
         try:
+            try:
+                lp.start()
+            except InterruptedError:  # a stop request while the child started: nothing moved
+                return LoopResult(watchdog.stop_reason or "stop requested", 0, 0, {}, 0)
             if not lp.wait_first_state(10.0):
-                lp.request_stop("no arm state from the control-loop process within 10 s")
+                lp.request_stop(watchdog.stop_reason or "no arm state from the control-loop process within 10 s")
                 return lp.join(15.0)
-            if self.needs_cloud:
+            if self.needs_cloud and not watchdog.stop_requested():
                 self.warm_up(lp.latest_state())
             worker = _ExpertWorker(self, _LoopProxy(lp, self.profiler), watchdog, sup.session, rec)
             t = threading.Thread(target=worker.run_periodic, name="expert-worker", daemon=True,
                                  args=(self.cfg.expert.every_k_ticks / cfg.loop.rate_hz, stop))
             t.start()
             stopping = None  # monotonic time of the stop request
-            with SignalGuard(watchdog):
-                # supervise until the loop process exits; it reports its result through the pipe
-                while lp.join(sup.PERIOD_S) is None and (stopping is None or time.monotonic() - stopping < 15.0):
-                    if stopping is None:
-                        why = sup.check(clock.now_ns(), lp.latest_state(), watchdog)
-                        if why:
-                            lp.request_stop(why)
-                            stopping = time.monotonic()
+            # supervise until the loop process exits; it reports its result through the pipe
+            while lp.join(sup.PERIOD_S) is None and (stopping is None or time.monotonic() - stopping < 15.0):
+                if stopping is None:
+                    why = sup.check(clock.now_ns(), lp.latest_state(), watchdog)
+                    if why:
+                        lp.request_stop(why)
+                        stopping = time.monotonic()
             res = lp.join(15.0)
             if res is not None:
                 self.last_period_stats = res.period_stats
@@ -368,7 +331,7 @@ class Pipeline:
         finally:
             stop.set()
             if t is not None:
-                t.join(5.0)
+                _join_worker(t, watchdog)
             lp.close()
 
     def _judge(self, res: LoopResult) -> tuple[bool, str]:
@@ -409,12 +372,22 @@ class Pipeline:
                     why = sup.check(clock.now_ns(), loop.states.latest())
                     if why:
                         loop.request_stop(why)
+        except BaseException:  # a second SIGINT: the loop thread still brakes and holds before we leave
+            loop.request_stop("interrupted")
+            loop.join(1.0)
+            raise
         finally:
             stop.set()
-            t.join(5.0)
-            if t.is_alive():
-                log.warning("expert worker still busy after the loop stopped (a stalled expert call)")
+            _join_worker(t, loop.watchdog)
         return loop.join()
+
+
+def _join_worker(t: threading.Thread, watchdog: Watchdog) -> None:
+    """Wait for the expert worker after the loop stopped: up to 5 s, or 0.5 s on a signal (the worker is
+    a daemon thread; a stalled expert call must not keep a stopped run alive)."""
+    t.join(0.5 if watchdog.signals.is_set() else 5.0)
+    if t.is_alive():
+        log.warning("expert worker still busy after the loop stopped (a stalled expert call)")
 
 
 class Supervisor:

@@ -165,6 +165,7 @@ class SimCamera(DeviceBase):
         self._rng = np.random.default_rng(self.config.seed)
         self.last_segmentation: np.ndarray | None = None
         self._next_frame_ns: int | None = None
+        self.frames_rendered = 0  # the frame number (RGBD.seq) of the last frame read
         self._set_matrices()
 
     def _set_matrices(self) -> None:
@@ -210,7 +211,8 @@ class SimCamera(DeviceBase):
         if not self.config.noise.is_clean:
             depth = apply_depth_noise(depth, self.config.noise, self._rng, self.config.far)
         stamp = int(self.world.clock.now_ns()) if not self.world.clock.realtime else now_ns()
-        return RGBD(rgb=rgb, depth=depth, intrinsics=self.intrinsics, stamp_ns=stamp)
+        self.frames_rendered += 1
+        return RGBD(rgb=rgb, depth=depth, intrinsics=self.intrinsics, stamp_ns=stamp, seq=self.frames_rendered)
 
     def render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Noise-free (rgb uint8 (H, W, 3), metric depth float32 (H, W), segmentation body ids or None)."""

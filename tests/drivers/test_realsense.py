@@ -19,8 +19,8 @@ except ImportError as e:  # pragma: no cover - depends on the machine
     pytest.skip(f"pyrealsense2 cannot be imported here ({e}); install edgebridge[realsense] and libusb-1.0-0",
                 allow_module_level=True)
 
-from edgebridge.drivers.realsense import (RealSenseCamera, RealSenseConfig, frames_to_rgbd,  # noqa: E402
-                                          intrinsics_from_rs)
+from edgebridge.drivers.realsense import (RealSenseCamera, RealSenseConfig, capture_stamp_ns,  # noqa: E402
+                                          frames_to_rgbd, intrinsics_from_rs)
 
 W, H, N_FRAMES = 64, 48, 20
 UNITS = 0.001
@@ -67,12 +67,14 @@ class SoftwareCamera:
         v.intrinsics = _rs_intr()
         return v
 
-    def push(self, k):
+    def push(self, k, timestamp_ms=None, domain=None):
         depth, rgb = _frames(k)
         for sensor, prof, pix, bpp in ((self.ds, self.dp, depth, 2), (self.cs, self.cp, rgb, 3)):
             f = rs.software_video_frame()
-            f.pixels, f.stride, f.bpp, f.timestamp = pix, W * bpp, bpp, k * 33.3
-            f.domain, f.frame_number, f.profile = rs.timestamp_domain.hardware_clock, k, prof.as_video_stream_profile()
+            f.pixels, f.stride, f.bpp = pix, W * bpp, bpp
+            f.timestamp = k * 33.3 if timestamp_ms is None else timestamp_ms
+            f.domain = rs.timestamp_domain.hardware_clock if domain is None else domain
+            f.frame_number, f.profile = k, prof.as_video_stream_profile()
             if bpp == 2:
                 f.depth_units = UNITS
             sensor.on_video_frame(f)
@@ -223,3 +225,52 @@ def test_config_validation(tmp_path):
         RealSenseConfig(playback=str(tmp_path / "missing.bag"))
     with pytest.raises(ConfigError, match="depth_units"):
         RealSenseConfig(depth_units=1.0)
+
+
+def test_no_camera_attached_fails_fast_naming_the_fix():
+    """The real librealsense path with no camera: it fails at once, not after pipeline.start's 15 s."""
+    if len(rs.context().query_devices()):  # pragma: no cover - a camera is plugged in here
+        pytest.skip("a RealSense camera is attached to this machine")
+    for cfg, what in ((RealSenseConfig(), "no RealSense camera is attached"),
+                      (RealSenseConfig(serial="123456789"), "no RealSense camera is attached")):
+        cam = RealSenseCamera(cfg)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceFaultError, match=what) as err:
+            cam.connect()
+        elapsed = time.monotonic() - t0
+        print(f"no camera: connect failed in {elapsed:.3f} s")
+        assert elapsed < 3.0 and "USB-3" in str(err.value) and "\n" not in str(err.value)
+        assert not cam.is_connected
+
+
+@pytest.mark.parametrize("domain", ["global_time", "system_time", "hardware_clock"])
+def test_capture_stamp_follows_the_frames_timestamp_domain(domain):
+    """Host-clock domains (epoch ms) give the capture time on the monotonic clock; the camera's own
+    clock cannot be compared, so the read time stands in; the frame number is the sequence number."""
+    cam = SoftwareCamera()
+    try:
+        age_ms = 250.0
+        cam.push(5, timestamp_ms=time.time() * 1e3 - age_ms, domain=getattr(rs.timestamp_domain, domain))
+        fs = cam.sync.wait_for_frames(1000)
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        color = fs.get_color_frame() or cam.sync.wait_for_frames(1000).get_color_frame()  # the syncer may split them
+        assert color.get_frame_timestamp_domain() == getattr(rs.timestamp_domain, domain)
+        stamp = capture_stamp_ns(rs, color, mono, wall)
+        if domain == "hardware_clock":
+            assert stamp == mono
+        else:
+            assert abs((mono - stamp) / 1e6 - age_ms) < 50, (mono - stamp) / 1e6
+        # a stamp in the future (clock skew) is never later than the read
+        cam.push(6, timestamp_ms=time.time() * 1e3 + 5000, domain=getattr(rs.timestamp_domain, domain))
+        future = cam.sync.wait_for_frames(1000)
+        future = future.get_color_frame() or cam.sync.wait_for_frames(1000).get_color_frame()
+        assert capture_stamp_ns(rs, future, time.monotonic_ns(), time.time_ns()) <= time.monotonic_ns()
+        assert int(color.get_frame_number()) == 5
+    finally:
+        cam.close()
+
+
+def test_playback_frames_carry_their_frame_number(recording):
+    with RealSenseCamera(RealSenseConfig(playback=str(recording), align="none", timeout_ms=3000)) as cam:
+        seqs = [cam.read().seq for _ in range(4)]
+    assert seqs == [0, 1, 2, 3]

@@ -13,6 +13,21 @@ sensors (``_RecordingReader``), frame-exact by default (``playback_real_time = F
 waits for each frame to be taken, no frame is read before both sensors run, and ``read()`` returns
 every recorded frameset once, in order, however slowly it is called. Past the end it raises
 ``DeviceFaultError`` after ``timeout_ms`` (or starts over with ``playback_repeat``).
+
+Connecting to a live camera first asks librealsense which devices are attached (about 0.1 s), so a
+missing camera, or a serial that is not attached, fails at once naming the fix (``rs.pipeline.start``
+alone waits 15 s for a device to appear).
+
+Frame stamps (``RGBD.stamp_ns``, monotonic ns) and numbers (``RGBD.seq``): a live frame's stamp is its
+capture time when librealsense gives it on the host's clock. ``global_time`` (the D400 default: the
+camera's hardware clock mapped onto host time) and ``system_time`` (the host's time when the frame
+arrived from USB) are milliseconds since the Unix epoch; they are moved onto the monotonic clock by the
+offset between ``time.time_ns()`` and ``time.monotonic_ns()`` at the read, and never later than the
+read. ``hardware_clock`` (the camera's own clock, counting from its power-up) cannot be compared with
+the host's, so those frames are stamped with the time they were read. In every domain ``seq`` is the
+colour frame's number, so a driver that hands back one old frame again is seen by the watchdog even
+when its stamp looks new. Played-back frames are stamped when read (their recorded stamps are old);
+their ``seq`` is the recorded frame number.
 """
 
 from __future__ import annotations
@@ -103,8 +118,18 @@ def intrinsics_from_rs(rs: Any, i: Any) -> Intrinsics:
                       cx=float(i.ppx), cy=float(i.ppy), model=distortion_model(rs, i.model, coeffs), coeffs=coeffs)
 
 
+def capture_stamp_ns(rs: Any, frame: Any, read_mono_ns: int, read_wall_ns: int) -> int:
+    """The monotonic capture stamp of a librealsense ``frame`` read at ``read_mono_ns`` (monotonic) /
+    ``read_wall_ns`` (``time.time_ns()``): see the module docstring for the timestamp domains."""
+    domain = frame.get_frame_timestamp_domain()
+    if domain not in (rs.timestamp_domain.global_time, rs.timestamp_domain.system_time):
+        return int(read_mono_ns)  # hardware_clock: not comparable with the host's clocks
+    age_ns = read_wall_ns - int(round(float(frame.get_timestamp()) * 1e6))
+    return int(read_mono_ns - max(0, min(age_ns, read_mono_ns)))
+
+
 def frames_to_rgbd(rs: Any, depth_frame: Any, color_frame: Any, depth_scale: float, intrinsics_of: str = "color",
-                   stamp_ns: int | None = None) -> RGBD:
+                   stamp_ns: int | None = None, seq: int | None = None) -> RGBD:
     """Aligned librealsense depth + colour frames -> ``RGBD`` (depth float32 metres)."""
     depth = np.asanyarray(depth_frame.get_data())
     color = np.asanyarray(color_frame.get_data())
@@ -124,7 +149,7 @@ def frames_to_rgbd(rs: Any, depth_frame: Any, color_frame: Any, depth_scale: flo
     intr = intrinsics_from_rs(rs, src.profile.as_video_stream_profile().intrinsics)
     depth_m = depth.astype(np.float32) * np.float32(depth_scale)
     return RGBD(rgb=np.ascontiguousarray(color, dtype=np.uint8), depth=depth_m, intrinsics=intr,
-                stamp_ns=now_ns() if stamp_ns is None else stamp_ns)
+                stamp_ns=now_ns() if stamp_ns is None else stamp_ns, seq=seq)
 
 
 class _RecordingReader:
@@ -309,6 +334,17 @@ class RealSenseCamera(CameraPose, DeviceBase):
 
     def _connect_live(self, rs: Any) -> None:
         c = self.config
+        try:
+            found = [d.get_info(rs.camera_info.serial_number) for d in rs.context().query_devices()]
+        except RuntimeError as e:
+            raise DeviceFaultError(f"{self.name}: cannot list RealSense devices ({e}); check that libusb and "
+                                   f"the udev rules of librealsense are installed") from e
+        if not found:
+            raise DeviceFaultError(f"{self.name}: no RealSense camera is attached; plug it into a USB-3 port "
+                                   f"(rs-enumerate-devices lists it), or set camera.options.playback to a recording")
+        if c.serial and c.serial not in found:
+            raise DeviceFaultError(f"{self.name}: no camera with serial {c.serial} is attached (found {found}); "
+                                   f"fix camera.options.serial")
         pipe, cfg = rs.pipeline(), rs.config()
         if c.serial:
             cfg.enable_device(c.serial)
@@ -365,6 +401,7 @@ class RealSenseCamera(CameraPose, DeviceBase):
         self._require_connected()
         rs = _rs()
         frames, stamp = self._next_frameset()
+        wall = time.time_ns()
         try:
             for f in self._filters:  # post-processing blocks act on the depth frame of a frameset
                 frames = f.process(frames).as_frameset()
@@ -375,11 +412,14 @@ class RealSenseCamera(CameraPose, DeviceBase):
             raise DeviceFaultError(f"{self.name}: filtering / alignment failed ({e})") from e
         self.last_device_timestamp_ms = float(color.get_timestamp())
         self.frames_read += 1
+        if self._rec is None:  # live: the capture time where the frame's timestamp domain gives it
+            stamp = capture_stamp_ns(rs, color, stamp, wall)
         return frames_to_rgbd(rs, depth, color, self._depth_scale,
-                              intrinsics_of="depth" if self.config.align == "depth" else "color", stamp_ns=stamp)
+                              intrinsics_of="depth" if self.config.align == "depth" else "color", stamp_ns=stamp,
+                              seq=int(color.get_frame_number()))
 
     def _next_frameset(self) -> tuple[Any, int]:
-        """One frameset holding both depth and colour, and the host time it arrived."""
+        """One frameset holding both depth and colour, and the host time it was read (monotonic)."""
         ms = self.config.timeout_ms
         if self._rec is not None:
             frames = self._rec.next_frameset(ms / 1000.0)

@@ -30,7 +30,12 @@ class Camera(Protocol):
 
 @runtime_checkable
 class Arm(Protocol):
-    """A robot arm. ``command`` sends a validated target and returns what was actually sent."""
+    """A robot arm. ``command`` sends a validated target and returns what was actually sent.
+
+    ``connect`` opens the link and checks the arm but does not power or move it (no torque, no
+    motion), so a failure elsewhere at start-up leaves the arm as it was. Optional, looked up with
+    ``getattr``: ``enable()`` powers the arm holding its present pose (goal = present, then torque on;
+    idempotent); the control loop calls it once it is ready to command (``ControlLoop.prepare``)."""
 
     def connect(self) -> None: ...
     def disconnect(self) -> None: ...

@@ -6,8 +6,12 @@
     edge-run --realtime --profile runs/rt      # the simulator on the wall clock: real concurrency
     edge-run --config so101_serial.toml --planner gguf --vlm planner.gguf --task "put the cube in the tray"
 
-One progress line per stage and one result line per episode; the exit code is 0 only when every
-episode succeeded (1: an episode failed, 2: bad arguments or configuration, 130: interrupted).
+    edge-run --config so101_serial.toml --port /dev/ttyACM1   # another arm address for this run
+    edge-run doctor                            # check this machine's install (the Jetson path)
+
+One progress line per stage and one result line per episode; the exit codes are in ``EXIT_CODES``
+(``edge-run --help`` lists them). SIGINT / SIGTERM stop the run: the arm is braked and held, no
+further episode starts, and the exit code is 130 / 143.
 """
 
 from __future__ import annotations
@@ -20,17 +24,35 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
-from ..errors import EdgebridgeError
-from .config import load_robot_config, with_overrides
+from ..errors import DeviceFaultError, EdgebridgeError
+from .config import CONFIG_DIR, load_robot_config, with_overrides
+from .watchdog import SignalGuard, StopRequest
 
 log = logging.getLogger("edgebridge.run")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DEVICE = 0, 1, 2, 3
+EXIT_CODES = """exit codes:
+  0    every episode succeeded
+  1    an episode failed (its reason is on its result line)
+  2    bad arguments or configuration: setup file, model files, calibration, a missing extra
+  3    a device could not be opened or faulted: camera or arm not found, port busy or refused, timeout
+  130  SIGINT  } the arm was braked to a stop and held, and no further episode ran
+  143  SIGTERM }
+
+edge-run doctor [...]: check this machine's install (see edge-run doctor --help)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge-run", description="Run the edgebridge pipeline on a robot setup "
-                                 "(default: the embedded simulated Panda).")
-    ap.add_argument("--config", default="sim_panda", help="robot setup: a TOML file or a shipped name "
-                    "(sim_panda, so101_serial, panda_ethernet); default sim_panda")
+                                 "(default: the embedded simulated Panda).", epilog=EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+    ap.add_argument("--config", default="sim_panda", help=f"robot setup: a TOML file or a shipped name ({shipped}); "
+                    "default sim_panda")
+    ap.add_argument("--port", default=None, help="the arm's serial port for this run (arm.options.port), "
+                    "e.g. /dev/ttyACM1")
+    ap.add_argument("--host", default=None, help="the arm's controller address for this run (arm.options.host; "
+                    "franka)")
     ap.add_argument("--task", default="put_cup_in_tray", help="task slug or instruction text, given to the planner "
                     "word for word; in the simulator free text sets up the scene of the task it names, e.g. "
                     "'drop the mug in the bin' (default put_cup_in_tray)")
@@ -65,38 +87,85 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _err(msg: str) -> None:
+    print(" ".join(f"edge-run: {msg}".split()), file=sys.stderr, flush=True)  # one line, whatever msg holds
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, (EdgebridgeError, ConfigError)) else f"{type(e).__name__}: {e}"
+
+
+def _doctor(argv: list[str]) -> int:
+    try:
+        from . import doctor
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.doctor":
+            raise
+        _err("edge-run doctor is not available in this build")
+        return EXIT_CONFIG
+    return doctor.main(argv)
+
+
+def _arm_address(cfg, port: str | None, host: str | None):
+    """``--port`` / ``--host`` onto the setup's arm options; a simulated arm has no address."""
+    if port is None and host is None:
+        return cfg
+    if cfg.arm.driver == "sim":
+        raise ConfigError(f"--port/--host set a real arm's address; {cfg.name} simulates its arm")
+    opts = dict(cfg.arm.options)
+    opts.update({k: v for k, v in (("port", port), ("host", host)) if v is not None})
+    return with_overrides(cfg, arm={"options": opts})
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "doctor":
+        return _doctor(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.episodes < 1:
-        print("edge-run: --episodes must be >= 1", file=sys.stderr)
-        return 2
+        _err("--episodes must be >= 1")
+        return EXIT_CONFIG
     try:
-        cfg = load_robot_config(args.config)
+        cfg = _arm_address(load_robot_config(args.config), args.port, args.host)
         if args.rate is not None:
             cfg = with_overrides(cfg, loop={"rate_hz": args.rate})
     except ConfigError as e:
-        print(f"edge-run: configuration error: {e}", file=sys.stderr)
-        return 2
+        _err(f"configuration error: {e}")
+        return EXIT_CONFIG
     if args.realtime and cfg.arm.driver != "sim":
-        print(f"edge-run: --realtime applies to the simulated world only; {cfg.name} (arm driver "
-              f"{cfg.arm.driver!r}) always runs in real time", file=sys.stderr)
-        return 2
-    from .devices import RunChoices, build_devices, task_scene
-    from .pipeline import Pipeline
-    from .profiling import Profiler
+        _err(f"--realtime applies to the simulated world only; {cfg.name} (arm driver {cfg.arm.driver!r}) "
+             f"always runs in real time")
+        return EXIT_CONFIG
+    from .devices import task_scene
 
     try:
         scene = task_scene(cfg, args.task)  # the simulator: the task whose scene the text names
     except KeyError as e:
-        print(f"edge-run: --task {e}", file=sys.stderr)
-        return 2
+        _err(f"--task {e}")
+        return EXIT_CONFIG
+    stop = StopRequest()
+    with SignalGuard(stop) as guard:
+        try:
+            code = _run(args, cfg, scene, stop, guard)
+        except KeyboardInterrupt:
+            code = None
+    if stop.is_set() or code is None:
+        name = stop.reason.split()[0] if stop.reason else "interrupt"
+        _err(f"stopped by {name}; no further episode ran")
+        return stop.exit_code or 130
+    return code
+
+
+def _run(args, cfg, scene: str | None, stop: StopRequest, guard: SignalGuard) -> int:
+    from .devices import RunChoices, build_devices
+    from .pipeline import Pipeline
+    from .profiling import Profiler
 
     profiler = Profiler() if args.profile is not None else None
-    results = []
     json_out = open(args.json, "w") if args.json else None
-    failed = 0
+    failed = ran = 0
     loop_stats = None
     realtime = True
     try:
@@ -106,10 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                                  expert=args.expert, sim_realtime=args.realtime)
             t0 = time.perf_counter()
             try:
-                devices, instruction = build_devices(cfg, choices)
-            except (ConfigError, EdgebridgeError, ImportError, ValueError, KeyError, OSError) as e:
-                print(f"edge-run: could not open the devices of {cfg.name}: {e}", file=sys.stderr)
-                return 2
+                with guard.interrupting():  # nothing moves yet: a signal ends the run at once
+                    devices, instruction = build_devices(cfg, choices)
+            except (DeviceFaultError, OSError) as e:
+                _err(f"could not open the devices of {cfg.name}: {_describe(e)}")
+                return EXIT_DEVICE
+            except Exception as e:  # configuration, model files, calibration, a missing extra
+                _err(f"could not set up {cfg.name}: {_describe(e)}")
+                return EXIT_CONFIG
             try:
                 if i == 0:
                     for note in devices.notes:
@@ -118,49 +191,56 @@ def main(argv: list[str] | None = None) -> int:
                          f"{', lock-step with the simulator' if not devices.clock.realtime else ', real time'}")
                 _say(f"[edge-run] episode {i + 1}/{args.episodes}: {instruction!r} (seed {seed})")
                 record = Path(args.record) / f"episode_{i:03d}_seed{seed}" if args.record else None
-                pipe = Pipeline(cfg, devices, dry_run=args.dry_run, profiler=profiler, record_dir=record)
+                pipe = Pipeline(cfg, devices, dry_run=args.dry_run, profiler=profiler, record_dir=record, stop=stop)
                 out = pipe.run(instruction, task=scene or args.task, seed=seed, max_seconds=args.max_seconds)
                 if pipe.last_period_stats is not None:
                     loop_stats = pipe.last_period_stats
                 realtime = devices.clock.realtime
+            except DeviceFaultError as e:  # the arm did not open in the loop's own process
+                _err(f"device fault in {cfg.name}: {_describe(e)}")
+                return EXIT_DEVICE
             finally:
                 devices.close()
-            results.append(out)
+            ran += 1
             failed += not out.success
-            lp = out.loop
-            _say(f"[edge-run] result {i + 1}/{args.episodes}: {'SUCCESS' if out.success else 'FAILED'} | "
-                 f"task {out.task} | seed {seed} | {out.duration:.1f} s | {out.reason} | loop "
-                 f"{lp.get('cycles', 0)} cycles, {lp.get('misses', 0)} misses, {lp.get('sent', 0)} sent | "
-                 f"wall {time.perf_counter() - t0:.1f} s")
-            if pipe.last_planning is not None:
-                _say(f"[edge-run] planning {i + 1}/{args.episodes}: {pipe.last_planning.summary()}")
-            summary = getattr(devices.expert, "correction_summary", None)
-            corrections = summary() if callable(summary) else None
-            if corrections is not None:
-                _say(f"[edge-run] expert {i + 1}/{args.episodes}: {corrections}")
-            if pipe.depth_tare is not None:
-                _say(f"[edge-run] depth tare {i + 1}/{args.episodes}: {pipe.depth_tare.describe()}")
-            if json_out is not None:
-                json_out.write(json.dumps({"task": out.task, "instruction": instruction, "seed": seed,
-                                           "success": out.success, "duration": round(out.duration, 3),
-                                           "reason": out.reason}) + "\n")
-                json_out.flush()
-    except KeyboardInterrupt:
-        print("edge-run: interrupted", file=sys.stderr)
-        return 130
+            _report(args, i, seed, out, pipe, devices, instruction, t0, json_out)
+            if stop.is_set():
+                break
     finally:
         if json_out is not None:
             json_out.close()
-    if profiler is not None:
+    if profiler is not None and ran:
         try:
             profiler.report(args.profile, loop_stats, title=f"edge-run profile ({cfg.name}, last episode's loop)",
                             realtime=realtime)
             _say(f"[edge-run] profile written to {args.profile}/index.html")
         except OSError as e:
-            print(f"edge-run: could not write the profile to {args.profile}: {e}", file=sys.stderr)
+            _err(f"could not write the profile to {args.profile}: {e}")
     if args.episodes > 1:
-        _say(f"[edge-run] {args.episodes - failed}/{args.episodes} episodes succeeded")
-    return 1 if failed else 0
+        skipped = f" ({args.episodes - ran} not run: {stop.reason})" if ran < args.episodes else ""
+        _say(f"[edge-run] {ran - failed}/{args.episodes} episodes succeeded{skipped}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _report(args, i: int, seed: int, out, pipe, devices, instruction: str, t0: float, json_out) -> None:
+    n, lp = args.episodes, out.loop
+    _say(f"[edge-run] result {i + 1}/{n}: {'SUCCESS' if out.success else 'FAILED'} | "
+         f"task {out.task} | seed {seed} | {out.duration:.1f} s | {out.reason} | loop "
+         f"{lp.get('cycles', 0)} cycles, {lp.get('misses', 0)} misses, {lp.get('sent', 0)} sent | "
+         f"wall {time.perf_counter() - t0:.1f} s")
+    if pipe.last_planning is not None:
+        _say(f"[edge-run] planning {i + 1}/{n}: {pipe.last_planning.summary()}")
+    summary = getattr(devices.expert, "correction_summary", None)
+    corrections = summary() if callable(summary) else None
+    if corrections is not None:
+        _say(f"[edge-run] expert {i + 1}/{n}: {corrections}")
+    if pipe.depth_tare is not None:
+        _say(f"[edge-run] depth tare {i + 1}/{n}: {pipe.depth_tare.describe()}")
+    if json_out is not None:
+        json_out.write(json.dumps({"task": out.task, "instruction": instruction, "seed": seed,
+                                   "success": out.success, "duration": round(out.duration, 3),
+                                   "reason": out.reason}) + "\n")
+        json_out.flush()
 
 
 if __name__ == "__main__":

@@ -5,11 +5,17 @@ simulator (``arm.driver = "sim"``). Every driver module is imported lazily, so a
 extras its own devices use; a missing one raises a one-line error naming the extra.
 
 Arm drivers: ``sim`` (edgebridge.sim, PyBullet Panda), ``so101_serial`` (drivers.serial_arm.SerialArm,
-Feetech bus), ``panda_ethernet`` / ``ethernet`` (drivers.ethernet_arm.EthernetArm).
+Feetech bus), ``franka`` (drivers.franka.FrankaArm, libfranka through franky).
 Cameras: ``sim`` (with the sim arm), ``realsense`` (drivers.realsense.RealSenseCamera).
 Planners: ``oracle`` (sim only: privileged simulator state), ``gguf`` (runtime.planner.gguf.GGUFPlanner),
 ``remote`` (runtime.planner.remote.RemotePlanner). Experts: ``onnx`` (runtime.expert.onnx.OnnxExpert,
 default: the shipped model in ``assets/expert``), ``trt`` (runtime.expert.tensorrt), ``ik`` (IKExpert).
+
+Start-up order on a real setup: everything that can fail without hardware comes first (driver names,
+option tables, kinematics, calibration files, then the planner and the expert load), then the camera
+connects, then the arm, last. Connecting does not power the arm: the control loop enables it when it is
+ready (``Arm.enable``). A device that fails to open raises ``DeviceFaultError`` naming it; whatever was
+opened is closed again.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, from_dict
-from ..errors import MissingExtraError, PlanError
+from ..errors import DeviceFaultError, MissingExtraError, PlanError
 from .config import RobotConfig
 from .pipeline import Devices
 
@@ -33,9 +39,10 @@ log = logging.getLogger(__name__)
 EXPERT_DIR = Path(__file__).resolve().parent.parent / "assets" / "expert"
 ROBOTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "robots"
 ARM_DRIVERS = {"so101_serial": ("edgebridge.drivers.serial_arm", "SerialArm", "SerialArmConfig"),
-               "panda_ethernet": ("edgebridge.drivers.ethernet_arm", "EthernetArm", "EthernetArmConfig"),
-               "ethernet": ("edgebridge.drivers.ethernet_arm", "EthernetArm", "EthernetArmConfig")}
+               "franka": ("edgebridge.drivers.franka", "FrankaArm", "FrankaArmConfig")}
 CAMERA_DRIVERS = {"realsense": ("edgebridge.drivers.realsense", "RealSenseCamera", "RealSenseConfig")}
+# the extra each driver module needs, for the one-line error when it is not importable
+DRIVER_EXTRAS = {"edgebridge.drivers.franka": "franka", "edgebridge.drivers.realsense": "realsense"}
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,10 @@ def shipped_expert() -> Path | None:
     return models[0] if models else None
 
 
-def _build(spec: tuple[str, str, str], options: dict, what: str, extra: str):
+def _driver_config(spec: tuple[str, str, str], options: dict, what: str, extra: str) -> tuple[type, Any]:
+    """The driver class and its validated config (option names, values, files it names); no I/O."""
     mod_name, cls_name, cfg_name = spec
+    extra = DRIVER_EXTRAS.get(mod_name, extra)
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
@@ -72,7 +81,41 @@ def _build(spec: tuple[str, str, str], options: dict, what: str, extra: str):
         cfg = from_dict(cfg_cls, dict(options), prefix=f"{what}.options.")
     except ConfigError as e:
         raise ConfigError(f"{e} (driver {mod_name}.{cls_name})") from e
-    return getattr(mod, cls_name)(cfg)
+    return getattr(mod, cls_name), cfg
+
+
+def _build(spec: tuple[str, str, str], options: dict, what: str, extra: str):
+    """Construct a driver from its options (picklable: the loop process builds its arm with it)."""
+    cls, cfg = _driver_config(spec, options, what, extra)
+    return cls(cfg)
+
+
+def _open(device, what: str) -> None:
+    """``device.connect()``; any failure becomes one ``DeviceFaultError`` naming the device."""
+    try:
+        device.connect()
+    except DeviceFaultError:
+        raise
+    except Exception as e:
+        name = getattr(device, "name", type(device).__name__)
+        raise DeviceFaultError(f"{what} {name}: could not connect: {type(e).__name__}: {e}") from e
+
+
+def nominal_calibration(arm_cfg: Any) -> str | None:
+    """The warning for an arm whose joint calibration is the shipped nominal one (not measured on this
+    arm), else None. Loads the calibration file the arm config names, so a bad file fails here, before
+    any device opens. An arm config without a ``calibration`` file (the arm calibrates itself) -> None."""
+    path = getattr(arm_cfg, "calibration", None)
+    if not path:
+        return None
+    from ..drivers.arm_calibration import ArmCalibration
+
+    cal = ArmCalibration.load(path)
+    shipped = Path(path).resolve().is_relative_to(ROBOTS_DIR.resolve())
+    if not (getattr(cal, "nominal", False) or shipped):
+        return None
+    return (f"arm {cal.arm_id!r} runs on the nominal calibration {Path(path).name} (not measured on this arm: "
+            f"joint angles may be off); record this arm's own with edge-setup and set arm.options.calibration")
 
 
 def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict | None, *,
@@ -246,6 +289,9 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
         planner = make_planner(cfg, planner_name, choices.vlm, None, mmproj=choices.mmproj, notes=notes,
                                simulated=True)
         closers.append(planner.close)
+    expert = make_expert(cfg, expert_name, notes, choices.expert_instance)
+    if choices.expert_instance is None:
+        closers.append(expert.close)
     from ..sim.episode import build_world, workspace
 
     clock = MonotonicClock(spin_ns=int(cfg.loop.spin_us * 1e3)) if choices.sim_realtime else None
@@ -263,9 +309,6 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
         closers.append(planner.close)
         notes.append("planner: oracle (privileged simulator state, not a VLM); run the VLM planner with "
                      "--planner gguf (the shipped model, or --vlm MODEL.gguf --mmproj MMPROJ.gguf)")
-    expert = make_expert(cfg, expert_name, notes, choices.expert_instance)
-    if choices.expert_instance is None:
-        closers.append(expert.close)
     outside = warn_untrained_task(expert, spec.slug)
     if outside is not None:
         notes.append(f"expert: {outside}")
@@ -296,6 +339,7 @@ def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):
     from ..clock import MonotonicClock
     from ..kernels import WorkspaceBox
 
+    # 1. without hardware: names, options, kinematics, calibration, then the planner and the expert load
     if cfg.arm.driver not in ARM_DRIVERS:
         raise ConfigError(f"arm.driver: unknown driver {cfg.arm.driver!r}; expected sim or one of {sorted(ARM_DRIVERS)}")
     if cfg.camera.driver not in CAMERA_DRIVERS:
@@ -306,24 +350,30 @@ def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):
     kin = _make_kinematics(kin_opts)
     if kin.n_joints != cfg.limits.n_joints:
         raise ConfigError(f"limits: {cfg.limits.n_joints} joints, but the kinematics chain has {kin.n_joints}")
-    camera = _build(CAMERA_DRIVERS[cfg.camera.driver], cfg.camera.options, "camera", "realsense")
-    camera.connect()
+    arm_spec, arm_opts = ARM_DRIVERS[cfg.arm.driver], dict(cfg.arm.options)
+    arm_cls, arm_cfg = _driver_config(arm_spec, arm_opts, "arm", "dev")
+    nominal = nominal_calibration(arm_cfg)
+    if nominal is not None:
+        log.warning("%s", nominal)
+    camera = _build(CAMERA_DRIVERS[cfg.camera.driver], cfg.camera.options, "camera", "realsense")  # no I/O yet
+    planner = make_planner(cfg, planner_name, choices.vlm, None, mmproj=choices.mmproj, notes=notes)
+    closers.append(planner.close)
+    expert = make_expert(cfg, expert_name, notes)
+    closers.append(expert.close)
+    # 2. the camera (a missing one fails fast, naming the fix), 3. the arm, unpowered until the loop is ready
+    _open(camera, "camera")
     closers.append(camera.disconnect)
     T = np.asarray(cfg.camera.T_base_cam, dtype=np.float64) if cfg.camera.T_base_cam else camera.T_base_cam
     arm_factory = kin_factory = None
     if cfg.loop.isolation == "process":  # the arm is opened in the loop's own process, not here
         arm = None
-        arm_factory = functools.partial(_build, ARM_DRIVERS[cfg.arm.driver], dict(cfg.arm.options), "arm", "dev")
+        arm_factory = functools.partial(_build, arm_spec, arm_opts, "arm", "dev")
         kin_factory = functools.partial(_make_kinematics, kin_opts)
         notes.append("loop: in its own process (arm opened there; chunks and state through shared memory)")
     else:
-        arm = _build(ARM_DRIVERS[cfg.arm.driver], cfg.arm.options, "arm", "dev")
-        arm.connect()
+        arm = arm_cls(arm_cfg)
+        _open(arm, "arm")
         closers.append(arm.disconnect)
-    planner = make_planner(cfg, planner_name, choices.vlm, None, mmproj=choices.mmproj, notes=notes)
-    closers.append(planner.close)
-    expert = make_expert(cfg, expert_name, notes)
-    closers.append(expert.close)
     p = cfg.perception
     notes.insert(0, f"robot: {cfg.name} ({cfg.arm.driver} arm, {cfg.camera.driver} camera)")
     return Devices(arm=arm, camera=camera, kinematics=kin, planner=planner, expert=expert, clock=MonotonicClock(

@@ -245,7 +245,12 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ lifecycle
     def prepare(self) -> None:
-        """Read the arm once and hold its measured pose; call before the first ``step``."""
+        """Power the arm (``Arm.enable()`` where the driver has it: torque on, holding its present pose;
+        drivers do not power the arm in ``connect``), read it once and hold its measured pose; call
+        before the first ``step``."""
+        enable = getattr(self.arm, "enable", None)
+        if callable(enable):
+            enable()
         now = self.clock.now_ns()
         st = self.arm.state()
         self.last_state = st

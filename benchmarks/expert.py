@@ -19,6 +19,15 @@ The three cases run in ``--rounds`` interleaved rounds (unrolled, K calls, torch
 median over rounds, ratios the median of the ratios within a round, so a burst of load from other
 processes on a shared machine shifts a whole round instead of one case.
 
+``--backend trt`` (where TensorRT and a GPU exist, e.g. the Jetson) times instead one chunk through the
+TensorRT engine (``TensorRTExpert.run``, batch 1, device copies included) against ONNX Runtime on the same
+ONNX, plus ``TensorRTExpert.act`` end to end, and records the device, the engine's build record and the
+power mode (nvpmodel, jetson_clocks) beside the numbers::
+
+    python benchmarks/expert.py --backend trt [--engine ENGINE] [--onnx ONNX] [--repeats 200] [--json FILE]
+
+Without ``--engine`` it builds an FP16 engine of the shipped ONNX in a temporary directory first.
+
 ``--success-seeds N`` also runs the shipped ONNX expert and the plain-IK expert (the baseline) in the
 embedded world on N *held-out* seeds (from 1000 up; the shipped weights were trained on demonstrations
 with seeds 0..39), task ``put_cup_in_tray``, conditions ``clean`` and ``plan_3cm`` (3 cm anchor offset),
@@ -141,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                                                            "holds the median over rounds")
     ap.add_argument("--success-seeds", type=int, default=0, help="held-out sim episodes per cell (0: skip)")
     ap.add_argument("--seed-base", type=int, default=1000, help="first held-out sim seed")
+    ap.add_argument("--backend", choices=["ort", "trt"], default="ort", help="ort: ONNX Runtime vs torch (default); "
+                    "trt: the TensorRT engine vs ONNX Runtime, where TensorRT exists")
+    ap.add_argument("--engine", type=Path, default=None, help="--backend trt: a built engine (default: build one)")
+    ap.add_argument("--onnx", type=Path, default=ASSET, help="--backend trt: the ONNX the engine was built from")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "K", "DIR"), help=argparse.SUPPRESS)
     add_json_arg(ap)
     args = ap.parse_args(argv)
@@ -149,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(_worker(args.worker[0], int(args.worker[1]), Path(args.worker[2]), args.repeats))
         return 0
+    if args.backend == "trt":
+        return _trt_main(args)
 
     import torch
 
@@ -251,9 +266,58 @@ def _success(n: int, base: int, task: str = "put_cup_in_tray") -> dict:
     return out
 
 
-def _time_act(repeats: int) -> float:
-    from edgebridge.contracts import ArmState, Guidance, PointCloud, Pose
+def _trt_main(args) -> int:
+    """TensorRT engine vs ONNX Runtime on the same ONNX, batch 1, in this process."""
+    import importlib
+
+    try:
+        importlib.import_module("tensorrt")
+    except Exception as e:  # the registry stub raises more than ImportError
+        print(f"benchmarks/expert.py --backend trt: TensorRT is not usable here ({type(e).__name__}: {e}); run it on "
+              "the Jetson (JetPack's python3-libnvinfer) or an NVIDIA GPU host with TensorRT", file=sys.stderr)
+        return 2
     from edgebridge.runtime.expert import ExpertBackendConfig, OnnxExpert
+    from edgebridge.runtime.expert.tensorrt import TensorRTExpert, current_device, describe_device
+    from edgebridge.runtime.power import describe_power, read_power_mode
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        engine = args.engine
+        if engine is None:
+            from edgebridge.export.tensorrt_build import build_engine
+
+            engine = build_engine(args.onnx, Path(tmp_name) / "expert.engine", fp16=True, batch=(1, 1, 1))
+        rec = json.loads(Path(engine).with_suffix(".json").read_text()).get("engine", {})
+        rng = np.random.default_rng(0)
+        with TensorRTExpert(ExpertBackendConfig(str(engine), max_offset_m=10.0)) as trt_ex, \
+                OnnxExpert(ExpertBackendConfig(str(args.onnx), threads=2)) as ort_ex:
+            feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in trt_ex.input_shapes(1).items()}
+            err = float(np.max(np.abs(trt_ex.run(feeds) - ort_ex.run(feeds))))
+            t_trt = time_call(lambda: trt_ex.run(feeds), repeats=args.repeats, warmup=10)
+            t_ort = time_call(lambda: ort_ex.run(feeds), repeats=args.repeats, warmup=10)
+            cloud, state, guidance = _act_inputs()
+            t_act = time_call(lambda: trt_ex.act(cloud, state, guidance), repeats=args.repeats, warmup=5)
+    device, power = current_device(), read_power_mode()
+    results = {"chunk_ms_trt": t_trt["median_ms"], "chunk_ms_trt_p90": t_trt["p90_ms"],
+               "chunk_ms_ort": t_ort["median_ms"], "trt_vs_ort": ratio(t_ort["median_ms"], t_trt["median_ms"]),
+               "act_ms_trt": t_act["median_ms"], "max_abs_diff_trt_vs_ort": err, "repeats": args.repeats,
+               "device": describe_device(device), "device_sm": device.get("sm"), "device_l4t": device.get("l4t"),
+               "power": describe_power(power), "power_mode": (power.get("nvpmodel") or {}).get("name"),
+               "jetson_clocks": power.get("jetson_clocks"),
+               **{f"engine_{k}": rec.get(k) for k in ("builder", "tensorrt", "fp16", "int8")}}
+    print_table("action expert: one chunk, batch 1, TensorRT engine vs ONNX Runtime (median ms)",
+                ["case", "median ms", "p90 ms", "TensorRT faster by"],
+                [["TensorRT engine (TensorRTExpert.run)", fmt_ms(t_trt["median_ms"]), fmt_ms(t_trt["p90_ms"]),
+                  fmt_ratio(results["trt_vs_ort"])],
+                 ["ONNX Runtime (OnnxExpert.run)", fmt_ms(t_ort["median_ms"]), fmt_ms(t_ort["p90_ms"]), "-"],
+                 ["TensorRTExpert.act end to end", fmt_ms(t_act["median_ms"]), fmt_ms(t_act["p90_ms"]), ""]],
+                caption=f"{machine_line()}; {describe_device(device)}; {describe_power(power)}; engine "
+                        f"{'FP16' if rec.get('fp16') else 'FP32'} ({rec.get('builder')}); max abs diff vs ORT {err:.2e}")
+    write_json(args.json, results)
+    return 0
+
+
+def _act_inputs():
+    from edgebridge.contracts import ArmState, Guidance, PointCloud, Pose
 
     rng = np.random.default_rng(0)
     cloud = PointCloud(rng.uniform(-0.3, 0.3, (2000, 3)).astype(np.float32) + np.float32([0.5, 0, 0.1]))
@@ -261,6 +325,13 @@ def _time_act(repeats: int) -> float:
     t = np.arange(60) * 0.1
     pos = np.stack([0.45 + 0.002 * np.arange(60), np.zeros(60), 0.3 - 0.004 * np.arange(60)], axis=1)
     guidance = Guidance(t, pos, np.tile([1.0, 0, 0, 0], (60, 1)), np.ones(60), stamp_ns=10**9 - 10**8)
+    return cloud, state, guidance
+
+
+def _time_act(repeats: int) -> float:
+    from edgebridge.runtime.expert import ExpertBackendConfig, OnnxExpert
+
+    cloud, state, guidance = _act_inputs()
     with OnnxExpert(ExpertBackendConfig(str(ASSET), max_offset_m=10.0)) as ex:
         return time_call(lambda: ex.act(cloud, state, guidance), repeats=repeats, warmup=5)["median_ms"]
 

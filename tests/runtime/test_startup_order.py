@@ -191,3 +191,6 @@ def test_the_loop_powers_the_arm_only_when_it_is_ready():
     assert order == []  # building the loop does not power the arm
     loop.prepare()
     assert order == ["enable", "state"]
+    order.clear()
+    ControlLoop(arm, LIMITS, loop_cfg(), PointKinematics(), clock=FakeClock(), dry_run=True).prepare()
+    assert order == ["state"]  # a dry run leaves the arm as it found it

@@ -246,10 +246,10 @@ class ControlLoop:
     # ------------------------------------------------------------------ lifecycle
     def prepare(self) -> None:
         """Power the arm (``Arm.enable()`` where the driver has it: torque on, holding its present pose;
-        drivers do not power the arm in ``connect``), read it once and hold its measured pose; call
-        before the first ``step``."""
+        drivers do not power the arm in ``connect``; not in a dry run, which leaves the arm as found),
+        read it once and hold its measured pose; call before the first ``step``."""
         enable = getattr(self.arm, "enable", None)
-        if callable(enable):
+        if callable(enable) and not self.dry_run:
             enable()
         now = self.clock.now_ns()
         st = self.arm.state()

@@ -204,8 +204,8 @@ def test_training_is_seeded_and_resumes_exactly(pointing_data, tmp_path):
     train(tmp_path / "a", PlannerTrainConfig(steps=6, **common))
     train(tmp_path / "b", PlannerTrainConfig(steps=3, **common))
     train(tmp_path / "b", PlannerTrainConfig(steps=6, **common))  # resumes at step 3
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -224,4 +224,4 @@ def test_torchrun_ddp_gloo(pointing_data, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "world 2" in r.stderr
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2

@@ -273,10 +273,12 @@ def add_subparser(sub) -> None:
 
 
 def _main(args) -> int:
+    from ..train.appf import CheckpointError
+
     try:
         path = export_from_run(args.run, args.out, k=args.k, name=args.name, fp16=args.fp16, int8=args.int8,
                                tol=args.tol, graph=args.graph)
-    except FileNotFoundError as e:  # no finished run there: say which file, and how to make it
+    except (FileNotFoundError, CheckpointError) as e:  # no finished run there, or not a safe one: say which file
         print(f"edge-export expert: {e}", file=sys.stderr)
         return 2
     except ExportError as e:  # the export failed or its parity check did: the message says which

@@ -117,13 +117,14 @@ def export_trained(run: str | Path, out: str | Path, *, quants: tuple[str, ...] 
                    data: str | Path | None = None, n_plans: int = 20, check: bool = True) -> dict:
     """Write the GGUF files of a trained run and (``check``) their parity report; returns the report."""
     from ..runtime.planner.prompt import GGUF_KEY_HASH, GGUF_KEY_VERSION, load_assets
+    from ..train.appf import CheckpointError
     from ..train.planner.trainer import load_trained
     from .vlm_gguf import write_lm, write_mmproj
 
     run, out = Path(run), Path(out)
     try:
         model, tok = load_trained(run)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, CheckpointError) as e:
         raise ExportError(str(e)) from e
     out.mkdir(parents=True, exist_ok=True)
     assets = load_assets()

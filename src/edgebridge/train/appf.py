@@ -30,6 +30,10 @@ is — so that offset carries no information about the correction.
 A run directory holds ``config.json``, ``norm.json``, ``log.csv`` / ``log.json`` (loss curves),
 ``curves.png``, ``ckpt.pt`` (latest, for resuming), ``final.pt`` (EMA weights + everything export needs)
 and ``metrics.json``. Rerunning on the same directory resumes where it stopped.
+
+Checkpoints hold tensors and plain JSON types only (configs as dicts, never pickled objects) and are read
+with :func:`load_checkpoint` (``torch.load(weights_only=True)``): a file holding anything else, such as a
+pickled object that would run code when loaded, is refused with a :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import csv
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,11 +51,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import EdgebridgeError
 from ..runtime.expert.features import OUTPUT_RESIDUAL, CloudROI, FeatureSpec, Normalizer
 from .data import DemoSet, load_demos, read_meta, spec_from_meta
 from .model import ActionExpertNet, DDIMSampler, ExpertNetConfig, count_parameters, make_net
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(EdgebridgeError, ValueError):
+    """A checkpoint file holds more than tensors and plain values, or is not the checkpoint expected."""
+
+
+def plain(value):
+    """``value`` as plain JSON types (dicts, lists, str, numbers, bool, None), what a checkpoint may hold
+    besides tensors; numpy scalars become Python numbers, other objects raise TypeError."""
+    def item(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        raise TypeError(f"checkpoint metadata: a {type(o).__name__} is not a plain JSON value")
+    return json.loads(json.dumps(value, default=item))
+
+
+def load_checkpoint(path: str | Path, keys: tuple[str, ...] = (), map_location: str = "cpu") -> dict:
+    """A checkpoint dict read with ``torch.load(weights_only=True)``: tensors and plain values only, never
+    code. A pickled object (an old checkpoint, a tampered one), a file that is not a checkpoint or a dict
+    without ``keys`` raise :class:`CheckpointError` naming the file; a missing file ``FileNotFoundError``."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the unpickler says, the file is not loaded
+        m = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+        why = (f"it holds more than tensors and plain values ({m.group(1).split(' was not an allowed')[0]}), "
+               "and unpickling that could run code" if m else f"not a torch checkpoint ({type(e).__name__})")
+        raise CheckpointError(f"{path}: not loaded: {why}; re-train to write it again, or re-save it from code "
+                              "you trust with tensors and plain types only") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(state).__name__}; re-train")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint of this trainer (no {', '.join(map(repr, missing))}); "
+                              "re-train, or point at the right run directory")
+    return state
 
 
 @dataclass(frozen=True)
@@ -283,6 +327,9 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+RESUME_KEYS = ("stage", "step", "net", "ema", "opt", "rows", "rng", "gen", "elapsed", "config")
+
+
 class Trainer:
     """Runs both APPF stages in ``run_dir``, resuming from ``ckpt.pt`` when present."""
 
@@ -333,10 +380,11 @@ class Trainer:
 
     def _save(self, name: str = "ckpt.pt") -> None:
         state = {"stage": self.stage, "step": self.step, "net": self.net.state_dict(),
-                 "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "rows": self.rows,
-                 "rng": self.rng.bit_generator.state, "gen": self.gen.get_state(), "elapsed": self.elapsed,
+                 "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "rows": plain(self.rows),
+                 "rng": plain(self.rng.bit_generator.state), "gen": self.gen.get_state(),
+                 "elapsed": float(self.elapsed),
                  "loss_gen": None if self.loss_gen is self.gen else self.loss_gen.get_state(),
-                 "config": self.cfg.to_dict()}
+                 "config": plain(self.cfg.to_dict())}
         tmp = self.run_dir / (name + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.run_dir / name)
@@ -345,8 +393,8 @@ class Trainer:
         path = self.run_dir / "ckpt.pt"
         if not path.exists():
             return
-        state = torch.load(path, weights_only=False, map_location=self.device)
-        if state["config"] != self.cfg.to_dict():
+        state = load_checkpoint(path, RESUME_KEYS, map_location=self.device)
+        if state["config"] != plain(self.cfg.to_dict()):
             raise ValueError(f"{path}: was written with a different training config; use a new run directory "
                              "or delete the checkpoint to start over")
         self.net.load_state_dict(state["net"])
@@ -444,11 +492,10 @@ class Trainer:
                        eval_k=self.cfg.eval_k)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         ema_cpu = {k: v.cpu() for k, v in self.ema.state_dict().items()}
-        torch.save({"model_config": self.cfg.model.to_dict(), "ema": ema_cpu,
-                    "norm": self.norm.to_dict(), "spec": asdict(self.spec), "metrics": metrics,
-                    "train_config": self.cfg.to_dict(), "data": self.data_meta, "command": self.command,
-                    "output": OUTPUT_RESIDUAL},
-                   self.run_dir / "final.pt")
+        record = plain({"model_config": self.cfg.model.to_dict(), "norm": self.norm.to_dict(),
+                        "spec": asdict(self.spec), "metrics": metrics, "train_config": self.cfg.to_dict(),
+                        "data": self.data_meta, "command": self.command, "output": OUTPUT_RESIDUAL})
+        torch.save({**record, "ema": ema_cpu}, self.run_dir / "final.pt")
         log.info("training done: %s", metrics)
         return metrics
 
@@ -457,7 +504,7 @@ def load_final(run_dir: Path) -> tuple[ActionExpertNet, dict]:
     """The trained (EMA) network and its record from ``run_dir/final.pt``."""
     path = Path(run_dir) / "final.pt"
     try:
-        rec = torch.load(path, weights_only=False, map_location="cpu")
+        rec = load_checkpoint(path, ("model_config", "ema"))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path}: no finished training run here; run `python -m edgebridge.train "
                                 f"--run {run_dir} ...` first") from e

@@ -9,6 +9,8 @@ tokens**: where the answer holds a pixel coordinate, the target is a Gaussian ov
 Each run directory holds ``config.json`` (model + training settings), ``tokenizer.json``,
 ``checkpoint.pt`` (model, optimiser, step; rewritten every ``save_every`` steps and at the end),
 ``log.csv`` and ``curves.png`` (loss, validation anchor error). Rerunning on the same directory resumes.
+The checkpoint holds tensors and plain values only and is read with ``weights_only=True``
+(:func:`edgebridge.train.appf.load_checkpoint`): one holding a pickled object is refused, never run.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from ...runtime.planner.format import parse_plan
+from ..appf import load_checkpoint
 from .data import PointingSplit, constant_phrases, load_split, preprocess, read_split, vocab_texts
 from .model import PlannerVLM, VLMConfig, count_params
 from .tokenizer import EOS, SLOT_U, SLOT_V, SLOT_YAW, YAW_LIMIT, PlanTokenizer
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_KEYS = ("model", "opt", "step")
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,7 @@ def train(run: str | Path, cfg: PlannerTrainConfig) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(ckpt_path, CHECKPOINT_KEYS)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step = int(ck["step"])
@@ -295,7 +300,7 @@ def train(run: str | Path, cfg: PlannerTrainConfig) -> dict:
             with log_path.open("a", newline="") as f:
                 csv.DictWriter(f, fields).writerow(row)
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": int(step)}, tmp)
             os.replace(tmp, ckpt_path)
             save_curves(run)
     return last
@@ -311,6 +316,6 @@ def load_trained(run: str | Path) -> tuple[PlannerVLM, PlanTokenizer]:
     saved = json.loads((run / "config.json").read_text())
     mcfg = VLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items()})
     model = PlannerVLM(mcfg)
-    model.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"])
+    model.load_state_dict(load_checkpoint(run / "checkpoint.pt", CHECKPOINT_KEYS)["model"])
     model.eval()
     return model, PlanTokenizer.load(run / "tokenizer.json")

@@ -25,10 +25,12 @@ EXIT_LIMIT_S = 2.0  # the target is well under 1 s; the margin is for a loaded t
 
 
 def _run_and_signal(args: list[str], sig: int, after_line: str, delay_s: float) -> tuple[int, float, str]:
-    """Start edge-run, send ``sig`` ``delay_s`` after a line containing ``after_line``; returns (exit code,
-    seconds from the signal to the exit, everything it printed)."""
+    """Start edge-run in its own process group, send ``sig`` ``delay_s`` after a line containing
+    ``after_line``; returns (exit code, seconds from the signal to the exit, everything it printed). Checks
+    that nothing it started outlives it (its process group is empty)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([*EDGE_RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    p = subprocess.Popen([*EDGE_RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         start_new_session=True)
     out = []
     try:
         for line in p.stdout:
@@ -42,9 +44,11 @@ def _run_and_signal(args: list[str], sig: int, after_line: str, delay_s: float) 
         p.send_signal(sig)
         rest, _ = p.communicate(timeout=30)
         elapsed = time.monotonic() - t0
+        with pytest.raises(ProcessLookupError):  # no child process or anything else of its group is left
+            os.killpg(p.pid, 0)
     finally:
         if p.poll() is None:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     text = "".join(out) + rest
     print(f"{signal.Signals(sig).name} -> exit {p.returncode} in {elapsed:.3f} s")

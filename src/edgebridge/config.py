@@ -44,6 +44,9 @@ def _show(value: Any, limit: int = 60) -> str:
     return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _bad_float(value: Any) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
 
@@ -51,6 +54,10 @@ def _bad_float(value: Any) -> bool:
 def check_finite_tree(value: Any, key: str) -> None:
     """Raise ``ConfigError`` naming the first non-finite float in ``value`` (a number, or tables and
     lists of them, walked recursively; nested dataclasses validate themselves and are skipped)."""
+    if type(value) in _PLAIN:
+        return
+    if type(value) is tuple and all(type(v) is float for v in value) and all(map(math.isfinite, value)):
+        return  # the common case: a vector of limits
     if _bad_float(value):
         raise ConfigError(f"{key} = {value!r}: must be a finite number")
     if isinstance(value, dict):
@@ -77,6 +84,8 @@ def _hints(cls: type) -> tuple[dict, dict]:
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if tp is float and type(value) is float and math.isfinite(value):
+        return value  # the common case first
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:

@@ -98,10 +98,9 @@ def _describe(e: BaseException) -> str:
 def _doctor(argv: list[str]) -> int:
     try:
         from . import doctor
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.doctor":
-            raise
-        _err("edge-run doctor is not available in this build")
+    except ImportError as e:
+        own = isinstance(e, ModuleNotFoundError) and e.name == f"{__package__}.doctor"
+        _err("edge-run doctor is not available in this build" + ("" if own else f" ({e})"))
         return EXIT_CONFIG
     return doctor.main(argv)
 

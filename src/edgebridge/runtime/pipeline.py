@@ -142,10 +142,10 @@ class Pipeline:
     def capture(self, watchdog: Watchdog | None) -> RGBD:
         with self._camera_lock, timer(self.profiler, "capture"):  # the planner and the expert both read
             frame = self.dev.camera.read()
-        if not isinstance(frame, RGBD):
-            raise EdgebridgeError(f"camera returned {type(frame).__name__}, not an RGBD frame")
-        if watchdog is not None:  # the frame's own stamp and number: an old or repeated frame is not fresh
-            watchdog.feed_camera(frame.stamp_ns, frame.seq, read_ns=self.dev.clock.now_ns())
+            if not isinstance(frame, RGBD):
+                raise EdgebridgeError(f"camera returned {type(frame).__name__}, not an RGBD frame")
+            if watchdog is not None:  # the frame's own stamp and number: an old or repeated frame is not fresh
+                watchdog.feed_camera(frame.stamp_ns, frame.seq, read_ns=self.dev.clock.now_ns())
         if self.depth_tare is not None:
             frame = self.depth_tare.correct(frame)
         return frame

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 GUIDANCE_COMPLETE = "guidance complete"
 STOP_REQUESTED = "stop requested"
-STOP_CLOSE_S = 0.5  # after a stop request, how long close() waits for a plan request still running
+STOP_CLOSE_S = 0.1  # after a stop request, how long close() waits for a plan request still running
 
 
 @dataclass

@@ -8,7 +8,8 @@ every packet occupies the line for ``bytes * 10 / baudrate`` seconds, as on the 
 
 Fault injection: ``silent`` ids never answer, ``corrupt`` ids answer with a bad checksum, ``wrong_id``
 maps an id to the id it answers as, ``error_bits`` sets the status error byte, ``late`` maps an id to a
-delay (s) before each of its answers (the servo answers in order: later answers queue behind it),
+delay (s) before each of its answers (the servo answers in order: later answers queue behind it;
+``late_count`` limits how many answers are late),
 ``short_answer`` ids leave the last data byte out of a well-formed answer, ``ignore_writes`` ids drop
 WRITE / SYNC_WRITE.
 """
@@ -54,6 +55,7 @@ class BusEmulatorCore:
         self.wrong_id: dict[int, int] = {}
         self.error_bits: dict[int, int] = {}
         self.late: dict[int, float] = {}
+        self.late_count: dict[int, int] = {}
         self.short_answer: set[int] = set()
         self.ignore_writes: set[int] = set()
         self.received: list[tuple[int, int, bytes]] = []  # (id, instruction, params)
@@ -142,6 +144,10 @@ class BusEmulatorCore:
         """Send ``packet`` (an answer of ``sid``) once the line and the servo are free."""
         if sid in self.late:
             due = max(t_ready + self.late[sid], self._servo_free.get(sid, 0.0))
+            if sid in self.late_count:
+                self.late_count[sid] -= 1
+                if self.late_count[sid] <= 0:
+                    del self.late_count[sid], self.late[sid]
         else:
             due = max(t_ready, self._line_free, self._servo_free.get(sid, 0.0)) + self._wire(len(packet))
             self._line_free = due

@@ -173,11 +173,15 @@ def test_a_late_answer_is_never_taken_for_the_next_one(emu):
 
 def test_late_answers_with_retries_still_give_the_right_value(emu):
     emu.set(4, "Goal_Position", 777)
-    with ServoBus(ServoBusConfig(emu.port, timeout_s=0.03, retries=3)) as bus:
-        emu.late[4] = 0.04
-        bus.read(4, "Present_Position")  # a retry gets it
-        emu.late.clear()
+    with ServoBus(ServoBusConfig(emu.port, timeout_s=0.05, retries=3)) as bus:
+        emu.late[4], emu.late_count[4] = 0.06, 1  # one late answer
+        assert bus.read(4, "Present_Position") == 2048  # a retry gets it
         assert bus.read(4, "Goal_Position") == 777
+        emu.late[4] = 0.06  # every answer late: every attempt fails, and no value comes back
+        with pytest.raises(DeviceFaultError, match="servo 4"):
+            bus.read(4, "Present_Position")
+        emu.late.clear()
+        assert bus.read(4, "Goal_Position") == 777 and bus.read(4, "Present_Position") == 2048
 
 
 @pytest.mark.parametrize("fault,cause,not_cause", [
@@ -206,3 +210,34 @@ def test_short_and_out_of_range_answers_are_malformed_not_silent(emu, bus):
     emu.set(1, "Present_Position", 100)
     assert bus.sync_read("Present_Position", [1, 5]) == {1: 100, 5: 2048}
     assert bus.stats.faults["timeout"] == 0 and bus.stats.faults["malformed"] == 3
+
+
+def test_random_late_answers_never_give_a_wrong_value(emu):
+    """Reads of two registers of equal size with distinct values while servos answer late at random: every
+    read returns its own register's value or raises; none returns the other's."""
+    import random
+
+    rng = random.Random(7)
+    ids = (1, 2, 3)
+    goals = {i: 1000 + i for i in ids}
+    for i in ids:
+        emu.set(i, "Goal_Position", goals[i])
+    truth = {"Goal_Position": goals, "Present_Position": {i: 2048 for i in ids}}
+    ok = failed = 0
+    with ServoBus(ServoBusConfig(emu.port, timeout_s=0.02, retries=rng.choice([0, 1]))) as bus:
+        for _ in range(40):
+            emu.late.clear()
+            for i in ids:
+                if rng.random() < 0.3:
+                    emu.late[i] = rng.uniform(0.005, 0.06)
+            reg = rng.choice(list(truth))
+            try:
+                if rng.random() < 0.5:
+                    sid = rng.choice(ids)
+                    assert bus.read(sid, reg) == truth[reg][sid], (reg, sid)
+                else:
+                    assert bus.sync_read(reg, ids) == truth[reg], reg
+                ok += 1
+            except DeviceFaultError:
+                failed += 1
+    assert ok >= 10 and failed >= 5, (ok, failed)  # both paths were taken

@@ -8,9 +8,9 @@ the Koch arm mixes XL430 and XL330). Everything else lives here, the same for ev
   number of bytes asked for; the input buffer is flushed before each request and anything else is dropped
   (``stats.stale``). A status packet names neither the instruction nor the address it answers, so after a
   fault (a timeout, a garbled answer) every servo whose answer was not taken is marked out of step; before
-  it is asked again the bus reads its identity (model number and id, a length nothing else uses) and drops
-  whatever comes first: a servo answers in order, so its late answers arrive before that one. A late
-  answer can never be taken for the next transaction's.
+  it is asked again the bus reads its identity (model number and id; each such read asks for a different
+  number of bytes, so no earlier answer can pass for it) and drops whatever comes first: a servo answers
+  in order, so its late answers arrive before that one. A late answer is never taken for a later request.
 - A well-formed answer that cannot be right (a wrong number of data bytes from the servo asked, a value
   outside the range its model can hold) is a ``malformed`` fault, never a silent servo.
 - Every failure raises one ``DeviceFaultError`` line naming the port, the servo id, the transaction and the
@@ -38,6 +38,8 @@ from ..errors import DeviceFaultError, DeviceNotConnectedError
 from .servo_protocol import PROTOCOLS, ServoModel, Status, model_by_name, protocol_by_name
 
 log = logging.getLogger(__name__)
+
+PROBE_LENGTHS = 16  # re-synchronisation reads cycle through this many lengths
 
 HINTS = {
     "timeout": "silent: check its power supply (the USB cable alone does not power the servos), its cable, and "
@@ -94,9 +96,11 @@ class BusStats:
 class _BusFault(Exception):
     """Internal: one failed attempt. ``unanswered``: ids whose answers were not taken (now out of step)."""
 
-    def __init__(self, kind: str, msg: str, servo_id: int | None = None, unanswered: Iterable[int] = ()) -> None:
+    def __init__(self, kind: str, msg: str, servo_id: int | None = None, unanswered: Iterable[int] = (),
+                 error: int = 0) -> None:
         super().__init__(msg)
         self.kind = kind
+        self.error = error
         self.servo_id = servo_id
         self.unanswered = set(unanswered)
 
@@ -393,7 +397,7 @@ class ServoBus:
             err = p.error_text(item.error)
             if err is not None:
                 pending.pop(sid)
-                raise _BusFault("servo_error", f"servo reports {err}", sid, pending)
+                raise _BusFault("servo_error", f"servo reports {err}", sid, pending, error=item.error)
             if len(item.params) != pending[sid]:
                 n = pending.pop(sid)
                 raise _BusFault("malformed", f"answered with {len(item.params)} data byte(s) where {n} were asked",
@@ -407,17 +411,27 @@ class ServoBus:
         """Bring ``sid`` back in step: read its identity, dropping whatever comes before that answer."""
         p = self.protocol
         addr, size = p.identity
+        size += self.stats.resyncs % PROBE_LENGTHS  # each probe its own length: a stale probe answer is no match
         self.stats.resyncs += 1
         self._send(p.instruction(sid, p.INST_READ, p.read_params(addr, size)))
         deadline = time.monotonic() + timeout
+        garbled, others = False, set()
         while True:
             item = self._next_packet(deadline)
             if item is None:
-                raise _BusFault("timeout", "no answer (asked again after an earlier fault)", sid, {sid})
-            if isinstance(item, Status) and item.servo_id == sid and len(item.params) == size \
-                    and p.identity_id(item.params)[1] == sid:
+                again = "(asked again after an earlier fault)"
+                if garbled:
+                    raise _BusFault("checksum", f"garbled answers only {again}", sid, {sid})
+                if others:
+                    raise _BusFault("wrong_id", f"no answer, but from id(s) {sorted(others)} {again}", sid, {sid})
+                raise _BusFault("timeout", f"no answer {again}", sid, {sid})
+            if not isinstance(item, Status):
+                garbled = True
+            elif item.servo_id == sid and len(item.params) == size and p.identity_id(item.params)[1] == sid:
                 self._out_of_step.discard(sid)
                 return
+            elif item.servo_id != sid and item.servo_id not in self._out_of_step:
+                others.add(item.servo_id)
             self.stats.stale += 1
 
     def _fault_error(self, f: _BusFault, what: str) -> DeviceFaultError:
@@ -425,8 +439,7 @@ class ServoBus:
         model = self.model_of(sid) if sid is not None else self.model
         hint = HINTS.get(f.kind, "check the bus").format(
             sid=sid, baud=self.config.baudrate, model=model.name, protocol=self.protocol.name,
-            error_hint=getattr(self.protocol, "error_hint", "let the servo cool down, check the supply voltage "
-                                                            "and the load, then re-enable torque"))
+            error_hint=self.protocol.error_hint(f.error))
         who = f"servo {sid}" if sid is not None else "the bus"
         e = DeviceFaultError(f"servo bus {self.config.port}: {who}, {what}: {f}; {hint}")
         e.kind, e.servo_id = f.kind, sid

@@ -22,8 +22,9 @@ from ..errors import UnknownNameError
 # protocol name -> (module, class); the tables register their models in MODELS on import.
 PROTOCOLS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "feetech": ("edgebridge.drivers.feetech_protocol", "FeetechProtocol"),
+    "dynamixel2": ("edgebridge.drivers.dynamixel_protocol", "Dynamixel2Protocol"),
 })
-_TABLE_MODULES = ("edgebridge.drivers.feetech_tables",)
+_TABLE_MODULES = ("edgebridge.drivers.feetech_tables", "edgebridge.drivers.dynamixel_tables")
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class ServoProtocol:
     def identity_id(self, params: bytes) -> tuple[int, int]:
         """(model number, id) from the answer to a read of ``identity``."""
         raise NotImplementedError
+
+    def error_hint(self, error: int) -> str:
+        """What to do about a status packet's error byte."""
+        return "let the servo cool down, check the supply voltage and the load, then re-enable torque"
 
     def ping_model(self, params: bytes) -> int | None:
         """The model number a PING answer carries, or None when the family's PING carries none."""

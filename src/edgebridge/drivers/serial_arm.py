@@ -34,7 +34,8 @@ from .servo_protocol import PROTOCOLS
 
 log = logging.getLogger(__name__)
 
-SO101_DIR = Path(__file__).resolve().parent.parent / "assets" / "robots" / "so101"
+ROBOTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "robots"
+SO101_DIR = ROBOTS_DIR / "so101"
 SO101_URDF = SO101_DIR / "so101.urdf"
 SO101_DEFAULT_CALIBRATION = SO101_DIR / "calibration" / "so101_default.toml"
 
@@ -57,7 +58,8 @@ class SerialArmConfig:
     """A servo-bus arm (``[arm.options]`` of the robot setup).
 
     ``protocol``: ``feetech`` (default) or ``dynamixel2``; the calibration's servo models must speak it.
-    ``calibration``: the joint calibration file of this arm (one per arm id, see ``arm_calibration``).
+    ``calibration``: the joint calibration file of this arm (one per arm id, see ``arm_calibration``);
+    ``calibration`` and ``urdf`` may name shipped files relative to ``assets/robots``.
     ``max_relative_target_rad``: if set, each command moves a joint at most this far from its present
     position (the rest is clipped, and the returned command says so); the present position is the last
     ``state()`` if it is at most ``present_max_age_s`` old, else a fresh read.
@@ -81,6 +83,10 @@ class SerialArmConfig:
 
     def __post_init__(self) -> None:
         check(isinstance(self.port, str) and bool(self.port), "port", f"expected a serial device path, got {self.port!r}")
+        for name in ("calibration", "urdf"):  # shipped files by relative name, as the kinematics section does
+            path = Path(getattr(self, name))
+            if not path.is_absolute() and not path.is_file() and (ROBOTS_DIR / path).is_file():
+                object.__setattr__(self, name, str(ROBOTS_DIR / path))
         check(self.protocol in PROTOCOLS, "protocol", f"must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         check(Path(self.calibration).is_file(), "calibration", f"file not found: {self.calibration}")
         check(Path(self.urdf).is_file(), "urdf", f"file not found: {self.urdf}")

@@ -1,6 +1,7 @@
 """Servo-bus control cycle: ``SerialArm.state()`` + ``command()`` on 6 servos, wire time emulated.
 
-The arm talks to the byte-level bus emulator of the tests (``tests/drivers/feetech_bus_emulator.py``) over
+The arm talks to the byte-level bus emulators of the tests (``tests/drivers/feetech_bus_emulator.py``:
+SO-101 on Feetech STS3215; ``tests/drivers/dynamixel_bus_emulator.py``: Koch v1.1 on Dynamixel 2.0) over
 a pseudo-terminal; the emulator holds every packet on the line for ``bytes * 10 / baud`` seconds, as a
 1 Mbaud bus does (no USB-adapter latency, no servo return delay). One cycle = ``state()`` then
 ``command()`` with ``max_relative_target_rad`` set, as ``edge-run`` drives a serial arm.
@@ -15,6 +16,7 @@ same emulator: the former command path, which read the present position once per
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -74,10 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cycles", type=int, default=2000, help="timed cycles of the driver's path")
     add_json_arg(ap)
     args = ap.parse_args(argv)
+    from dynamixel_bus_emulator import DynamixelBusEmulator
     from feetech_bus_emulator import FeetechBusEmulator
 
+    from edgebridge.drivers.dynamixel_tables import XL430_W250
+
+    koch = functools.partial(DynamixelBusEmulator, models={1: XL430_W250, 2: XL430_W250})
+    runs = [(measure(FeetechBusEmulator, args.cycles, "SO-101, feetech"), ""),
+            (measure(koch, args.cycles, "Koch, dynamixel 2.0", protocol="dynamixel2", urdf="koch/koch.urdf",
+                     calibration="koch/calibration/koch_default.toml"), "_dynamixel")]
     rows, out = [], {}
-    for r, key in [(measure(FeetechBusEmulator, args.cycles, "feetech sts3215"), "")]:
+    for r, key in runs:
         hz, old_hz, floor_hz = 1e3 / r["new_ms"], 1e3 / r["old_ms"], 1e3 / r["floor_ms"]
         rows.append([f"{r['label']}: state + command", fmt_ms(r["new_ms"]), f"{hz:.0f}",
                      fmt_ratio(ratio(r["old_ms"], r["new_ms"])), f"{r['floor_ms'] / r['new_ms']:.0%}"])

@@ -192,3 +192,13 @@ def test_real_pip_download_of_aarch64_cp310_wheels(tmp_path):
     assert any(n.startswith("pyserial-") for n in names)
     mk = [n for n in names if n.lower().startswith("markupsafe-")]
     assert mk and "cp310" in mk[0] and "aarch64" in mk[0]
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="sha256sum (coreutils) is not installed here")
+def test_install_sh_in_a_bundle_verifies_it_before_installing(bundle):
+    res = subprocess.run(["bash", str(bundle / "install.sh"), "verify"], capture_output=True, text=True)
+    assert res.returncode == 0 and "every file matches SHA256SUMS" in res.stdout
+    (bundle / "models/expert/expert.json").write_text("{}")
+    res = subprocess.run(["bash", str(bundle / "install.sh"), "verify"], capture_output=True, text=True)
+    assert res.returncode == 1 and "models/expert/expert.json: FAILED" in res.stdout + res.stderr
+    assert "copy the bundle again" in res.stderr

@@ -287,10 +287,15 @@ def make_bundle(config: str, out: Path, *, wheelhouse: bool = True, wheel: Path 
     shutil.copytree(deploy, out / "deploy", ignore=shutil.ignore_patterns("install.sh", "__pycache__"))
     shutil.copy2(deploy / "install.sh", out / "install.sh")
 
-    whl = Path(wheel) if wheel else build_wheel(Path(tempfile.mkdtemp(prefix="edgebridge-wheel-")), run=run)
-    if not whl.is_file():
-        raise BundleError(f"wheel {whl} not found")
-    _copy(whl, out / "wheels" / whl.name)
+    if wheel is None:
+        with tempfile.TemporaryDirectory(prefix="edgebridge-wheel-") as tmp:
+            whl = build_wheel(Path(tmp), run=run)
+            _copy(whl, out / "wheels" / whl.name)
+    else:
+        whl = Path(wheel)
+        if not whl.is_file():
+            raise BundleError(f"wheel {whl} not found; build one (pip wheel --no-deps .) or leave --wheel out")
+        _copy(whl, out / "wheels" / whl.name)
     extras = ("realsense",) if cfg.camera.driver == "realsense" else ()
     reqs = runtime_requirements(extras)
     if wheelhouse:

@@ -221,3 +221,21 @@ def test_benchmark_backend_trt_without_tensorrt_says_where_to_run_it(monkeypatch
     spec.loader.exec_module(bench)
     assert bench.main(["--backend", "trt"]) == 2
     assert "TensorRT is not usable here" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("builder", ["python", "trtexec"])
+def test_device_engine_build_record_and_parity(shipped_onnx, tmp_path, builder):
+    """On the Orin (or any NVIDIA GPU with TensorRT): both builders, the build record and FP16 parity."""
+    _need_tensorrt()
+    from edgebridge.export.tensorrt_build import build, find_trtexec, parity_check, record_parity_inputs
+    from edgebridge.runtime.expert.tensorrt import current_device, engine_mismatch
+
+    if builder == "trtexec" and find_trtexec() is None:
+        pytest.skip("trtexec not found (JetPack: /usr/src/tensorrt/bin/trtexec)")
+    engine, used = build(shipped_onnx, tmp_path / "expert.engine", builder=builder, timing_cache=tmp_path / "t.cache")
+    rec = json.loads(engine.with_suffix(".json").read_text())["engine"]
+    assert used == builder and (tmp_path / "t.cache").stat().st_size > 0
+    assert engine_mismatch(rec["device"], current_device()) == []
+    rep = parity_check(engine, shipped_onnx, record_parity_inputs(shipped_onnx, tmp_path / "p.npz", n=4))
+    assert rep["passed"] and rep["max_abs_err"] < 5e-2

@@ -73,45 +73,64 @@ def test_cli_exit_codes(tmp_path):
 
 def test_demos_written_and_read_without_simulator(tmp_path, monkeypatch):
     from edgebridge.runtime.safety import SafetyLayer
+    from edgebridge.sim import demos
     from edgebridge.sim.demos import DemoConfig, write_demos
 
-    validated = []
-    orig = SafetyLayer.validate
+    validated, recorded = [], []
+    orig, orig_add = SafetyLayer.validate, demos.add_episode
     monkeypatch.setattr(SafetyLayer, "validate", lambda self, *a, **kw: validated.append(1) or orig(self, *a, **kw))
-    meta = write_demos("put_cup_in_tray", 1, tmp_path, seed=4, cfg=DemoConfig(expert_dt=0.2, max_seconds=8.0))
-    assert len(meta["episodes"]) == 1
+    monkeypatch.setattr(demos, "add_episode", lambda w, arrays, task: recorded.append(arrays) or orig_add(w, arrays, task))
+    out = tmp_path / "demos"
+    meta = write_demos("put_cup_in_tray", 1, out, seed=4, cfg=DemoConfig(expert_dt=0.2, max_seconds=8.0))
+    assert len(meta["episodes"]) == 1 and meta["episodes"][0]["episode_index"] == 0
     assert len(validated) > 100  # the demonstrator's commands went through the runtime's safety layer
     code = (
         "import sys, json, numpy as np\n"
         "sys.modules['pybullet'] = None\n"  # any import of the simulator would fail
-        f"d = r'{tmp_path}'\n"
-        "meta = json.load(open(d + '/meta.json'))\n"
-        "z = np.load(d + '/' + meta['episodes'][0]['file'])\n"
-        "T = z['t'].shape[0]\n"
-        "assert z['cloud'].shape == (T, meta['n_points'], 3) and z['cloud'].dtype == np.float32\n"
-        "assert z['action'].shape == (T, 16, 8) and z['goal'].shape == (T, 8)\n"
-        "assert z['guidance'].shape[1] == 8 and z['joints'].shape == (T, 7)\n"
-        "assert np.all(z['cloud_n_valid'] > 100)\n"
-        "print(T, bool(z['success']))\n"
+        "from edgebridge.datasets.lerobot_v3 import LeRobotReader\n"
+        f"ds = LeRobotReader(r'{out}')\n"
+        "meta = json.load(open(ds.root / 'meta/edgebridge.json'))\n"
+        "ep = ds.episode(0)\n"
+        "T = len(ep['index'])\n"
+        "assert ds.fps == 5 and ds.info['codebase_version'] == 'v3.0'\n"
+        "assert ep['observation.cloud'].shape == (T, meta['n_points'], 3) and ep['action'].shape == (T, 8)\n"
+        "assert ep['observation.guidance'].shape == (T, 17, 8) and ep['observation.joints'].shape == (T, 7)\n"
+        "assert np.all(ep['observation.cloud_n_valid'] > 100)\n"
+        "rgb = ds.frames(0, 'observation.images.front')\n"
+        "assert rgb.shape == (T, 240, 320, 3) and rgb.std() > 5\n"
+        "print(T, meta['episodes'][0]['success'])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    T = int(out.stdout.split()[0])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    T = int(res.stdout.split()[0])
     assert T >= 20
-    z = np.load(tmp_path / meta["episodes"][0]["file"])
+    from edgebridge.datasets.lerobot_v3 import LeRobotReader
+
+    ep = LeRobotReader(out).episode(0)
+    (arrays,) = recorded
     # the expert's actions start near the arm's current pose (it tracks them)
-    assert np.median(np.linalg.norm(z["action"][:, 0, :3] - z["ee_pose"][:, :3], axis=1)) < 0.05
+    assert np.median(np.linalg.norm(ep["action"][:, :3] - ep["observation.state"][:, :3], axis=1)) < 0.05
+    # the demonstrator's whole chunk is the next steps' recorded actions (how training rebuilds it); not at the
+    # first step, which comes one control tick off the others' time grid, nor past a cut-off episode's end
+    idx = np.minimum(np.arange(T)[:, None] + np.arange(16)[None, :], T - 1)
+    inside = T if arrays["success"] else T - 15
+    np.testing.assert_allclose(ep["action"][idx][1:inside], arrays["action"][1:inside], atol=1e-5)
+    assert np.abs(ep["action"][idx][0] - arrays["action"][0])[:, :3].max() < 0.005
     # every cloud lies in the region of interest around the (noisy) guidance's goal at its step
-    from edgebridge.contracts import Guidance
-    from edgebridge.runtime.expert.features import CloudROI, goal_position
+    from edgebridge.runtime.expert.features import CloudROI
 
     roi = CloudROI.from_dict(meta["cloud_roi"])
-    g = z["guidance"]
-    gd = Guidance(z["guidance_t"], g[:, :3], g[:, 3:7], g[:, 7])
-    for i in range(0, len(z["t"]), 5):
-        lo, hi = roi.bounds(goal_position(gd, z["t"][i]), meta["workspace_bounds"], meta["cloud_roi_margin_m"])
-        pts = z["cloud"][i, :z["cloud_n_valid"][i]]
+    for i in range(0, T, 5):
+        lo, hi = roi.bounds(ep["observation.goal"][i, :3], meta["workspace_bounds"], meta["cloud_roi_margin_m"])
+        pts = ep["observation.cloud"][i, :ep["observation.cloud_n_valid"][i]]
         assert np.all(pts >= lo - 1e-4) and np.all(pts <= hi + 1e-4), i
+    # a second run replaces the set; a directory holding something else is refused
+    write_demos("put_cup_in_tray", 1, out, seed=5, cfg=DemoConfig(expert_dt=0.2, max_seconds=2.0))
+    assert LeRobotReader(out).episodes[0]["length"] < T
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a demonstration set"):
+        write_demos("put_cup_in_tray", 1, tmp_path / "other", seed=4)
 
 
 def test_perturbed_demonstrator_records_the_clean_chunk_and_spares_the_contacts():

@@ -1,14 +1,18 @@
 """`edge-sim`: run episodes in the embedded world, write demonstrations, list tasks.
 
     edge-sim run --task "put cup in tray" --planner oracle --expert ik --seed 0 --episodes 5 \
-        [--plan-noise-cm 1] [--depth-noise-cm 1] [--no-depth-tare] [--realtime] [--json FILE] [--record DIR]
+        [--plan-noise-cm 1] [--depth-noise-cm 1] [--no-depth-tare] [--realtime] [--json FILE] [--record DIR] \
+        [--rerun FILE.rrd|spawn]
     edge-sim demos --task put_cup_in_tray --episodes 20 --out demos/ [--seed 0] [--print-config]
+    edge-sim demos --from-npz OLD_DIR --out demos/      # convert a former npz demonstration set
     edge-sim pointing --tasks all --scenes 6000 --out DIR [--seed-base 100000] [--val-frac 0.05] \
         [--test-frac 0.05] [--heldout-frac 0.3] [--jobs 2] [--resume]
     edge-sim tasks
 
 Episodes (and demonstrations) run through the same runtime pipeline as ``edge-run``
-(``edgebridge.sim.episode``). `run` exits 1 when any episode fails, 2 on bad arguments.
+(``edgebridge.sim.episode``). `demos` writes a LeRobotDataset v3.0 (``docs/datasets.md``). `run --rerun`
+logs every episode to a Rerun recording (``runtime/rerun_view.py``). `run` exits 1 when any episode
+fails, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -42,10 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-seconds", type=float, default=None, help="simulated time limit per episode")
     r.add_argument("--json", type=Path, default=None, help="write the episode results to this JSON file")
     r.add_argument("--record", type=Path, default=None, help="write a GIF + step log per episode under DIR")
-    d = sub.add_parser("demos", help="write demonstrations for the action expert")
-    d.add_argument("--task", required=True)
-    d.add_argument("--episodes", type=int, required=True)
-    d.add_argument("--out", type=Path, required=True)
+    r.add_argument("--rerun", default=None, metavar="FILE.rrd|spawn",
+                   help="log the episodes in 3-D to a Rerun recording file, or to a live viewer with 'spawn'")
+    d = sub.add_parser("demos", help="write demonstrations for the action expert (a LeRobot data set)")
+    d.add_argument("--task", default=None, help="task slug (required unless --from-npz)")
+    d.add_argument("--episodes", type=int, default=None, help="number of demonstrations (required unless --from-npz)")
+    d.add_argument("--out", type=Path, required=True, help="data set directory (an earlier demonstration set "
+                                                             "there is replaced)")
+    d.add_argument("--from-npz", type=Path, default=None, metavar="DIR",
+                   help="convert a demonstration set of the former episode_*.npz + meta.json format instead")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--print-config", action="store_true",
                    help="print the demonstration settings (DemoConfig as JSON) and write nothing")
@@ -81,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "pointing":
         return _pointing(args)
+    if args.cmd == "demos" and (args.from_npz is not None or args.print_config):
+        return _demos(args)
+    if args.cmd == "demos" and (args.task is None or args.episodes is None):
+        print("edge-sim demos: --task and --episodes are required (or --from-npz DIR)", file=sys.stderr)
+        return 2
     try:
         get_task(args.task)
     except KeyError as e:
@@ -90,42 +104,81 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-sim: --episodes must be >= 1, got {args.episodes}", file=sys.stderr)
         return 2
     if args.cmd == "demos":
-        from .demos import DemoConfig, write_demos
-
-        if args.print_config:
-            from dataclasses import asdict
-
-            print(json.dumps(asdict(DemoConfig())))
-            return 0
-        meta = write_demos(args.task, args.episodes, args.out, seed=args.seed)
-        ok = sum(e["success"] for e in meta["episodes"])
-        print(f"wrote {len(meta['episodes'])} episodes ({ok} successful) to {args.out} in {meta['wall_s']:.1f} s")
-        return 0
+        return _demos(args)
     from ..config import ConfigError
     from ..errors import EdgebridgeError
     from .episode import run_episode
 
+    try:
+        observers = _observers(args, run_episode)
+    except (ImportError, ValueError, OSError) as e:
+        print(f"edge-sim: {e}", file=sys.stderr)
+        return 2
     results = []
-    for i in range(args.episodes):
-        seed = args.seed + i
-        rec = args.record / f"{get_task(args.task).slug}_seed{seed}" if args.record else None
-        try:
-            r = run_episode(args.task, seed, args.expert, plan_noise_m=args.plan_noise_cm / 100,
-                            depth_noise=args.depth_noise_cm / 100, depth_tare=not args.no_depth_tare, record_dir=rec,
-                            max_seconds=args.max_seconds, realtime=args.realtime,
-                            expert_model=str(args.onnx) if args.onnx else None)
-        except (KeyError, ValueError, ConfigError, EdgebridgeError, OSError) as e:
-            print(f"edge-sim: {e}", file=sys.stderr)
-            return 2
-        results.append(r)
-        print(f"{r.task} seed {r.seed}: {'success' if r.success else 'FAILED'} in {r.duration:.1f} s sim "
-              f"({r.wall_s:.1f} s wall): {r.reason}")
+    try:
+        for i in range(args.episodes):
+            seed = args.seed + i
+            rec = args.record / f"{get_task(args.task).slug}_seed{seed}" if args.record else None
+            kw = {"observers": observers} if observers else {}
+            try:
+                r = run_episode(args.task, seed, args.expert, plan_noise_m=args.plan_noise_cm / 100,
+                                depth_noise=args.depth_noise_cm / 100, depth_tare=not args.no_depth_tare,
+                                record_dir=rec, max_seconds=args.max_seconds, realtime=args.realtime,
+                                expert_model=str(args.onnx) if args.onnx else None, **kw)
+            except (KeyError, ValueError, ConfigError, EdgebridgeError, OSError) as e:
+                print(f"edge-sim: {e}", file=sys.stderr)
+                return 2
+            results.append(r)
+            print(f"{r.task} seed {r.seed}: {'success' if r.success else 'FAILED'} in {r.duration:.1f} s sim "
+                  f"({r.wall_s:.1f} s wall): {r.reason}")
+    finally:
+        for o in observers:
+            o.close()
+    if args.rerun and args.rerun != "spawn":
+        print(f"Rerun recording: {args.rerun} (open it with `rerun {args.rerun}`)")
     n_ok = sum(r.success for r in results)
     print(f"{n_ok}/{len(results)} episodes succeeded")
     if args.json:
         args.json.write_text(json.dumps({"episodes": [r.to_dict() for r in results], "success_rate": n_ok / len(results)},
                                         indent=2))
     return 0 if n_ok == len(results) else 1
+
+
+def _observers(args, run_episode) -> list:
+    """The episode observers ``run`` attaches: the Rerun view for ``--rerun``."""
+    if not args.rerun:
+        return []
+    import inspect
+
+    if "observers" not in inspect.signature(run_episode).parameters:
+        raise ValueError("--rerun: this build's run_episode takes no episode observers (Pipeline observers are "
+                         "not wired in yet)")
+    from ..runtime.rerun_view import RerunView
+
+    return [RerunView.open(args.rerun, app_id="edge-sim")]
+
+
+def _demos(args) -> int:
+    from .demos import DemoConfig, npz_to_lerobot, write_demos
+
+    if args.print_config:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(DemoConfig())))
+        return 0
+    try:
+        if args.from_npz is not None:
+            meta = npz_to_lerobot(args.from_npz, args.out)
+            print(f"converted {len(meta['episodes'])} episodes from {args.from_npz} to {args.out}")
+            return 0
+        meta = write_demos(args.task, args.episodes, args.out, seed=args.seed)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"edge-sim demos: {e}", file=sys.stderr)
+        return 2
+    ok = sum(e["success"] for e in meta["episodes"])
+    print(f"wrote {len(meta['episodes'])} episodes ({ok} successful) to {args.out} (LeRobot v3.0) in "
+          f"{meta['wall_s']:.1f} s")
+    return 0
 
 
 def _pointing(args) -> int:

@@ -1,8 +1,18 @@
-"""Demonstration loading for APPF training (format: docs/demos_format.md). numpy only.
+"""Demonstration loading for APPF training. numpy only (no torch, no ``datasets``).
+
+A demonstration directory is a LeRobotDataset v3.0 (``docs/datasets.md``: what ``edge-sim demos`` and
+``edge-run --record`` write, or any LeRobot data set that has the features below), or the former
+``episode_*.npz`` + ``meta.json`` format (``docs/demos_format.md``), which is still read but no longer written.
 
 Every expert step of every episode becomes one training sample, featurised with the same functions the
 runtime uses (:mod:`edgebridge.runtime.expert.features`). The target is the demonstrated chunk as a
 correction of the recorded (noisy) guidance sampled at the chunk's times (``output = guidance_residual``).
+From a LeRobot data set the chunk at a step is the next H frames' ``action`` (the last one held), and the
+guidance comes from each frame's ``observation.guidance`` window and ``observation.goal``; the expert needs
+``observation.state`` and ``action`` as end-effector poses (``x y z qx qy qz qw gripper``),
+``observation.cloud`` + ``observation.cloud_n_valid``, ``observation.guidance`` and ``observation.goal``.
+A data set without the guidance (a plain teleoperated recording) can be given a ``hindsight`` function
+that builds the window and goal from an episode.
 """
 
 from __future__ import annotations
@@ -14,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.expert.features import FeatureSpec, Normalizer, raw_features, residual_targets
+from ..runtime.expert.features import (IK_MIN_Z, FeatureSpec, Normalizer, pose_features, raw_features,
+                                       relative_features, residual_features, residual_targets)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +68,21 @@ class DemoSet:
         return self.subset(~is_val), self.subset(is_val)
 
 
+def is_lerobot(demo_dir: Path) -> bool:
+    return (Path(demo_dir) / "meta" / "info.json").exists()
+
+
 def read_meta(demo_dir: Path) -> dict:
+    """The demonstration set's description: ``n_points``, ``horizon``, ``action_dt``, ``cloud_roi`` ...
+    (from ``meta/info.json`` + ``meta/edgebridge.json`` of a LeRobot data set, or the npz set's meta.json)."""
+    if is_lerobot(demo_dir):
+        return lerobot_meta(Path(demo_dir))
     path = Path(demo_dir) / "meta.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise DemoError(f"{path}: not found; write demonstrations with `edge-sim demos --out {demo_dir}`") from e
+        raise DemoError(f"{path}: not found, nor meta/info.json (a LeRobot data set); write demonstrations with "
+                        f"`edge-sim demos --out {demo_dir}`") from e
     except json.JSONDecodeError as e:
         raise DemoError(f"{path}: not valid JSON ({e})") from e
 
@@ -70,7 +90,7 @@ def read_meta(demo_dir: Path) -> dict:
 def spec_from_meta(meta: dict, guidance_steps: int = 16) -> FeatureSpec:
     """Feature sizes from a data set's meta.json (N points, H, action dt)."""
     try:
-        return FeatureSpec(n_points=int(meta.get("n_points", 512)), guidance_steps=guidance_steps,
+        return FeatureSpec(n_points=int(meta.get("n_points") or 512), guidance_steps=guidance_steps,
                            horizon=int(meta.get("horizon", meta.get("H", 16))),
                            action_dt=float(meta.get("action_dt", 0.1)))
     except (TypeError, ValueError) as e:
@@ -115,8 +135,10 @@ def _pad_by_repetition(cloud: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
 
 
 def load_demos(dirs: list[Path] | Path, spec: FeatureSpec | None = None, *,
-               only_success: bool = True, max_episodes: int | None = None) -> DemoSet:
-    """Read one or more demonstration directories into a :class:`DemoSet`."""
+               only_success: bool = True, max_episodes: int | None = None, hindsight=None) -> DemoSet:
+    """Read one or more demonstration directories (LeRobot data sets or npz sets) into a :class:`DemoSet`.
+    ``hindsight(episode) -> (window (T, K, 8), goal (T, 8))`` builds the guidance of LeRobot episodes that
+    have none (``episode``: the frames as :meth:`LeRobotReader.episode` returns them)."""
     dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
     feats: dict[str, list] = {"cloud": [], "proprio": [], "guidance": [], "action": [], "episode": []}
     metas, n_ep, n_skipped = [], 0, 0
@@ -124,6 +146,17 @@ def load_demos(dirs: list[Path] | Path, spec: FeatureSpec | None = None, *,
         meta = read_meta(d)
         metas.append({k: (len(v) if k == "episodes" and isinstance(v, list) else v) for k, v in meta.items()})
         spec = spec or spec_from_meta(meta)
+        if is_lerobot(d):
+            left = None if max_episodes is None else max_episodes - n_ep
+            for f in lerobot_samples(d, spec, meta, only_success=only_success, max_episodes=left, hindsight=hindsight):
+                if f is None:
+                    n_skipped += 1
+                    continue
+                for k in ("cloud", "proprio", "guidance", "action"):
+                    feats[k].append(f[k])
+                feats["episode"].append(np.full(len(f["action"]), n_ep, dtype=np.int64))
+                n_ep += 1
+            continue
         files = sorted(d.glob("episode_*.npz"))
         if not files:
             raise DemoError(f"{d}: no episode_*.npz files")
@@ -162,3 +195,112 @@ def load_demos(dirs: list[Path] | Path, spec: FeatureSpec | None = None, *,
             "cloud_roi_margin_m": float(metas[0].get("cloud_roi_margin_m") or 0.0)}
     return DemoSet(*(np.concatenate(feats[k]) for k in ("cloud", "proprio", "guidance", "action", "episode")),
                    meta=meta)
+
+
+# --------------------------------------------------------------------------- LeRobot data sets
+
+
+def lerobot_meta(d: Path) -> dict:
+    """A LeRobot data set's description in the terms of the npz meta.json (``n_points``, ``horizon``,
+    ``action_dt``, ``cloud_roi`` ...): its features and ``meta/edgebridge.json`` when edgebridge wrote it."""
+    from ..datasets.edge_features import CLOUD, GUIDANCE, read_edge_meta
+    from ..datasets.layout import DatasetError
+    from ..datasets.lerobot_v3 import LeRobotReader
+
+    try:
+        ds = LeRobotReader(d)
+        edge = read_edge_meta(d) or {}
+    except (DatasetError, OSError) as e:
+        raise DemoError(str(e)) from e
+    fps = float(ds.fps)
+    k = ds.features[GUIDANCE]["shape"][0] if GUIDANCE in ds.features else None
+    return {**{key: v for key, v in edge.items() if key not in ("format",)}, "format": "lerobot-v3",
+            "fps": fps, "robot_type": ds.robot_type, "tasks": edge.get("tasks", ds.tasks),
+            "n_points": ds.features[CLOUD]["shape"][0] if CLOUD in ds.features else None,
+            "horizon": int(edge.get("horizon", k - 1 if k else 16)), "guidance_steps": k,
+            "action_dt": float(edge.get("action_dt", 1.0 / fps)),
+            "cloud_roi": edge.get("cloud_roi"), "cloud_roi_margin_m": float(edge.get("cloud_roi_margin_m") or 0.0),
+            "episodes": edge.get("episodes", len(ds))}
+
+
+def _require(d: Path, ds, spec: FeatureSpec, meta: dict, hindsight) -> None:
+    """What the expert trains on is in the data set, or one DemoError that lists what is missing."""
+    from ..datasets.edge_features import ACTION, CLOUD, CLOUD_N, GOAL, GUIDANCE, POSE_NAMES, STATE
+
+    f = ds.features
+    problems = [f"no {k}" for k in (CLOUD, CLOUD_N) if k not in f]
+    if hindsight is None:
+        problems += [f"no {k}" for k in (GUIDANCE, GOAL) if k not in f]
+    for key in (STATE, ACTION):
+        if key not in f:
+            problems.append(f"no {key}")
+        elif tuple(f[key]["shape"]) != (8,) or (f[key].get("names") not in (None, POSE_NAMES)):
+            problems.append(f"{key} is {f[key].get('names') or f[key]['shape']}, not the end-effector pose + gripper "
+                            f"{POSE_NAMES}")
+    if GUIDANCE in f and f[GUIDANCE]["shape"][0] < max(spec.guidance_steps + 1, spec.horizon):
+        problems.append(f"{GUIDANCE} has {f[GUIDANCE]['shape'][0]} steps; the expert needs "
+                        f"{max(spec.guidance_steps + 1, spec.horizon)}")
+    if abs(meta["action_dt"] * meta["fps"] - 1.0) > 1e-6:
+        problems.append(f"the chunk step ({meta['action_dt']} s) is not the frame period (1/{meta['fps']:g} s), so "
+                        "the next frames' actions are not a chunk")
+    if problems:
+        raise DemoError(f"{d}: cannot train the expert on this LeRobot data set: {'; '.join(problems)}. Record with "
+                        "`edge-sim demos` or `edge-run --record`, or add these features (docs/datasets.md)")
+
+
+def lerobot_samples(d: Path, spec: FeatureSpec, meta: dict, *, only_success: bool = True,
+                    max_episodes: int | None = None, hindsight=None):
+    """Raw features of each episode of a LeRobot data set, as in :func:`load_demos` (None for an episode
+    left out because it failed)."""
+    from ..datasets.edge_features import ACTION, CLOUD, CLOUD_N, GOAL, GUIDANCE, STATE
+    from ..datasets.layout import DatasetError
+    from ..datasets.lerobot_v3 import LeRobotReader
+
+    ds = LeRobotReader(d)
+    _require(d, ds, spec, meta, hindsight)
+    ok = {int(e["episode_index"]): bool(e.get("success", True)) for e in meta["episodes"]} \
+        if isinstance(meta.get("episodes"), list) else {}
+    n = 0
+    for i in range(len(ds)):
+        if max_episodes is not None and n >= max_episodes:
+            return
+        if only_success and not ok.get(i, True):
+            yield None
+            continue
+        keys = [STATE, ACTION, CLOUD, CLOUD_N] + ([GUIDANCE, GOAL] if GUIDANCE in ds.features else [])
+        try:
+            ep = ds.episode(i, keys)
+        except (DatasetError, OSError) as e:
+            raise DemoError(f"{d}: episode {i}: {e}") from e
+        if hindsight is not None and GUIDANCE not in ep:
+            ep[GUIDANCE], ep[GOAL] = hindsight(ep)
+        for k in (STATE, ACTION, CLOUD, GUIDANCE, GOAL):
+            if not np.all(np.isfinite(ep[k])):
+                raise DemoError(f"{d}: episode {i}: {k} holds non-finite values")
+        yield window_samples(spec, ep[STATE], ep[ACTION], ep[CLOUD], ep[CLOUD_N], ep[GUIDANCE], ep[GOAL],
+                             where=f"{d}: episode {i}")
+        n += 1
+
+
+def window_samples(spec: FeatureSpec, state, action, cloud, n_valid, window, goal, where: str = "") -> dict:
+    """Raw features and residual targets from per-frame data: state (T, 8), action (T, 8) (the chunk at a
+    step is the next H actions, the last held), cloud (T, N, 3) + n_valid (T,), the guidance window
+    (T, K, 8) at ``now + k * action_dt`` and goal (T, 8). Equal to :func:`raw_features` and
+    :func:`residual_targets` on the whole guidance (tests/datasets/test_lerobot_demos.py)."""
+    state, action = np.asarray(state, np.float64), np.asarray(action, np.float64)
+    window, goal = np.asarray(window, np.float64), np.asarray(goal, np.float64)
+    t, g, h = len(state), spec.guidance_steps, spec.horizon
+    valid = np.asarray(n_valid) > 0
+    if not np.all(valid):
+        log.warning("%s: %d step(s) with an empty cloud skipped", where, int(np.sum(~valid)))
+    pos, quat, grip = state[:, :3], state[:, 3:7], state[:, 7]
+    tokens = np.concatenate([window[:, 1:g + 1], goal[:, None]], axis=1)
+    chunk = action[np.minimum(np.arange(t)[:, None] + np.arange(h)[None, :], t - 1)]
+    base = window[:, :h].copy()
+    base[..., 7] = np.clip(base[..., 7], 0.0, 1.0)
+    base[..., 2] = np.maximum(base[..., 2], IK_MIN_Z)
+    clouds = _pad_by_repetition(np.asarray(cloud, np.float32), np.asarray(n_valid))
+    out = {"cloud": clouds - goal[:, None, :3], "proprio": pose_features(pos, quat, grip),
+           "guidance": relative_features(pos, quat, tokens[..., :3], tokens[..., 3:7], tokens[..., 7]),
+           "action": residual_features(base, chunk)}
+    return {k: v[valid].astype(np.float32) for k, v in out.items()}

@@ -189,8 +189,11 @@ class Profiler:
                 rss_mb_now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         except OSError:  # pragma: no cover - non-Linux
             rss_mb_now = float("nan")
+        from .power import read_power_mode
+
         return {"wall_s": wall, "cpu_s": cpu, "cpu_percent": 100.0 * cpu / wall if wall > 0 else float("nan"),
-                "rss_peak_mb": rss_mb, "rss_mb": rss_mb_now, "cpus": os.cpu_count()}
+                "rss_peak_mb": rss_mb, "rss_mb": rss_mb_now, "cpus": os.cpu_count(),
+                "power": read_power_mode()}  # Jetson power mode and clocks; {} elsewhere
 
     # ------------------------------------------------------------------ report
     def report(self, out_dir: str | Path | None, loop_stats=None, title: str = "edge-run profile", *,
@@ -230,6 +233,10 @@ class Profiler:
         lp, sy = data["loop"], data["system"]
         cap = (f"CPU {sy['cpu_percent']:.0f}% of one core over {sy['wall_s']:.1f} s, RSS {sy['rss_mb']:.0f} MB "
                f"(peak {sy['rss_peak_mb']:.0f} MB). Stage times are wall time.")
+        if sy.get("power"):
+            from .power import describe_power
+
+            cap += f" Power: {describe_power(sy['power'])}."
         if lp.get("cycles", 0) > 1 and "period_err_p99_ms" in lp:
             cap = (f"loop: {lp['cycles']} cycles, {lp['misses']} deadline misses, period error p50 "
                    f"{lp['period_err_p50_ms']:.3f} / p99 {lp['period_err_p99_ms']:.3f} / max "

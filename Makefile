@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test test-fast bench weights planner clean sysdeps
+.PHONY: run test test-fast bench weights planner bundle clean sysdeps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,18 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[dev]'
 	touch $@ $(VENV)/.run-installed
 
-# pyrealsense2 needs libusb at import time (Debian: libusb-1.0-0).
+# pyrealsense2 needs libusb at import time (Debian: libusb-1.0-0); the install tests configure CMake and verify
+# the systemd units (Debian: cmake, systemd). Best effort: a missing tool skips its tests, naming it.
+SYSDEPS := libusb-1.0-0 cmake systemd
 sysdeps:
-	@ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || \
-	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-	    (apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1)) ; } || \
-	  echo "warning: libusb-1.0-0 missing; RealSense tests will be skipped (apt-get install libusb-1.0-0)"
+	@missing=""; \
+	ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing="$$missing libusb-1.0-0"; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	[ -z "$$missing" ] || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1)) ; } || \
+	  echo "warning: missing$$missing; their tests will be skipped (apt-get install$$missing)"
 
 run: $(VENV)/.run-installed
 	$(VENV)/bin/edge-run
@@ -64,3 +69,8 @@ planner: $(VENV)/.dev-installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+
+# The Jetson bundle of a setup (expert ONNX, planner GGUF, setup, wheel, aarch64 wheelhouse, manifest): docs/jetson.md.
+SETUP ?= so101_serial
+bundle: $(VENV)/.dev-installed
+	$(VENV)/bin/edge-export bundle --config $(SETUP) --out build/bundle --tar

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "edgebridge"
 
 # Top-level entries a root-relative path may start with.
-ROOT_ENTRIES = ("src", "docs", "benchmarks", "tests", ".ci", "README.md", "Makefile", "pyproject.toml",
+ROOT_ENTRIES = ("src", "docs", "benchmarks", "tests", ".ci", "deploy", "README.md", "Makefile", "pyproject.toml",
                 "CMakeLists.txt", ".gitignore")
 # Directories of the package; docs write e.g. `assets/configs/sim_panda.toml` or `runtime/lift.py`.
 PKG_ENTRIES = tuple(sorted(p.name for p in PKG.iterdir() if p.is_dir() and not p.name.startswith("__")))

@@ -60,6 +60,8 @@ def unstuff(body: bytes, before: bytes) -> bytes:
     """Undo stuffing in ``body`` (the bytes after the length field, CRC excluded); ``before`` = the two
     bytes preceding it in the packet (a pattern may start in the length field)."""
     src = bytes(before) + bytes(body)
+    if b"\xff\xff\xfd\xfd" not in src:  # the common case: nothing was stuffed
+        return bytes(body)
     out = bytearray()
     i = 2
     while i < len(src):

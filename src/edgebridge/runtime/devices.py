@@ -4,8 +4,8 @@ The only place in the runtime that knows driver names, and the only one allowed 
 simulator (``arm.driver = "sim"``). Every driver module is imported lazily, so a setup only needs the
 extras its own devices use; a missing one raises a one-line error naming the extra.
 
-Arm drivers: ``sim`` (edgebridge.sim, PyBullet Panda), ``so101_serial`` (drivers.serial_arm.SerialArm,
-Feetech bus), ``franka`` (drivers.franka.FrankaArm, libfranka through franky).
+Arm drivers: ``sim`` (edgebridge.sim, PyBullet Panda), ``servo_serial`` (drivers.serial_arm.SerialArm: a
+servo bus of any protocol the setup names, Feetech or Dynamixel 2.0; ``so101_serial`` is the same driver), ``franka`` (drivers.franka.FrankaArm, libfranka through franky).
 Cameras: ``sim`` (with the sim arm), ``realsense`` (drivers.realsense.RealSenseCamera).
 Planners: ``oracle`` (sim only: privileged simulator state), ``gguf`` (runtime.planner.gguf.GGUFPlanner),
 ``remote`` (runtime.planner.remote.RemotePlanner). Experts: ``onnx`` (runtime.expert.onnx.OnnxExpert,
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 EXPERT_DIR = Path(__file__).resolve().parent.parent / "assets" / "expert"
 ROBOTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "robots"
-ARM_DRIVERS = {"so101_serial": ("edgebridge.drivers.serial_arm", "SerialArm", "SerialArmConfig"),
+ARM_DRIVERS = {"servo_serial": ("edgebridge.drivers.serial_arm", "SerialArm", "SerialArmConfig"),
+               "so101_serial": ("edgebridge.drivers.serial_arm", "SerialArm", "SerialArmConfig"),
                "franka": ("edgebridge.drivers.franka", "FrankaArm", "FrankaArmConfig")}
 CAMERA_DRIVERS = {"realsense": ("edgebridge.drivers.realsense", "RealSenseCamera", "RealSenseConfig")}
 # the extra each driver module needs, for the one-line error when it is not importable

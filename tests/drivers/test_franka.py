@@ -321,6 +321,12 @@ def test_controller_dies_mid_motion(sim_server, host):
                 arm.command(ArmCommand(arm.last_sent.joints, 1.0))
                 time.sleep(0.005)
         assert time.monotonic() - t0 < 1.5
+        with pytest.raises(DeviceFaultError, match="lost the controller"):
+            arm.command(ArmCommand(arm.last_sent.joints, 1.0))
+        sim_server.start()  # the controller is back: resume() reconnects the robot and the hand
+        arm.resume()
+        arm.command(ArmCommand(arm.state().joints, 1.0))
+        assert arm.state().gripper > 0.4
     finally:
         t0 = time.monotonic()
         arm.disconnect()

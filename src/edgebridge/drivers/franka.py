@@ -504,12 +504,16 @@ class FrankaArm(DeviceBase):
         log.warning("%s: stopped (estop); commands refused until resume()", self.name)
 
     def resume(self) -> None:
-        """Leave a fault or an estop: reconnect when the link was lost, then libfranka's automatic error recovery."""
+        """Leave a fault or an estop: reconnect what was lost (robot, hand), then libfranka's automatic error
+        recovery."""
         self._require_connected()
         if self._link_lost is not None:
             self._close_robot()
             self._open_robot()
             self._link_lost = None
+        if self.config.gripper and self._gripper_error is not None:
+            self._close_gripper()
+            self._open_gripper()
         try:
             ok = self._caller.call(self._robot.recover_from_errors, max(self.config.call_timeout_s, 5.0), "recover")
         except (CallTimeout, self._fk.Exception) as e:

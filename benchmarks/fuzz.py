@@ -40,7 +40,8 @@ from _common import add_json_arg, machine_line, print_table, write_json  # noqa:
 
 # parse_plan: every planner answer; config._build: every setup file edge-run loads (load_robot_config reads
 # the file, then the same parse + build the fuzzer drives through loads_robot_config).
-RUNTIME_PATHS = ["edgebridge.runtime.planner.format:parse_plan", "edgebridge.config:_build"]
+RUNTIME_PATHS = ["edgebridge.runtime.planner.format:parse_plan", "edgebridge.config:_build"]  # the servo frames: edge-run
+# reaches ServoBus only on a real servo arm (the sim episode of the path check has none)
 
 W, H = 320, 240
 GOOD_PLANS = [
@@ -263,9 +264,141 @@ def target_setup(rng: random.Random):
     return (lambda: loads_robot_config(text, "fuzz.toml")), (lambda: True), setup_ok, ConfigError
 
 
+
+# ----------------------------------------------------------------------------- targets: servo status frames
+
+class _FuzzPort:
+    """A serial port whose answer to each request is the fuzzed reply (the bus's own receive path reads it:
+    pyserial's ``read`` / ``in_waiting``, as without a file descriptor)."""
+
+    def __init__(self) -> None:
+        self.reply = b""
+        self._out = bytearray()
+
+    def reset_input_buffer(self) -> None:
+        self._out.clear()
+
+    def write(self, packet: bytes) -> int:
+        self._out = bytearray(self.reply)
+        return len(packet)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self._out)
+
+    def read(self, n: int = 1) -> bytes:
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def feetech_frames(reply: bytes, sid: int, n: int) -> list[bytes]:
+    """Every well-formed Feetech status frame for servo ``sid`` with ``n`` data bytes and no error bit in
+    ``reply`` (FF FF id len err data chk, chk = ~(id + len + err + data) & 0xFF), as their data bytes."""
+    out = []
+    for i in range(len(reply) - 5 - n + 1):
+        f = reply[i:i + 6 + n]
+        if f[:2] == b"\xff\xff" and f[2] == sid and f[3] == n + 2 and f[4] == 0 and \
+                f[-1] == (~sum(f[2:-1])) & 0xFF:
+            out.append(bytes(f[5:-1]))
+    return out
+
+
+def dynamixel_frames(reply: bytes, sid: int, n: int) -> list[bytes]:
+    """Every well-formed Dynamixel 2.0 status frame for ``sid`` with ``n`` data bytes and no error in
+    ``reply``; the CRC is checked with dynamixel-sdk's own ``updateCRC`` (Robotis' implementation)."""
+    from dynamixel_sdk import PacketHandler
+
+    crc = PacketHandler(2.0).updateCRC
+    out = []
+    for i in range(len(reply) - 10):
+        if reply[i:i + 4] != b"\xff\xff\xfd\x00" or reply[i + 4] != sid:
+            continue
+        length = reply[i + 5] | (reply[i + 6] << 8)
+        f = reply[i:i + 7 + length]
+        if length < 4 or len(f) != 7 + length or crc(0, list(f[:-2]), len(f) - 2) != (f[-2] | f[-1] << 8):
+            continue
+        body = f[7:-2].replace(b"\xff\xff\xfd\xfd", b"\xff\xff\xfd")
+        if body[0] == 0x55 and body[1] == 0 and len(body) == 2 + n:
+            out.append(bytes(body[2:]))
+    return out
+
+
+_BUSES: dict = {}
+
+
+def _bus(protocol: str, model: str):
+    if protocol not in _BUSES:
+        from edgebridge.drivers.servo_bus import ServoBus, ServoBusConfig
+
+        bus = ServoBus(ServoBusConfig(port="fuzz", model=model, timeout_s=0.0005, retries=0, protocol=protocol))
+        bus._ser, bus._fd = _FuzzPort(), None  # noqa: SLF001 (the port is the fuzzer; the bus code is real)
+        _BUSES[protocol] = bus
+    return _BUSES[protocol]
+
+
+def _servo_target(rng: random.Random, protocol: str, model: str, frames: Callable):
+    from edgebridge.errors import DeviceFaultError
+
+    bus = _bus(protocol, model)
+    bus._out_of_step.clear()  # noqa: SLF001 (every case is a fresh transaction)
+    sid = rng.choice([1, 2, 6])
+    register = rng.choice(["Present_Position", "Goal_Position"])
+    m = bus.model_of(sid)
+    addr, size = m.register(register)
+    value = rng.randrange(0, 4096)
+    p = bus.protocol
+    answer = p.instruction(sid, 0x55, bytes([0]) + value.to_bytes(size, "little")) if protocol == "dynamixel2" else \
+        bytes([0xFF, 0xFF, sid, size + 2, 0, *value.to_bytes(size, "little")])
+    if protocol != "dynamixel2":
+        answer += bytes([(~sum(answer[2:])) & 0xFF])
+    reply = answer
+    op = rng.randrange(6)
+    if op == 0:  # bit flips
+        b = bytearray(reply)
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        reply = bytes(b)
+    elif op == 1:  # truncated or padded
+        reply = reply[:rng.randrange(len(reply))] if rng.random() < 0.5 else reply + bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+    elif op == 2:  # an answer from another id first (a late or duplicate servo), then maybe ours
+        other = reply[:2] + bytes([(sid % 6) + 1]) + reply[3:] if protocol != "dynamixel2" else reply[:4] + bytes([(sid % 6) + 1]) + reply[5:]
+        reply = other + (reply if rng.random() < 0.5 else b"")
+    elif op == 3:  # random bytes
+        reply = bytes(rng.randrange(256) for _ in range(rng.randint(0, 24)))
+    elif op == 4:  # noise before the answer
+        reply = bytes(rng.randrange(256) for _ in range(rng.randint(1, 6))) + reply
+    # op 5: the answer as sent
+
+    def run():
+        bus._ser.reply = reply  # noqa: SLF001
+        bus._rx.clear()  # noqa: SLF001
+        return bus.read(sid, register)
+
+    def valid_result(out) -> bool:
+        return any(m.decode(register, data) == out for data in frames(reply, sid, size))
+
+    return run, (lambda: True), valid_result, DeviceFaultError
+
+
+def target_feetech(rng: random.Random):
+    return _servo_target(rng, "feetech", "sts3215", feetech_frames)
+
+
+def target_dynamixel(rng: random.Random):
+    return _servo_target(rng, "dynamixel2", "xl430-w250", dynamixel_frames)
+
+
 # ----------------------------------------------------------------------------- driver
 
-TARGETS: dict[str, Callable] = {"plan": target_plan, "remote_answer": target_remote, "setup": target_setup}
+TARGETS: dict[str, Callable] = {"plan": target_plan, "remote_answer": target_remote, "setup": target_setup,
+                                "feetech_frame": target_feetech, "dynamixel_frame": target_dynamixel}
 
 
 def run_target(name: str, cases: int, seed: int, show: int = 3) -> dict:

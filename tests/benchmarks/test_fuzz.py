@@ -30,3 +30,13 @@ def test_the_checks_count_a_parser_that_accepts_anything_or_crashes(monkeypatch)
     monkeypatch.setattr(fmt, "parse_plan", lax)
     r = fuzz.run_target("plan", 300, seed=1)
     assert r["crashes"] > 0 and r["accepted_invalid"] > 0
+
+
+def test_the_frame_checks_count_a_bus_that_returns_a_value_no_frame_holds(monkeypatch):
+    from edgebridge.drivers.servo_bus import ServoBus
+
+    real = ServoBus.read
+    monkeypatch.setattr(ServoBus, "read", lambda self, sid, reg: real(self, sid, reg) ^ 1)  # off by one bit
+    for target in ("feetech_frame", "dynamixel_frame"):
+        r = fuzz.run_target(target, 200, seed=2)
+        assert r["accepted_invalid"] == r["accepted"] > 0

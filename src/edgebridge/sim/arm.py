@@ -9,8 +9,11 @@ advances time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -26,6 +29,27 @@ log = logging.getLogger(__name__)
 ARM_JOINTS = tuple(range(7))
 FINGER_JOINTS = (9, 10)
 FINGER_MAX_M = 0.04
+EE_LINK = 11  # panda_grasptarget: the kinematics' end-effector frame
+# The calibration board's bracket: the board's centre 15 cm in front of the fingers (end-effector x) and 3 cm
+# below the grasp point, its face tilted 29 deg from the approach axis so that at the home pose it faces the
+# default camera (eye (1, 0, 1), looking at (0.45, 0, 0)).
+BOARD_CENTER_EE = (0.15, 0.0, 0.03)
+BOARD_TILT_DEG = 29.0
+
+
+def board_mount(board) -> np.ndarray:
+    """T_ee_board of the simulated board bracket for ``board`` (``calib.board.BoardConfig``)."""
+    from ..calib.board import board_size_m
+
+    a = math.radians(BOARD_TILT_DEG)
+    z = np.array([-math.sin(a), 0.0, math.cos(a)])  # into the board, away from the camera
+    x = np.array([0.0, -1.0, 0.0])
+    R = np.column_stack([x, np.cross(z, x), z])
+    w, h = board_size_m(board)
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = np.asarray(BOARD_CENTER_EE) - R @ np.array([w / 2, h / 2, 0.0])
+    return T
 
 
 @dataclass(frozen=True)
@@ -62,7 +86,9 @@ class SimArm(DeviceBase):
         if self.kin.n_joints != len(ARM_JOINTS):
             raise ValueError(f"SimArm: kinematics has {self.kin.n_joints} joints, the Panda has {len(ARM_JOINTS)}")
         self._estopped = False
+        self._guided = False
         self._last: ArmCommand | None = None
+        self.board = None  # the attached calibration board (world.Attachment), if any
         self.reset(self.config.home, gripper=1.0)
 
     # ------------------------------------------------------------------ lifetime
@@ -101,6 +127,8 @@ class SimArm(DeviceBase):
         self._require_connected()
         if self._estopped:
             raise SafetyViolation(f"{self.name}: emergency stop is latched; reconnect to clear it before commanding")
+        if self._guided:
+            raise SafetyViolation(f"{self.name}: torque is off (moved by hand); leave torque_disabled() first")
         if not isinstance(cmd, ArmCommand):
             raise TypeError(f"{self.name}.command: expected an ArmCommand, got {type(cmd).__name__}")
         if cmd.joints.shape != (7,):
@@ -126,6 +154,37 @@ class SimArm(DeviceBase):
         self.hold()
         self._estopped = True
         log.warning("%s: emergency stop", self.name)
+
+    # ------------------------------------------------------------------ calibration
+    def attach_board(self, board, T_ee_board: np.ndarray | None = None) -> np.ndarray:
+        """Mount a calibration board (``calib.board.BoardConfig``) on the gripper at ``T_ee_board``
+        (default: :func:`board_mount`), rendered by the camera; returns T_ee_board."""
+        T = board_mount(board) if T_ee_board is None else np.asarray(T_ee_board, dtype=np.float64)
+        if self.board is not None:
+            self.world.detach(self.board)
+        self.board = self.world.attach_board(board, T, link=EE_LINK)
+        return T.copy()
+
+    @contextlib.contextmanager
+    def torque_disabled(self) -> Iterator[None]:
+        """Torque off for the block: the arm goes where a hand puts it (:meth:`guide`; gravity is
+        compensated, as in a Franka's guiding mode) and ``command`` refuses; afterwards it holds there."""
+        self._require_connected()
+        self._guided = True
+        try:
+            yield
+        finally:
+            self._guided = False
+            self.hold()
+
+    def guide(self, joints) -> None:
+        """The owner's hand moves the arm to ``joints`` (only while torque is off)."""
+        if not self._guided:
+            raise SafetyViolation(f"{self.name}: guide() moves the arm by hand; call it inside torque_disabled()")
+        q = self.kin.clip(joints)
+        for j, v in zip(ARM_JOINTS, q):
+            self.world.p.resetJointState(self.world.robot, j, float(v))
+        self._send(q, self._last.gripper if self._last is not None else 1.0)
 
     @property
     def last_command(self) -> ArmCommand | None:

@@ -174,14 +174,23 @@ class SimCamera(DeviceBase):
         self._view = p.computeViewMatrix(list(c.eye), list(c.target), list(c.up))
         self._proj = p.computeProjectionMatrixFOV(c.vfov_deg, c.width / c.height, c.near, c.far)
         fy = (c.height / 2.0) / math.tan(math.radians(c.vfov_deg) / 2.0)
+        # The tiny renderer samples pixel (u, v) at window coordinates (u, H - 1 - v), not at pixel centres:
+        # the principal point is (W/2, H/2 - 1) (measured: sphere centroids against their projection).
         self.intrinsics = Intrinsics(width=c.width, height=c.height, fx=fy, fy=fy,
-                                     cx=c.width / 2.0 - 0.5, cy=c.height / 2.0 - 0.5)
+                                     cx=c.width / 2.0, cy=c.height / 2.0 - 1.0)
         self.T_base_cam = look_at(c.eye, c.target, c.up)
 
     def set_pose(self, eye, target, up=None) -> None:
         """Move the camera (the reported ``T_base_cam`` follows, as after a re-calibration)."""
         self.config = replace(self.config, eye=tuple(float(x) for x in eye), target=tuple(float(x) for x in target),
                               up=self.config.up if up is None else tuple(float(x) for x in up))
+        self._set_matrices()
+
+    def set_resolution(self, width: int, height: int) -> None:
+        """Render ``width`` x ``height`` frames from now on (same pose and vertical field of view; the
+        intrinsics scale), as a RealSense colour stream is opened at another size. A calibration capture
+        uses a larger one so that a board's markers span several pixels per bit."""
+        self.config = replace(self.config, width=int(width), height=int(height))
         self._set_matrices()
 
     def set_light(self, light: LightConfig) -> None:
@@ -219,6 +228,7 @@ class SimCamera(DeviceBase):
         c = self.config
         p = self.world.p
         flags = 0 if c.segmentation else p.ER_NO_SEGMENTATION_MASK
+        self.world.update_attachments()  # visuals carried by a link (a calibration board) follow it
         _, _, rgba, zbuf, seg = p.getCameraImage(c.width, c.height, self._view, self._proj,
                                                  renderer=p.ER_TINY_RENDERER, flags=flags,
                                                  **c.light.render_kwargs())

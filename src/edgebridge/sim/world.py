@@ -19,8 +19,11 @@ Base frame = world frame: the robot base sits at the origin, the table top is th
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -74,6 +77,15 @@ class SimObject:
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A visual-only body carried rigidly by a robot link: its pose is ``link pose @ T_link_body``."""
+
+    body: int
+    link: int
+    T_link_body: np.ndarray
+
+
 class SimWorld:
     """A PyBullet world with a table and a Panda. Use as a context manager or call ``close()``."""
 
@@ -94,6 +106,8 @@ class SimWorld:
         self.steps = 0
         self.dropped_steps = 0
         self.objects: dict[str, SimObject] = {}
+        self.attachments: list[Attachment] = []
+        self._texture_dir: str | None = None
         self._closed = False
         self._build_static()
         self.robot = self.p.loadURDF("franka_panda/panda.urdf", [0, 0, 0], useFixedBase=True,
@@ -195,6 +209,70 @@ class SimWorld:
         body = self.object(name).body
         return all(len(self.p.getContactPoints(self.robot, body, linkIndexA=f)) > 0 for f in (9, 10))
 
+    # ------------------------------------------------------------------ carried visuals
+    def attach_board(self, board, T_link_board, link: int = 11, *, px_per_square: int = 100,
+                     margin_m: float = 0.01) -> Attachment:
+        """Carry a printed calibration board (``calib.board.BoardConfig``) on robot ``link`` (11: the
+        Panda's ``panda_grasptarget``, the kinematics' end-effector frame) at ``T_link_board`` (board frame:
+        origin at the pattern's top-left corner, z into the board). A textured quad (the pattern of
+        ``CharucoBoard.generateImage`` plus a white margin of ``margin_m``) that the camera renders; it has
+        no mass and no collision shape, and follows the link exactly (:meth:`update_attachments`)."""
+        from ..calib.board import board_size_m, render_board
+
+        T = np.asarray(T_link_board, dtype=np.float64)
+        if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+            raise ValueError(f"SimWorld.attach_board: T_link_board must be a finite 4x4 transform, got {T.shape}")
+        w, h = board_size_m(board)
+        ppm = px_per_square / board.square_length
+        margin_px = int(round(margin_m * ppm))
+        m = margin_px / ppm
+        image = render_board(board, px_per_m=ppm, margin_px=margin_px)
+        if self._texture_dir is None:
+            self._texture_dir = tempfile.mkdtemp(prefix="edgebridge-sim-textures-")
+        path = Path(self._texture_dir) / f"board_{len(self.attachments)}.png"
+        import imageio.v3 as iio
+
+        iio.imwrite(path, np.dstack([image] * 3))
+        p = self.p
+        # the quad in the board frame; texture v runs bottom-up (OpenGL), the image rows top-down
+        verts = [[-m, -m, 0.0], [w + m, -m, 0.0], [w + m, h + m, 0.0], [-m, h + m, 0.0]]
+        uvs = [[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+        vis = p.createVisualShape(p.GEOM_MESH, vertices=verts, uvs=uvs, normals=[[0.0, 0.0, -1.0]] * 4,
+                                  indices=[0, 1, 2, 0, 2, 3, 0, 2, 1, 0, 3, 2])
+        body = p.createMultiBody(baseMass=0, baseVisualShapeIndex=vis, basePosition=[0, 0, -5])
+        p.changeVisualShape(body, -1, textureUniqueId=p.loadTexture(str(path)), rgbaColor=[1, 1, 1, 1])
+        att = Attachment(body=body, link=int(link), T_link_body=T.copy())
+        self.attachments.append(att)
+        self.update_attachments()
+        return att
+
+    def link_pose(self, link: int) -> np.ndarray:
+        """T_base_link (4x4) of a robot link, as the simulator holds it now."""
+        from ..rotations import quat_to_matrix
+
+        st = self.p.getLinkState(self.robot, link, computeForwardKinematics=True)
+        T = np.eye(4)
+        T[:3, :3] = quat_to_matrix(np.asarray(st[5], dtype=np.float64))
+        T[:3, 3] = st[4]
+        return T
+
+    def attachment_pose(self, att: Attachment) -> np.ndarray:
+        """T_base_body of an attachment: its link's pose now @ T_link_body (the ground truth)."""
+        return self.link_pose(att.link) @ att.T_link_body
+
+    def update_attachments(self) -> None:
+        """Move every carried visual to its link's present pose (the camera calls it before rendering)."""
+        from ..rotations import matrix_to_quat
+
+        for att in self.attachments:
+            T = self.attachment_pose(att)
+            self.p.resetBasePositionAndOrientation(att.body, T[:3, 3].tolist(),
+                                                   matrix_to_quat(T[:3, :3]).tolist())
+
+    def detach(self, att: Attachment) -> None:
+        self.attachments.remove(att)
+        self.p.removeBody(att.body)
+
     # ------------------------------------------------------------------ time
     def step(self) -> None:
         """One physics step of ``1 / physics_hz`` seconds."""
@@ -234,6 +312,8 @@ class SimWorld:
             self.p.disconnect()
         except Exception:  # already gone (interpreter shutdown)
             pass
+        if self._texture_dir is not None:
+            shutil.rmtree(self._texture_dir, ignore_errors=True)
 
     def __enter__(self) -> "SimWorld":
         return self

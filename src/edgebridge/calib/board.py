@@ -72,11 +72,15 @@ def render_board(cfg: BoardConfig, px_per_m: float = 4000.0, margin_px: int = 0)
 
 @dataclass(frozen=True)
 class BoardPose:
-    """``T_cam_target``: board frame -> camera frame; ``n_points`` used; RMS reprojection error (px)."""
+    """``T_cam_target``: board frame -> camera frame; ``n_points`` used; RMS reprojection error (px);
+    the matched points (board frame (N, 3) m, image (N, 2) px) the pose was solved from, which a hand-eye
+    refinement over all samples uses again (``handeye.refine_reprojection``)."""
 
     T_cam_target: np.ndarray
     n_points: int
     reprojection_rms_px: float
+    object_points: np.ndarray | None = None
+    image_points: np.ndarray | None = None
 
 
 def camera_matrix(intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
@@ -114,4 +118,6 @@ def detect_board_pose(image: np.ndarray, intr: Intrinsics, cfg: BoardConfig, *, 
     T = np.eye(4)
     T[:3, :3] = cv2.Rodrigues(rvec)[0]
     T[:3, 3] = tvec.reshape(3)
-    return BoardPose(T_cam_target=T, n_points=int(len(obj)), reprojection_rms_px=rms)
+    return BoardPose(T_cam_target=T, n_points=int(len(obj)), reprojection_rms_px=rms,
+                     object_points=obj.reshape(-1, 3).astype(np.float64),
+                     image_points=pts.reshape(-1, 2).astype(np.float64))

@@ -18,6 +18,7 @@
     date = "2026-11-25T10:00:00+00:00"
     method = "park"  samples = 20
     residual_rot_deg = 0.08  residual_trans_m = 0.0011   # RMS over the samples
+    reprojection_rms_px = 0.3                            # board corners through the solution (refined)
     tool = "edge-calib handeye"  notes = ""
 
 ``T_a_b`` maps points in frame b to frame a. Every load validates the transform
@@ -48,6 +49,7 @@ class Provenance:
     samples: int = 0
     residual_rot_deg: float | None = None
     residual_trans_m: float | None = None
+    reprojection_rms_px: float | None = None  # board corners through the solution (refined solves)
     tool: str = ""
     notes: str = ""
 

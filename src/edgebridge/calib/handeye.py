@@ -11,6 +11,10 @@ in the camera ``T_cam_target[i]`` (from ``board.detect_board_pose``).
 Methods: ``tsai``, ``park``, ``horaud``, ``andreff``, ``daniilidis`` (hand-eye AX = XB) and ``shah``,
 ``li`` (robot-world hand-eye AX = ZB, solving both unknowns jointly). The residual of each sample is
 the disagreement of the two sides of the equation above (rotation angle, translation distance).
+
+:func:`refine_reprojection` then refines both unknowns together on the board corners themselves: it
+minimises the reprojection error of every detected corner of every sample (a robust least squares over
+12 parameters), which a per-sample ``solvePnP`` pose cannot do (its depth and tilt are the weak part).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class HandEyeResult:
     mount: str
     method: str
     residuals: np.ndarray
+    reprojection_rms_px: float | None = None  # set by refine_reprojection
 
     @property
     def rms_rot_deg(self) -> float:
@@ -146,3 +151,72 @@ def calibrate_hand_eye(T_base_ee, T_cam_target, *, mount: str = "fixed", method:
                          f"larger rotations between them")
     res, Y = residuals(A, B, T, mount)
     return HandEyeResult(T=T, T_target=Y, mount=mount, method=method, residuals=res)
+
+
+def _to_vec(T: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return np.r_[Rotation.from_matrix(T[:3, :3]).as_rotvec(), T[:3, 3]]
+
+
+def _from_vec(x: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return _make(Rotation.from_rotvec(x[:3]).as_matrix(), x[3:6])
+
+
+def predicted_cam_target(T_base_ee: np.ndarray, T: np.ndarray, T_target: np.ndarray, mount: str) -> np.ndarray:
+    """T_cam_target of one sample implied by a solution (``T``, ``T_target``) and the arm pose."""
+    if mount == "fixed":  # T_cam_base @ T_base_ee @ T_ee_target
+        return _inv(T) @ T_base_ee @ T_target
+    return _inv(T) @ _inv(T_base_ee) @ T_target  # T_cam_ee @ T_ee_base @ T_base_target
+
+
+def refine_reprojection(res: HandEyeResult, T_base_ee, T_cam_target, observations, K: np.ndarray,
+                        dist: np.ndarray, *, loss_scale_px: float = 1.0) -> HandEyeResult:
+    """Refine a hand-eye solution on the board corners: ``observations[i]`` = (board points (N, 3) m,
+    their detected pixels (N, 2)) of sample i (``board.BoardPose.object_points`` / ``image_points``).
+    Minimises the reprojection error of all corners over ``T`` and ``T_target`` (soft-L1 loss with scale
+    ``loss_scale_px``, so a mis-detected corner does not pull the solution). Returns the refined result:
+    ``method`` + "+reprojection", per-sample residuals of the refined pair against the per-sample poses
+    ``T_cam_target``, and ``reprojection_rms_px``."""
+    cv2 = _cv2()
+    from scipy.optimize import least_squares
+
+    A = _stack("T_base_ee", T_base_ee)
+    B = _stack("T_cam_target", T_cam_target)
+    if not len(observations) == len(A) == len(B):
+        raise ValueError(f"refine_reprojection: {len(A)} arm poses, {len(B)} target poses and "
+                         f"{len(observations)} corner sets; need one of each per sample")
+    obs = []
+    for i, (obj, img) in enumerate(observations):
+        obj = np.asarray(obj, dtype=np.float64).reshape(-1, 3)
+        img = np.asarray(img, dtype=np.float64).reshape(-1, 2)
+        if len(obj) != len(img) or len(obj) < 4:
+            raise ValueError(f"refine_reprojection: sample {i}: need >= 4 matched corners, got {len(obj)}/{len(img)}")
+        obs.append((obj, img))
+    K = np.asarray(K, dtype=np.float64)
+    dist = np.asarray(dist, dtype=np.float64)
+
+    def reprojection(x: np.ndarray) -> np.ndarray:
+        T, Y = _from_vec(x[:6]), _from_vec(x[6:])
+        out = []
+        for a, (obj, img) in zip(A, obs):
+            P = predicted_cam_target(a, T, Y, res.mount)
+            uv, _ = cv2.projectPoints(obj, cv2.Rodrigues(P[:3, :3])[0], P[:3, 3], K, dist)
+            out.append((uv.reshape(-1, 2) - img).ravel())
+        return np.concatenate(out)
+
+    x0 = np.r_[_to_vec(res.T), _to_vec(res.T_target)]
+    sol = least_squares(reprojection, x0, method="trf", loss="soft_l1", f_scale=loss_scale_px, x_scale="jac")
+    T, Y = _from_vec(sol.x[:6]), _from_vec(sol.x[6:])
+    if not (sol.success and np.all(np.isfinite(sol.x))):
+        raise ValueError(f"reprojection refinement did not converge ({sol.message}); check [board] (the measured "
+                         f"square size) and [intrinsics], or solve without it (--no-refine)")
+    if res.mount == "fixed":
+        per = [transform_error(a @ Y, T @ b) for a, b in zip(A, B)]
+    else:
+        per = [transform_error(a @ T @ b, Y) for a, b in zip(A, B)]
+    rms = float(np.sqrt(np.mean(np.sum(sol.fun.reshape(-1, 2) ** 2, axis=1))))
+    return HandEyeResult(T=T, T_target=Y, mount=res.mount, method=f"{res.method}+reprojection",
+                         residuals=np.array(per, dtype=np.float64).reshape(-1, 2), reprojection_rms_px=rms)

@@ -63,7 +63,7 @@ class FrankaArmConfig:
     damping: tuple[float, ...] | None = None
     velocity_feedforward: bool = True
     lookahead_s: float = 0.1
-    motion_reissue_s: float = 0.01
+    motion_reissue_s: float = 0.02
     relative_dynamics_factor: float = 1.0
     gripper: bool = True
     gripper_speed_mps: float = 0.1

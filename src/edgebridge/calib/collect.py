@@ -289,8 +289,9 @@ class Collector:
             turn[:3, :3] = Pose(np.zeros(3), _axis_angle_quat(axis, math.radians(cfg.probe_tilt_deg))).rotation
             self._go(T_ee0 @ turn, q_start, f"probe {k + 1}", None)
         if len(self.samples) < 3:
-            raise CollectError(f"the board left the view on {len(PROBE_AXES) + 1 - len(self.samples)} of the first "
-                               f"poses; start with the board in the middle of the image")
+            raise CollectError(f"only {len(self.samples)} of the first {len(PROBE_AXES) + 1} poses gave a sample "
+                               f"({'; '.join(self.skipped)}); start nearer the middle of the workspace with the board "
+                               f"in the middle of the image")
         rough = calibrate_hand_eye(np.array(self.A), np.array(self.B), mount="fixed", method="park")
         T_base_cam, T_ee_board = rough.T, rough.T_target
         self.say(f"rough camera position from {len(self.A)} samples: {np.round(T_base_cam[:3, 3], 3).tolist()} m")

@@ -26,6 +26,7 @@ from franka_sim_server import SimServer, free_loopback, ports_free
 from helpers.waiting import wait_until
 
 AMP, FREQ = 0.1, 0.3  # the joint sinusoid streamed in the tracking tests (rad, Hz)
+HOME = np.array([0.0, 0.0, 0.0, -1.57, 0.0, 1.57, 0.785])  # franky-sim's start pose
 
 
 def _franky():
@@ -70,13 +71,14 @@ def _ref(q0, t):
 
 def _stream(arm, duration_s, rate_hz=200.0, q0=None, gripper=1.0):
     """Stream ``_ref`` at ``rate_hz`` on absolute deadlines; returns the RMS (rad) of measured - reference
-    after the ease-in."""
+    from 0.1 s after the ease-in. Bounds in the tests leave room for a loaded 2-core machine; the figures
+    are benchmarks/arm_tracking.py's."""
     q0 = arm.state().joints.copy() if q0 is None else q0
     period, errs = 1.0 / rate_hz, []
     t0 = t_next = time.monotonic()
     while (t := time.monotonic() - t0) < duration_s:
         st = arm.state()
-        if t > 0.5:
+        if t > 0.6:
             errs.append(st.joints - _ref(q0, t))
         arm.command(ArmCommand(_ref(q0, t + period), gripper))
         t_next += period
@@ -123,6 +125,16 @@ def test_nothing_listening_is_a_clear_error():
     with pytest.raises(DeviceFaultError, match="cannot connect.*FCI"):
         FrankaArm(FrankaArmConfig(host=host, realtime=False)).connect()
     assert time.monotonic() - t0 < 1.0
+
+
+def _go_to(arm, q_goal, seconds=1.0, rate_hz=200.0):
+    """Stream an eased joint path from the last command (or the present joints) to ``q_goal``."""
+    q_start = arm.last_sent.joints if arm.last_sent is not None else arm.state().joints
+    for k in range(1, int(seconds * rate_hz) + 1):
+        s = 0.5 - 0.5 * np.cos(np.pi * k / (seconds * rate_hz))
+        arm.state()
+        arm.command(ArmCommand(q_start + s * (q_goal - q_start), 1.0))
+        time.sleep(1.0 / rate_hz)
 
 
 def _settled(arm, tol=1e-3):
@@ -186,7 +198,7 @@ def test_connect_reads_state_and_never_moves(arm):
     assert abs(abs(float(np.dot(ee.quat, st.ee_pose.quat))) - 1) < 1e-4
 
 
-@pytest.mark.parametrize("mode, rms_max", [("impedance", 0.08 * AMP), ("motion", 0.25 * AMP)])  # motion: load-sensitive
+@pytest.mark.parametrize("mode, rms_max", [("impedance", 0.12 * AMP), ("motion", 0.3 * AMP)])
 def test_streams_joint_targets(host, mode, rms_max):
     with FrankaArm(FrankaArmConfig(host=host, realtime=False, command_mode=mode, gripper=False)) as arm:
         q0 = arm.state().joints.copy()
@@ -204,6 +216,17 @@ def test_gripper_grasps_and_opens(arm):
     arm.command(ArmCommand(arm.state().joints, 1.0))
     wait_until(lambda: arm.state().gripper > 0.95, 3.0, "the hand to open")
     assert arm.last_sent.gripper == 1.0
+
+
+def test_estop_stops_and_refuses_until_resume(arm):
+    _stream(arm, 0.3)
+    arm.estop()
+    assert not arm._robot.is_in_control
+    with pytest.raises(DeviceFaultError, match="estop"):
+        arm.command(ArmCommand(arm.state().joints, 1.0))
+    arm.resume()
+    arm.command(ArmCommand(arm.state().joints, 1.0))
+    assert arm._robot.is_in_control
 
 
 def test_reflex_becomes_hold_then_fault_then_recovery(arm, monkeypatch):
@@ -231,7 +254,7 @@ def test_reflex_becomes_hold_then_fault_then_recovery(arm, monkeypatch):
     monkeypatch.setattr(arm._robot, "recover_from_errors", lambda: recovered.append(1) or orig())
     arm.resume()
     assert recovered == [1]
-    assert _stream(arm, 0.6, q0=arm.state().joints.copy()) < 15e-3
+    assert _stream(arm, 0.8, q0=arm.state().joints.copy()) < 0.25 * AMP
 
 
 def test_reflex_or_user_stop_in_the_state_is_a_fault(arm, monkeypatch):
@@ -246,7 +269,7 @@ def test_reflex_or_user_stop_in_the_state_is_a_fault(arm, monkeypatch):
         return property(fake)
 
     monkeypatch.setattr(type(arm._robot), "state", state_in(franky.RobotMode.UserStopped))
-    with pytest.raises(DeviceFaultError, match="UserStopped.*release it"):
+    with pytest.raises(DeviceFaultError, match="UserStopped mode .the user stop is pressed"):
         arm.state()
     arm.resume()  # the sim's recovery succeeds; the fake state says the stop is still pressed
     monkeypatch.setattr(type(arm._robot), "state", state_in(franky.RobotMode.Reflex))
@@ -275,7 +298,7 @@ def test_controller_goes_silent_mid_motion(sim_server, arm):
     finally:
         os.killpg(sim_server.proc.pid, signal.SIGCONT)
     arm.resume()
-    assert _stream(arm, 0.6) < 15e-3  # it streams again (tracking itself: test_streams_joint_targets)
+    assert _stream(arm, 0.8) < 0.25 * AMP  # it streams again (tracking itself: test_streams_joint_targets)
 
 
 def test_control_loop_drives_the_arm(host):
@@ -290,6 +313,8 @@ def test_control_loop_drives_the_arm(host):
     cfg = dataclasses.replace(setup.loop, rate_hz=200.0, realtime_priority=0, cpu=-1, chunk_timeout_s=2.0)
     kin = Kinematics()
     with FrankaArm(FrankaArmConfig(host=host, realtime=False)) as arm:
+        _go_to(arm, HOME, seconds=0.6)  # earlier tests leave the arm anywhere; the chunk starts in the workspace's middle
+        arm.hold()
         loop = ControlLoop(arm, setup.limits, cfg, kin, clock=MonotonicClock(), watchdog=Watchdog(cfg.chunk_timeout_s))
         loop.prepare()
         st = arm.state()
@@ -304,7 +329,7 @@ def test_control_loop_drives_the_arm(host):
         res = loop.run(duration_s=1.5)
         reached = kin.fk(arm.state().joints).position
     assert not res.fault, res.reason
-    assert res.sent > 100 and sum(res.rejections.values()) == 0
+    assert res.sent > 100 and sum(res.rejections.values()) == 0, (res, p0, st.joints)
     assert np.linalg.norm(reached - p1) < 5e-3, f"ended {np.round((reached - p1) * 1e3, 1)} mm from the target"
 
 

@@ -8,7 +8,8 @@
 - ``command(cmd)``: streams the joint target. ``command_mode = "impedance"`` (default): a
   ``JointImpedanceTracker`` (libfranka's 1 kHz torque loop) gets each target and its velocity;
   ``"motion"``: an asynchronous ``JointMotion`` aimed ``lookahead_s`` ahead along the command velocity,
-  re-issued at most every ``motion_reissue_s``. The mode was chosen by measurement (``benchmarks/arm_tracking.py``, docs/drivers.md).
+  re-issued at most every ``motion_reissue_s``. Impedance was chosen by measurement
+  (``benchmarks/arm_tracking.py``; docs/drivers.md).
   The gripper scalar (0 closed, 1 open) is handed to the hand thread: below ``grasp_below`` a grasp with
   ``grasp_force_n``, otherwise a move to that fraction of the hand's width.
 - ``hold()``: target = present (only once a motion runs; before that the robot holds by itself).
@@ -78,7 +79,8 @@ class FrankaArmConfig:
     state_timeout_s: float = 0.25
 
     def __post_init__(self) -> None:
-        check(isinstance(self.host, str) and bool(self.host), "host", f"expected the robot's IP address, got {self.host!r}")
+        check(isinstance(self.host, str) and bool(self.host), "host",
+              f"expected the robot's IP address, got {self.host!r}")
         check(self.command_mode in ("impedance", "motion"), "command_mode",
               f"must be 'impedance' or 'motion', got {self.command_mode!r}")
         for key in ("stiffness", "damping"):
@@ -251,7 +253,7 @@ class FrankaArm(DeviceBase):
             return (f"{where}: {e}; franky-control's libfranka 0.21 speaks the FR3 protocol: a Panda or an older FR3 "
                     f"system image needs franky built against the libfranka its firmware supports")
         if isinstance(e, fk.RealtimeException):
-            return f"{where}: {e}; run on a PREEMPT_RT kernel (docs/drivers.md), or set realtime = false for a simulator"
+            return f"{where}: {e}; run on a PREEMPT_RT kernel (docs/drivers.md), or realtime = false for a simulator"
         return (f"{where}: cannot connect ({type(e).__name__}: {e}); check the robot is powered, FCI activated, "
                 f"its IP address and the cable to the Control box's LAN port")
 
@@ -263,8 +265,8 @@ class FrankaArm(DeviceBase):
         except BaseException as e:
             if isinstance(e, CallTimeout):
                 cut_connections(c.host, (GRIPPER_PORT,))
-            raise DeviceFaultError(f"{self.name}:{GRIPPER_PORT}: cannot reach the Franka Hand ({type(e).__name__}: {e}); "
-                                   f"check it is mounted and enabled in Desk, or set gripper = false") from e
+            raise DeviceFaultError(f"{self.name}:{GRIPPER_PORT}: cannot reach the Franka Hand ({type(e).__name__}: "
+                                   f"{e}); check it is mounted and enabled in Desk, or set gripper = false") from e
         if gs.max_width > 0:
             self.gripper_max_width = float(gs.max_width)
         else:
@@ -310,7 +312,7 @@ class FrankaArm(DeviceBase):
             caller.call(box.clear, max(self.config.call_timeout_s, 1.5), "close")  # libfranka's UDP timeout: 1 s
         except CallTimeout:
             pass
-        n = cut_connections(self.config.host, (ROBOT_PORT,))  # none, unless a call is stuck or someone holds the franky object
+        n = cut_connections(self.config.host, (ROBOT_PORT,))  # 0 unless a call is stuck or the Robot is held elsewhere
         if n or caller.stuck is not None:
             log.warning("%s: cut %d connection(s) to the controller left open (stuck call: %s)", self.name, n,
                         caller.stuck)
@@ -381,8 +383,8 @@ class FrankaArm(DeviceBase):
 
         try:
             self._caller.call(stop, max(self.config.call_timeout_s, 2.0), "stop")
-        except (CallTimeout, self._fk.NetworkException) as e:
-            self._link_lost = self._link_lost or f"stop: {e}"
+        except Exception as e:  # no answer, a broken connection, a dead Robot ("Net Exception")
+            self._link_lost = self._link_lost or f"stop: {type(e).__name__}: {e}"
             cut_connections(self.config.host, (ROBOT_PORT,))
             raise DeviceFaultError(f"{self.name}: could not stop the motion ({e})") from e
 
@@ -411,7 +413,7 @@ class FrankaArm(DeviceBase):
                             f"{t_robot:.3f} s, state_timeout_s = {self.config.state_timeout_s})")
         mode = str(st.robot_mode).rsplit(".", 1)[-1]
         if mode in ("Reflex", "UserStopped") and self._fault is None and not self._estopped:
-            self._fail(f"robot in {mode} mode" + ("" if mode == "Reflex" else " (the user stop is pressed; release it)"))
+            self._fail(f"robot in {mode} mode" + ("" if mode == "Reflex" else " (the user stop is pressed)"))
         return ArmState(joints=np.array(st.q, dtype=np.float64), ee_pose=Pose.from_matrix(np.asarray(st.O_T_EE.matrix)),
                         gripper=self._gripper_fraction(now), joint_velocities=np.array(st.dq, dtype=np.float64),
                         stamp_ns=now_ns())
@@ -516,9 +518,12 @@ class FrankaArm(DeviceBase):
             self._open_gripper()
         try:
             ok = self._caller.call(self._robot.recover_from_errors, max(self.config.call_timeout_s, 5.0), "recover")
-        except (CallTimeout, self._fk.Exception) as e:
+        except Exception as e:
+            if not isinstance(e, (self._fk.CommandException, self._fk.ControlException)):  # the link: reconnect next
+                self._link_lost = f"recover: {type(e).__name__}: {e}"
+                cut_connections(self.config.host, (ROBOT_PORT,))
             raise DeviceFaultError(f"{self.name}: automatic error recovery failed ({type(e).__name__}: {e}); check "
-                                   f"Desk for the error and clear it there") from e
+                                   f"Desk for the error and clear it there, then resume() again") from e
         if ok is False:
             raise DeviceFaultError(f"{self.name}: automatic error recovery was refused; check Desk for the error")
         self._fault, self._estopped, self._prev_cmd = None, False, None
@@ -542,7 +547,8 @@ class FrankaArm(DeviceBase):
                 if fut is None and goal is not None and goal != issued:
                     if goal < c.grasp_below:
                         if issued is None or issued >= c.grasp_below:
-                            fut = g.grasp_async(0.0, c.gripper_speed_mps, c.grasp_force_n, 0.005, self.gripper_max_width)
+                            fut = g.grasp_async(0.0, c.gripper_speed_mps, c.grasp_force_n, 0.005,
+                                                self.gripper_max_width)  # close until contact, any width counts
                     else:
                         fut = g.move_async(goal * self.gripper_max_width, c.gripper_speed_mps)
                     issued = goal

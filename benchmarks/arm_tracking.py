@@ -149,13 +149,14 @@ def main(argv=None) -> int:
         if case == CHOSEN:
             flat[f"franka_track_rms_mrad_{hz}"] = r["rms_mrad"]
             flat[f"franka_track_vs_baseline_{hz}"] = ratio(base, r["rms_mrad"])
-        rows.append([case, f"{rate:.0f}", f"{r['rms_mrad']:.2f}", f"{r['max_mrad']:.1f}", fmt_ratio(ratio(base, r["rms_mrad"])),
+        rows.append([case, f"{rate:.0f}", f"{r['rms_mrad']:.2f}", f"{r['max_mrad']:.1f}",
+                     fmt_ratio(ratio(base, r["rms_mrad"])),
                      f"{r['state_p50_ms']:.3f}", f"{r['command_p50_ms']:.3f}", f"{r['command_p99_ms']:.3f}",
                      f"{r['late_ticks']}/{r['ticks']}", r["faults"]])
+    late = 100 * (flat["franka_sim_late_tick_fraction"] or 0)
     caption = (f"{machine_line()}; {args.seconds:g} s per run, {args.amp:g} rad at {FREQ_HZ:g} Hz on all 7 joints; "
-               f"vs baseline = baseline RMS / RMS (re-issued motions to stop at each target); franky-sim real-time factor "
-               f"{sim.get('realtime_factor', float('nan')):.3f}, {100 * (flat['franka_sim_late_tick_fraction'] or 0):.1f} % "
-               f"of its 1 ms ticks late")
+               f"vs baseline = baseline RMS / RMS (re-issued motions to stop at each target); franky-sim "
+               f"real-time factor {sim.get('realtime_factor', float('nan')):.3f}, {late:.1f} % of its 1 ms ticks late")
     print_table("Franka joint tracking through FrankaArm (franky-sim FR3)",
                 ["mode", "Hz", "RMS mrad", "max mrad", "vs baseline", "state p50 ms", "command p50 ms",
                  "command p99 ms", "late ticks", "faults"], rows, caption)

@@ -72,7 +72,8 @@ def test_cli_sim_episode_json_and_profile(tmp_path, capsys):
     assert "planner: oracle" in text and "--planner gguf (the shipped model, or --vlm" in text
     assert "depth tare 1/1: depth offset" in text  # the sim config tares against the table top
     row = json.loads(out.read_text().splitlines()[0])
-    assert set(row) == {"task", "instruction", "seed", "success", "duration", "reason"}
+    assert set(row) == {"task", "instruction", "seed", "success", "duration", "reason", "loop", "planning"}
+    assert row["planning"]["accepted"] >= 1 and row["loop"]["sent"] > 100 and row["loop"]["misses"] == 0
     assert row["instruction"] == "put cup in tray"  # the slug's first phrasing, what the planner got
     assert rc == (0 if row["success"] else 1)
     assert row["success"], row["reason"]

@@ -146,6 +146,59 @@ def test_realtime_stalled_expert_holds_and_loop_keeps_period():
     assert out.loop["cycles"] >= 100  # ~150 at 100 Hz for 1.5 s
 
 
+class CallLog:
+    """An episode observer that notes each call (``runtime/episode_record.py`` lists them)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, method):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *a, **kw: self.calls.append((method, a, kw))
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+class Broken:
+    def on_chunk(self, *a):
+        raise RuntimeError("observer bug")
+
+
+def test_observers_see_the_plan_the_guidance_and_every_expert_step():
+    clock = SimClock(start_ns=1_000_000_000)
+    camera = FlatCamera(clock, fail_after=20)  # the IK expert needs no frames: losing the camera only thins them
+    cfg, dev, arm = setup(clock, camera=camera)
+    log = CallLog()
+    pipe = Pipeline(cfg, dev, guidance_config=FAST, observers=[log, None, Broken()])
+    out = pipe.run("pick and place", task="t", seed=3)
+    assert out.success, out.reason  # neither a failing observer nor the lost camera stops the episode
+    names = log.names()
+    assert names[0] == "begin_episode" and log.calls[0][1:] == (("pick and place",), {"task": "t", "seed": 3})
+    assert names[-1] == "end_episode" and log.calls[-1][1] == (out, None)
+    assert names.index("on_plan") < names.index("on_guidance") < names.index("on_chunk")
+    assert names.count("on_plan") == names.count("on_guidance") == 1
+    steps = names[names.index("on_guidance") + 1:-1]
+    n = steps.count("on_chunk")
+    assert n > 20 and steps.count("on_state") == n
+    assert 0 < steps.count("on_frame") < n  # frames while the camera worked (the expert itself takes none)
+    for prev, nxt in zip(log.calls, log.calls[1:]):  # each step: [frame,] state, chunk, with the same state
+        if prev[0] == "on_state":
+            assert nxt[0] == "on_chunk" and nxt[1][2] is prev[1][0]
+    frame, cloud = next(c[1] for c in log.calls if c[0] == "on_frame")
+    assert isinstance(frame, RGBD) and cloud is None
+    plan, plan_frame = next(c[1] for c in log.calls if c[0] == "on_plan")
+    assert len(plan.anchors) == 3 and isinstance(plan_frame, RGBD)
+
+
+def test_without_observers_an_expert_that_takes_no_cloud_reads_no_frames():
+    clock = SimClock(start_ns=1_000_000_000)
+    cfg, dev, arm = setup(clock)
+    out = Pipeline(cfg, dev, guidance_config=FAST).run("pick and place")
+    assert out.success and dev.camera.reads <= 2  # the planner's frame only
+
+
 def make_recording_arm():  # module level: the loop process imports it
     return RecordingArm(q0=(0.1, 0.0, 0.3))
 
@@ -161,9 +214,15 @@ def test_realtime_episode_with_the_loop_in_its_own_process():
     from edgebridge.runtime.profiling import Profiler
 
     prof = Profiler()
-    pipe = Pipeline(cfg, dev, guidance_config=quick, settle_s=0.3, profiler=prof)
+    log = CallLog()
+    pipe = Pipeline(cfg, dev, guidance_config=quick, settle_s=0.3, profiler=prof, observers=[log])
     out = pipe.run("pick and place", max_seconds=15.0)
     assert out.success, out.reason
+    # the expert worker beside a loop process reports its steps to the observers as in the other modes
+    names = log.names()
+    assert names[0] == "begin_episode" and names[-1] == "end_episode" and log.calls[-1][1] == (out, prof)
+    assert "on_plan" in names and names.count("on_chunk") >= 3
+    assert names.count("on_frame") == names.count("on_state") == names.count("on_chunk")
     assert out.loop["sent"] > 100 and out.loop["rejections"] == {}
     # the loop's own stages were profiled in the child and came back with its result
     stages = prof.stage_table()

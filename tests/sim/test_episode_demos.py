@@ -11,12 +11,24 @@ from edgebridge.sim.episode import run_episode
 
 
 def test_put_cup_in_tray_oracle_ik_succeeds(tmp_path):
+    for module in ("pyarrow", "av"):
+        pytest.importorskip(module, reason=f"{module} (extra 'dataset') not installed: record_dir writes LeRobot")
     r = run_episode("put cup in tray", seed=0, record_dir=tmp_path / "rec")
     assert r.success, r.reason
     assert r.task == "put_cup_in_tray" and 3 < r.duration < 20
-    assert (tmp_path / "rec" / "camera.gif").stat().st_size > 1000
-    lines = (tmp_path / "rec" / "steps.jsonl").read_text().splitlines()
-    assert len(lines) > 20 and "ee" in json.loads(lines[0])
+    # record_dir: the episode as a one-episode LeRobot data set, one frame per expert step
+    from edgebridge.datasets.lerobot_v3 import LeRobotReader
+
+    ds = LeRobotReader(tmp_path / "rec")
+    n = ds.episodes[0]["length"]
+    assert len(ds) == 1 and n > 20 and ds.tasks == ["put cup in tray"]
+    ep = ds.episode(0)
+    assert ep["observation.state"].shape == (n, 8) and ep["action"].shape == (n, 8)
+    assert ep["action"][:, 7].min() < 0.5 < ep["action"][0, 7]  # the gripper was told to close on the cup
+    assert ep["observation.state"][:, 7].min() < 0.9  # and it closed (the cup stops it)
+    assert ds.frames(0, "observation.images.front").std() > 10  # the camera's view, not a blank video
+    edge = json.loads((tmp_path / "rec" / "meta" / "edgebridge.json").read_text())
+    assert [(e["success"], e["seed"]) for e in edge["episodes"]] == [(True, 0)]
 
 
 def test_episode_time_limit_ends_as_failure():

@@ -4,6 +4,7 @@
     edge-run --task stack_red_on_blue --episodes 5 --json out.json
     edge-run --planner gguf --vlm models/planner.gguf --profile runs/profile
     edge-run --realtime --profile runs/rt      # the simulator on the wall clock: real concurrency
+    edge-run --episodes 5 --record runs/data --rerun runs/run.rrd   # a LeRobot data set + a Rerun recording
     edge-run --config so101_serial.toml --planner gguf --vlm planner.gguf --task "put the cube in the tray"
 
     edge-run --config so101_serial.toml --port /dev/ttyACM1   # another arm address for this run
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
-from ..errors import DeviceFaultError, EdgebridgeError
+from ..errors import DeviceFaultError, EdgebridgeError, require
 from .config import CONFIG_DIR, load_robot_config, with_overrides
 from .watchdog import SignalGuard, StopRequest
 
@@ -33,7 +34,7 @@ log = logging.getLogger("edgebridge.run")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DEVICE = 0, 1, 2, 3
 EXIT_CODES = """exit codes:
   0    every episode succeeded
-  1    an episode failed (its reason is on its result line)
+  1    an episode failed (its reason is on its result line), or --record could not write its data set
   2    bad arguments or configuration: setup file, model files, calibration, a missing extra
   3    a device could not be opened or faulted: camera or arm not found, port busy or refused, timeout
   130  SIGINT  } the arm was braked to a stop and held, and no further episode ran
@@ -69,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="first seed (episode i uses seed + i)")
     ap.add_argument("--episodes", type=int, default=1, help="number of episodes (default 1)")
     ap.add_argument("--max-seconds", type=float, default=None, help="per-episode time limit (default: the setup's)")
-    ap.add_argument("--record", metavar="DIR", default=None, help="write per-episode step logs + results under DIR")
+    ap.add_argument("--record", metavar="DIR", default=None, help="record the run as one LeRobotDataset v3.0 in "
+                    "DIR (new or empty; one episode per episode run, one frame per expert step: camera video, "
+                    "state, action, guidance, plan; docs/datasets.md)")
+    ap.add_argument("--rerun", metavar="FILE.rrd|spawn", default=None, help="log the run in 3-D to a Rerun "
+                    "recording FILE.rrd, or to a live viewer with 'spawn' (extra 'rerun')")
     ap.add_argument("--profile", metavar="DIR", nargs="?", const="runs/profile", default=None,
                     help="per-stage latency profile: table + profile.json, profile.trace.json (Chrome trace "
                          "events: Perfetto, chrome://tracing), plots and index.html in DIR (default runs/profile)")
@@ -78,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and frames arrive at the camera's rate, so the loop, planner and expert run concurrently as on "
                     "a robot (default: lock-step)")
     ap.add_argument("--json", metavar="FILE", default=None, help="write one JSON object per episode "
-                    "(task, instruction, seed, success, duration, reason) to FILE (JSON lines)")
+                    "(task, instruction, seed, success, duration, reason, loop, planning) to FILE (JSON lines)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return ap
 
@@ -163,11 +168,22 @@ def _run(args, cfg, scene: str | None, stop: StopRequest, guard: SignalGuard) ->
     from .profiling import Profiler
 
     profiler = Profiler() if args.profile is not None else None
+    try:  # before any device opens
+        _check_record(args.record)
+    except (ConfigError, ImportError) as e:
+        _err(_describe(e))
+        return EXIT_CONFIG
+    recorder = view = None  # --record: one data set for the run, opened with the first episode's devices
     json_out = open(args.json, "w") if args.json else None
     failed = ran = 0
     loop_stats = None
     realtime = True
     try:
+        try:
+            view = _open_rerun(args.rerun)
+        except (ImportError, ValueError, OSError) as e:
+            _err(str(e) if str(e).startswith("--rerun") else f"--rerun {args.rerun}: {e}")
+            return EXIT_CONFIG
         for i in range(args.episodes):
             seed = args.seed + i
             choices = RunChoices(task=args.task, seed=seed, planner=args.planner, vlm=args.vlm, mmproj=args.mmproj,
@@ -189,8 +205,13 @@ def _run(args, cfg, scene: str | None, stop: StopRequest, guard: SignalGuard) ->
                     _say(f"[edge-run] loop: {cfg.loop.rate_hz:g} Hz, {'dry run (no commands sent)' if args.dry_run else 'live'}"
                          f"{', lock-step with the simulator' if not devices.clock.realtime else ', real time'}")
                 _say(f"[edge-run] episode {i + 1}/{args.episodes}: {instruction!r} (seed {seed})")
-                record = Path(args.record) / f"episode_{i:03d}_seed{seed}" if args.record else None
-                pipe = Pipeline(cfg, devices, dry_run=args.dry_run, profiler=profiler, record_dir=record, stop=stop)
+                if args.record and recorder is None:
+                    from .episode_record import EpisodeRecorder, RecordConfig
+
+                    recorder = EpisodeRecorder(args.record, RecordConfig.from_robot(cfg),
+                                               meta={"T_base_cam": devices.T_base_cam.tolist()})
+                pipe = Pipeline(cfg, devices, dry_run=args.dry_run, profiler=profiler, stop=stop,
+                                observers=(recorder, view))
                 out = pipe.run(instruction, task=scene or args.task, seed=seed, max_seconds=args.max_seconds)
                 if pipe.last_period_stats is not None:
                     loop_stats = pipe.last_period_stats
@@ -208,6 +229,7 @@ def _run(args, cfg, scene: str | None, stop: StopRequest, guard: SignalGuard) ->
     finally:
         if json_out is not None:
             json_out.close()
+        recorded = _close_observers(args, recorder, view)
     if profiler is not None and ran:
         try:
             profiler.report(args.profile, loop_stats, title=f"edge-run profile ({cfg.name}, last episode's loop)",
@@ -218,7 +240,50 @@ def _run(args, cfg, scene: str | None, stop: StopRequest, guard: SignalGuard) ->
     if args.episodes > 1:
         skipped = f" ({args.episodes - ran} not run: {stop.reason})" if ran < args.episodes else ""
         _say(f"[edge-run] {ran - failed}/{args.episodes} episodes succeeded{skipped}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if failed or not recorded else EXIT_OK
+
+
+def _check_record(path: str | None) -> None:
+    """``--record DIR``: a new or empty directory, and the data set extra installed."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise ConfigError(f"--record {p}: not an empty directory; record into a new one")
+    for module in ("pyarrow", "av"):
+        require(module, "dataset", "--record (a LeRobot data set)")
+
+
+def _open_rerun(target: str | None):
+    if target is None:
+        return None
+    from .rerun_view import RerunView
+
+    return RerunView.open(target, app_id="edge-run")
+
+
+def _close_observers(args, recorder, view) -> bool:
+    """Finish the data set and the Rerun recording (also after an error or a signal); False when the data
+    set could not be written."""
+    ok = True
+    if recorder is not None:
+        from .episode_record import recorded_episodes
+
+        try:
+            recorder.close()
+            _say(f"[edge-run] LeRobot data set: {args.record} ({len(recorded_episodes(args.record))} episodes)")
+        except Exception as e:
+            _err(f"--record {args.record}: {_describe(e)}")
+            ok = False
+    if view is not None:
+        try:
+            view.close()
+        except Exception as e:  # a viewer that went away
+            _err(f"--rerun {args.rerun}: {_describe(e)}")
+        else:
+            if args.rerun != "spawn":
+                _say(f"[edge-run] Rerun recording: {args.rerun} (open it with `rerun {args.rerun}`)")
+    return ok
 
 
 def _report(args, i: int, seed: int, out, pipe, devices, instruction: str, t0: float, json_out) -> None:
@@ -238,7 +303,7 @@ def _report(args, i: int, seed: int, out, pipe, devices, instruction: str, t0: f
     if json_out is not None:
         json_out.write(json.dumps({"task": out.task, "instruction": instruction, "seed": seed,
                                    "success": out.success, "duration": round(out.duration, 3),
-                                   "reason": out.reason}) + "\n")
+                                   "reason": out.reason, "loop": out.loop, "planning": out.planning}) + "\n")
         json_out.flush()
 
 

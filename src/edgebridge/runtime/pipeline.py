@@ -17,6 +17,10 @@ this module never imports the simulator. Two ways to run, picked by the clock:
 Planning: the first plan, a re-plan at each sub-task boundary from a fresh frame, a bounded number of
 retries after a rejected plan (see ``plan_session.py``).
 
+Episode observers (``observers``: the ``--record`` LeRobot recorder, the ``--rerun`` view; their calls are
+listed in ``episode_record.py``) see each accepted plan, each guidance and each expert step (frame, cloud,
+state, chunk) in every run mode; an observer that fails is logged and never stops the episode.
+
 Faults: the expert raising or returning an unusable chunk ``max_expert_failures`` times in a row, the
 newest camera frame older than ``camera.max_frame_age_s`` (no frame, or the same old one again), an arm
 driver fault, SIGINT/SIGTERM -> a controlled stop with the reason in the :class:`EpisodeOutcome`. A stop
@@ -30,7 +34,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -40,11 +43,11 @@ from ..contracts import RGBD, ActionChunk, ArmState
 from ..errors import EdgebridgeError
 from ..interfaces import ActionExpert, Arm, Camera, Planner
 from .config import RobotConfig
+from .episode_record import Observers
 from .lift import AnchorBounds, lift_plan
 from .loop import ControlLoop, LoopResult
 from .plan_session import GUIDANCE_COMPLETE, PlanSession
 from .profiling import Profiler, timer
-from .recorder import Recorder
 from .safety import Kinematics
 from .watchdog import Health, SignalGuard, StopRequest, Watchdog
 
@@ -115,14 +118,13 @@ class Pipeline:
     the whole run, so a signal in one episode also ends the run); default: a new one per episode."""
 
     def __init__(self, cfg: RobotConfig, devices: Devices, *, dry_run: bool = False,
-                 profiler: Profiler | None = None, record_dir: str | Path | None = None,
-                 settle_s: float = 1.5, max_expert_failures: int = 3, guidance_config=None,
-                 stop: StopRequest | None = None) -> None:
+                 profiler: Profiler | None = None, settle_s: float = 1.5, max_expert_failures: int = 3,
+                 guidance_config=None, stop: StopRequest | None = None, observers=()) -> None:
         self.cfg, self.dev = cfg, devices
         self.stop = stop
         self.dry_run = dry_run
         self.profiler = profiler
-        self.record_dir = Path(record_dir) if record_dir is not None else None
+        self.obs = Observers(observers)  # episode observers (--record, --rerun): runtime/episode_record.py
         self.settle_s = settle_s
         self.max_expert_failures = max_expert_failures
         self.guidance_config = guidance_config
@@ -190,7 +192,9 @@ class Pipeline:
         """Plan validation (runs in the planner worker): anchors -> base-frame waypoints, or PlanError (an
         anchor off the image, in a depth hole, or lifted outside ``anchor_bounds``)."""
         with timer(self.profiler, "lift"):
-            return lift_plan(plan, frame, self.dev.T_base_cam, self.anchor_bounds)
+            lifted = lift_plan(plan, frame, self.dev.T_base_cam, self.anchor_bounds)
+        self.obs.on_plan(plan, frame)
+        return lifted
 
     def build_guidance(self, lifted, state: ArmState, stamp_ns: int):
         """Lifted waypoints -> approach path -> spline from the arm's state; returns (duration_s, guidance
@@ -203,6 +207,7 @@ class Pipeline:
             spline = fit_guidance(path, durations, gcfg)
             if self.on_guidance is not None:
                 self.on_guidance(lifted, state, path, spline, stamp_ns)
+            self.obs.on_guidance(lifted, state, path, spline, stamp_ns)
             return spline.duration, spline.sample(self.cfg.perception.guidance_dt, stamp_ns=stamp_ns)
 
     def plan_session(self, instruction: str, watchdog: Watchdog | None, *, blocking: bool) -> PlanSession:
@@ -238,9 +243,9 @@ class Pipeline:
                       dev.time_limit_s if dev.time_limit_s is not None else cfg.task_timeout_s)
         cam_timeout = cfg.camera.max_frame_age_s if self.needs_cloud else None
         watchdog = Watchdog(cfg.loop.chunk_timeout_s, camera_timeout_s=cam_timeout, stop=self.stop)
-        rec = Recorder(self.record_dir)
         t_start = clock.now_ns()
         outcome: EpisodeOutcome | None = None
+        self.obs.begin_episode(instruction, task=task, seed=seed)
         session = self.plan_session(instruction, watchdog, blocking=not clock.realtime)
         self.last_planning = session.stats
         sup = Supervisor(session, t_start + int(limit * 1e9), dev.abort,
@@ -268,7 +273,7 @@ class Pipeline:
                     if dev.arm_factory is None or dev.kin_factory is None or not clock.realtime:
                         raise ValueError("Pipeline: devices have no arm; a loop in its own process needs "
                                          "arm_factory, kin_factory and a real-time clock")
-                    res = self._run_process(sup, watchdog, rec)
+                    res = self._run_process(sup, watchdog)
                     if res is None:
                         res = LoopResult("the control-loop process did not report a result (killed or wedged)",
                                          0, 0, {}, 0, fault=True)
@@ -278,7 +283,7 @@ class Pipeline:
                 self.last_loop = loop
                 self.last_period_stats = loop.stats
                 loop.prepare()
-                worker = _ExpertWorker(self, loop, watchdog, session, rec)
+                worker = _ExpertWorker(self, loop, watchdog, session)
                 if clock.realtime:
                     loop.start()  # the loop runs (holding) while the planner thinks
                     res = self._run_realtime(loop, worker, sup)
@@ -287,9 +292,9 @@ class Pipeline:
                 return finish(*self._judge(res), res)
         finally:
             session.close()
-            rec.close(outcome)
+            self.obs.end_episode(outcome, self.profiler)
 
-    def _run_process(self, sup: "Supervisor", watchdog: Watchdog, rec: Recorder) -> LoopResult:
+    def _run_process(self, sup: "Supervisor", watchdog: Watchdog) -> LoopResult:
         """Real time with the loop in its own process (``loop.isolation = "process"``): no GIL shared with
         the planner and the expert. The parent supervises: planning, camera/expert faults and signals
         become a stop request through shared memory."""
@@ -310,7 +315,7 @@ class Pipeline:
                 return lp.join(15.0)
             if self.needs_cloud and not watchdog.stop_requested():
                 self.warm_up(lp.latest_state())
-            worker = _ExpertWorker(self, _LoopProxy(lp, self.profiler), watchdog, sup.session, rec)
+            worker = _ExpertWorker(self, _LoopProxy(lp, self.profiler), watchdog, sup.session)
             t = threading.Thread(target=worker.run_periodic, name="expert-worker", daemon=True,
                                  args=(self.cfg.expert.every_k_ticks / cfg.loop.rate_hz, stop))
             t.start()
@@ -450,9 +455,8 @@ class _ExpertWorker:
     """One expert step: latest state (+ frame -> cloud) -> act on the session's current guidance ->
     check -> chunk queue."""
 
-    def __init__(self, pipe: Pipeline, loop: ControlLoop, watchdog: Watchdog, session: PlanSession,
-                 rec: Recorder) -> None:
-        self.pipe, self.loop, self.watchdog, self.session, self.rec = pipe, loop, watchdog, session, rec
+    def __init__(self, pipe: Pipeline, loop: ControlLoop, watchdog: Watchdog, session: PlanSession) -> None:
+        self.pipe, self.loop, self.watchdog, self.session = pipe, loop, watchdog, session
         self.failures = 0
         self.camera_failures = 0
         self.steps = 0
@@ -465,7 +469,7 @@ class _ExpertWorker:
         frame = None
         realtime = pipe.dev.clock.realtime
         observed_ns = state.stamp_ns if realtime else time.monotonic_ns()  # end-to-end runs on the wall clock
-        if pipe.needs_cloud or self.rec.wants_frames:  # --record keeps what the camera saw, for any expert
+        if pipe.needs_cloud or pipe.obs:  # observers (--record, --rerun) see what the camera saw, for any expert
             if not realtime:
                 observed_ns = time.monotonic_ns()
             try:
@@ -508,7 +512,10 @@ class _ExpertWorker:
         if pipe.profiler is not None:
             pipe.profiler.chunk_observed(chunk, observed_ns)
         self.loop.inbox.put(chunk)
-        self.rec.step((state.stamp_ns - guidance.stamp_ns) / 1e9, state, chunk, frame)
+        if frame is not None:
+            pipe.obs.on_frame(frame, cloud)
+        pipe.obs.on_state(state)
+        pipe.obs.on_chunk(chunk, guidance, state)
 
     def run_periodic(self, period_s: float, stop: threading.Event) -> None:
         t_next = time.monotonic()

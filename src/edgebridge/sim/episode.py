@@ -66,7 +66,7 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
                 record_dir: str | Path | None = None, max_seconds: float | None = None, realtime: bool = False,
                 setup: str = "sim_panda", expert_model: str | None = None, expert_threads: int | None = None,
                 profiler=None, planner: str = "oracle", vlm: str | None = None, mmproj: str | None = None,
-                planner_options: dict | None = None):
+                planner_options: dict | None = None, observers=()):
     """Run one episode of ``task`` (slug or instruction) with ``seed`` through the runtime pipeline and
     return its :class:`~edgebridge.runtime.pipeline.EpisodeOutcome`; never raises for a failed episode
     (the reason is in the outcome), only for bad arguments.
@@ -81,7 +81,12 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
     ``vlm`` + ``mmproj``, or the shipped planner when both are None); ``plan_noise_m`` applies to the oracle
     only. ``planner_options`` are merged into the setup's ``planner.options`` (e.g. ``n_threads``,
     ``chat_handler``). The planner is built with the other devices (``runtime.devices.build_devices``), as
-    ``edge-run`` builds it."""
+    ``edge-run`` builds it.
+
+    ``observers``: episode observers (``runtime/episode_record.py``: an ``EpisodeRecorder``, a ``RerunView``)
+    that see this episode; the caller closes them. ``record_dir``: record this one episode as a LeRobot
+    data set in that (new or empty) directory; for several episodes in one data set pass one
+    ``EpisodeRecorder`` as an observer instead."""
     from ..runtime.config import load_robot_config, with_overrides
     from ..runtime.devices import RunChoices, build_devices
     from ..runtime.pipeline import Pipeline
@@ -110,11 +115,21 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
                          expert_instance=None if isinstance(expert, str) else expert,
                          sim_plan_noise_m=float(plan_noise_m), sim_depth_noise=depth_noise, sim_realtime=realtime)
     devices, instruction = build_devices(cfg, choices)
+    recorder = None
     try:
-        pipe = Pipeline(cfg, devices, profiler=profiler, record_dir=record_dir)
+        if record_dir is not None:
+            from ..runtime.episode_record import EpisodeRecorder, RecordConfig
+
+            recorder = EpisodeRecorder(record_dir, RecordConfig.from_robot(cfg),
+                                       meta={"T_base_cam": devices.T_base_cam.tolist()})
+        pipe = Pipeline(cfg, devices, profiler=profiler, observers=(*observers, recorder))
         outcome = pipe.run(instruction, task=match_task(task).slug, seed=int(seed), max_seconds=max_seconds)
     finally:
-        devices.close()
+        try:
+            if recorder is not None:
+                recorder.close()
+        finally:
+            devices.close()
     (log.info if outcome.success else log.warning)("episode %s seed %d: %s (%s)", outcome.task, seed,
                                                    "success" if outcome.success else "FAILED", outcome.reason)
     return outcome

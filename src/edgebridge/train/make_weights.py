@@ -49,20 +49,18 @@ def _demo_config(task: str, episodes: int, out: Path, seed: int) -> dict:
 
 def _demos(task: str, episodes: int, out: Path, seed: int) -> Path:
     """Run ``edge-sim demos`` unless ``out`` already holds these demonstrations (same count, seed and config)."""
-    meta = out / "meta.json"
+    meta = out / "meta" / "edgebridge.json"  # the LeRobot data set's edgebridge record (sim/demos.py)
     if meta.exists():
         recorded = json.loads(meta.read_text())
         wanted = {"episodes": episodes, "seed": seed, "config": _demo_config(task, episodes, out, seed)}
-        found = {"episodes": len(list(out.glob("episode_*.npz"))), "seed": recorded.get("seed"),
+        found = {"episodes": len(recorded.get("episodes", [])), "seed": recorded.get("seed"),
                  "config": recorded.get("config")}
         if found == wanted:
             log.info("reusing %s", out)
             return out
         differ = ", ".join("another DemoConfig" if k == "config" else f"{k} {found[k]} (wanted {wanted[k]})"
                            for k in wanted if found[k] != wanted[k])
-        log.info("%s holds other demonstrations (%s); recording again", out, differ)
-        for f in out.glob("episode_*.npz"):
-            f.unlink()
+        log.info("%s holds other demonstrations (%s); recording again", out, differ)  # edge-sim demos replaces them
     cmd = [*_sim_cli(), "demos", "--task", task, "--episodes", str(episodes),
            "--out", str(out), "--seed", str(seed)]
     log.info("running %s", " ".join(shlex.quote(c) for c in cmd))

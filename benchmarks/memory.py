@@ -384,7 +384,8 @@ def _run_child(call: str, timeout_s: float, **env: str) -> dict:
 
 
 def _run_row(label: str, r: dict, base: dict | None) -> list:
-    vs = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base else "baseline"
+    """A table row; ``base`` is the simulator demo's result (None: no baseline row ran), ``r is base`` for it."""
+    vs = "baseline" if r is base else f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base else "n/a"
     return [label, f"{r['peak_mb']:.1f}", f"{r['steady_mb']:.1f}", f"{r['end_anon_mb']:.1f}", f"{r['end_file_mb']:.1f}",
             f"{r['run_s']:.1f}", vs]
 
@@ -436,7 +437,7 @@ def main(argv=None) -> int:
         flat.update({"mem_sim_demo_peak_mb": round(sim["peak_mb"], 1), "mem_sim_demo_steady_mb": round(sim["steady_mb"], 1),
                      "mem_sim_demo_ru_maxrss_mb": round(sim["ru_maxrss_mb"], 1), "mem_sim_demo_rc": sim["rc"],
                      "mem_runtime_vs_sim_demo_peak": round(rt["peak_mb"] / sim["peak_mb"], 3)})
-        table.append(_run_row("edge-run --planner oracle (simulator inside)", sim, None))
+        table.append(_run_row("edge-run --planner oracle (simulator inside)", sim, sim))
         print(f"sim demo: rc {sim['rc']}; {' '.join(sim['result'])}", flush=True)
     table.append(_run_row("runtime: replay camera, null arm, ONNX expert, recorded plan", rt, sim))
     print(f"runtime: {rt['episodes']} episodes ({'; '.join(sorted(set(rt['reasons'])))}), set-up {rt['setup_s']:.1f} s",

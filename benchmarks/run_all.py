@@ -24,6 +24,11 @@ BENCHMARKS = {
     "expert": [],
     "loop": ["--seconds", "5"],
     "sim_success": ["--seeds", "5"],
+    "servo_bus": [],
+    "arm_tracking": ["--seconds", "4"],
+    "fuzz": ["--cases", "2000"],
+    "soak": ["--minutes", "1"],
+    "memory": [],
 }
 
 

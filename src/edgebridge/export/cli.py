@@ -83,7 +83,7 @@ def _bundle(args: argparse.Namespace) -> int:
 def _add_bundle(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bundle", help="everything a Jetson Orin needs for one robot setup (models, setup, wheels, "
                        "install script, manifest); --verify re-hashes one")
-    p.add_argument("--config", help="robot setup: a TOML file or a shipped name (so101_serial, panda_ethernet)")
+    p.add_argument("--config", help="robot setup: a TOML file or a shipped name (so101_serial, fr3_franky, koch_dynamixel)")
     p.add_argument("--out", help="bundle directory to write")
     p.add_argument("--tar", action="store_true", help="also write OUT.tar.gz (one file to copy to the device)")
     p.add_argument("--verify", metavar="BUNDLE", help="re-hash a bundle directory or .tar.gz against its manifest; "

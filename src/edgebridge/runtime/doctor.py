@@ -328,7 +328,7 @@ def check_serial(cfg, h: Host) -> list[Check]:
     else:
         out.append(Check("serial ports", PASS if ports else WARN,
                          ", ".join("/" + x.relative_to(h.root).as_posix() for x in ports) or "none",
-                         "" if ports else "plug the arm's bus adapter in (not needed for an Ethernet arm)"))
+                         "" if ports else "plug the arm's bus adapter in (not needed for a Franka)"))
     if dialout is False:
         out.append(Check("dialout group", WARN, "this user is not in dialout", "sudo usermod -aG dialout $USER"))
     for lat in sorted(h.root.glob("sys/bus/usb-serial/devices/*/latency_timer")):

@@ -28,6 +28,8 @@ EXEMPT = {
     "expert_novelty.py": "analyses a trained expert's feature space offline, not runtime code",
     "arm_tracking.py": "tracks joints through FrankaArm against franky-sim; edge-run's simulated episode drives "
                        "no Franka",
+    "calib_handeye.py": "hand-eye calibration accuracy (collect + handeye in the sim) and success with the recovered "
+                        "camera pose; times no runtime code",
     "servo_bus.py": "times SerialArm on the pseudo-terminal bus emulators (wire time emulated); edge-run reaches it "
                     "only with a real servo arm, which the simulated episode of the slow test has not",
     "sim_success.py": "success rates of simulated episodes and simulator step/render times; no runtime "

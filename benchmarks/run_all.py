@@ -28,7 +28,7 @@ BENCHMARKS = {
     "arm_tracking": ["--seconds", "4"],
     "fuzz": ["--cases", "2000"],
     "soak": ["--minutes", "1"],
-    "memory": [],
+    "memory": ["--seconds", "10", "--repeats", "1", "--skip-cold"],
 }
 
 

@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                 "against the table top)")
     r.add_argument("--max-seconds", type=float, default=None, help="simulated time limit per episode")
     r.add_argument("--json", type=Path, default=None, help="write the episode results to this JSON file")
-    r.add_argument("--record", type=Path, default=None, help="write a GIF + step log per episode under DIR")
+    r.add_argument("--record", type=Path, default=None, help="write each episode as a LeRobot v3 data set under DIR/<task>_seed<N> (docs/datasets.md)")
     r.add_argument("--rerun", default=None, metavar="FILE.rrd|spawn",
                    help="log the episodes in 3-D to a Rerun recording file, or to a live viewer with 'spawn'")
     d = sub.add_parser("demos", help="write demonstrations for the action expert (a LeRobot data set)")

@@ -12,11 +12,13 @@ joints, their servo ids, models and signs, and which way the gripper closes; onl
   line naming the joint that was not moved enough, or whose range crosses the boundary.
 - ``calibrate(arm, arm_id, ...)``: the procedure on a connected ``SerialArm``, with torque off throughout;
   ``prompt`` asks the owner (None: nothing is asked, the sweep lasts ``sweep_s``).
+- ``LiveRanges`` (the ranges so far, redrawn while the owner sweeps) and ``render_calibration``: rich output.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -149,3 +151,46 @@ def calibrate(arm, arm_id: str, *, prompt: Callable[[str], str] | None = None, s
         finally:
             stop.set()
     return build_calibration(template, arm_id, zero, recorder)
+
+
+class LiveRanges:
+    """While the owner sweeps the joints: each servo's lowest, present and highest ticks, redrawn in place."""
+
+    def __init__(self, template, con) -> None:
+        self.names = {j.id: j.name for j in template.joints} | {template.gripper.id: "gripper"}
+        self.con, self.live, self.last = con, None, 0.0
+
+    def __call__(self, rec: RangeRecorder) -> None:
+        from rich.live import Live
+        from rich.table import Table
+
+        if time.monotonic() - self.last < 0.1:
+            return
+        self.last = time.monotonic()
+        t = Table("joint", "id", "min", "now", "max", title="ranges so far (press Enter when done)")
+        for sid, name in self.names.items():
+            t.add_row(name, str(sid), str(rec.lo.get(sid, "-")), str(rec.last(sid)), str(rec.hi.get(sid, "-")))
+        if self.live is None:
+            self.live = Live(t, console=self.con, auto_refresh=False)
+            self.live.start()
+        self.live.update(t, refresh=True)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def render_calibration(cal: ArmCalibration, con) -> None:
+    """The recorded calibration as a table (ticks, and the joint range in degrees)."""
+    from rich.table import Table
+
+    t = Table(title=f"calibration of {cal.arm_id}")
+    for col in ("joint", "id", "offset", "min", "max", "range deg"):
+        t.add_column(col, justify="left" if col == "joint" else "right")
+    lo, hi = cal.joint_limits()
+    for j, a, b in zip(cal.joints, lo, hi):
+        t.add_row(j.name, str(j.id), str(j.offset), str(j.min), str(j.max),
+                  f"{math.degrees(a):.0f}..{math.degrees(b):.0f}")
+    g = cal.gripper
+    t.add_row("gripper", str(g.id), "-", f"closed {g.closed}", f"open {g.open}", "-")
+    con.print(t)

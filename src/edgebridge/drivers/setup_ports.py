@@ -52,3 +52,16 @@ def find_removed(lister: Callable[[], list[PortInfo]], before: list[PortInfo], t
         if gone or time.monotonic() >= deadline:
             return gone
         time.sleep(poll_s)
+
+
+def render_ports(ports: list[PortInfo], console) -> None:
+    """The ports as a rich table (or one line when there are none)."""
+    from rich.table import Table
+
+    if not ports:
+        console.print("no serial ports found")
+        return
+    t = Table("port", "description", "hardware id", title="serial ports")
+    for p in ports:
+        t.add_row(p.device, p.description, p.hwid)
+    console.print(t)

@@ -110,7 +110,8 @@ def assign_id(port: str, scan: BusScan, old: int, new: int, baudrate: int | None
 
 def scans_to_dict(scans: list[BusScan]) -> list[dict]:
     return [{"port": s.port, "protocol": s.protocol, "baudrate": s.baudrate,
-             "servos": {str(sid): {"model_number": n, "model": s.model_name(sid)} for sid, n in sorted(s.servos.items())},
+             "servos": {str(sid): {"model_number": n, "model": s.model_name(sid)}
+                        for sid, n in sorted(s.servos.items())},
              "garbled": list(s.garbled)} for s in scans]
 
 

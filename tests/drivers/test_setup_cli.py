@@ -136,6 +136,23 @@ def test_set_id_dynamixel_checks_from_and_asks_first(monkeypatch, capsys):
         assert asked == ["xl430-w250 servo on %s: id 1 -> 4? [y/N]" % emu.port]
 
 
+def test_set_mode_writes_a_position_mode_with_torque_off(capsys):
+    with DynamixelBusEmulator(models=KOCH) as emu:
+        for i in range(1, 7):
+            emu.set(i, "Torque_Enable", 1)  # an EEPROM write with torque on is refused by the servo
+        argv = ["set-mode", "--port", emu.port, "--protocol", "dynamixel2", "--ids", "1-6"]
+        assert setup_cli.main([*argv, "--mode", "1"]) == 1  # velocity mode: the arm could not hold a goal
+        assert "mode 1 does not hold a goal position" in capsys.readouterr().err
+        assert [emu.get(i, "Operating_Mode") for i in range(1, 7)] == [3] * 6 and _torque(emu) == [1] * 6
+        assert setup_cli.main([*argv, "--mode", "4"]) == 0
+        assert [emu.get(i, "Operating_Mode") for i in range(1, 7)] == [4] * 6 and _torque(emu) == [0] * 6
+    with FeetechBusEmulator(ids=(1,)) as emu:
+        emu.set(1, "Operating_Mode", 3)
+        assert setup_cli.main(["set-mode", "--port", emu.port, "--protocol", "feetech", "--ids", "1",
+                               "--mode", "0"]) == 0
+        assert emu.get(1, "Operating_Mode") == 0 and emu.get(1, "Lock") == 1
+
+
 # --------------------------------------------------------------------------- calibrate
 
 

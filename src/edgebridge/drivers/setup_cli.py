@@ -4,6 +4,7 @@ calibrate are the model).
     edge-setup find-port                                   # unplug the adapter when asked: its port is named
     edge-setup scan --port /dev/ttyACM0 [--protocol feetech|dynamixel2|all] [--baud 1000000] [--json scan.json]
     edge-setup set-id --port /dev/ttyACM0 --id 3 [--from 1] [--baud 1000000] [--to-baud 1000000]
+    edge-setup set-mode --port /dev/ttyACM0 --protocol dynamixel2 --ids 1-6 --mode 4 [--baud 1000000]
     edge-setup calibrate --config so101_serial [--port P] [--arm-id my_arm] [--out my_arm.toml]
     edge-setup check-arm --config so101_serial [--port P | --host H] [--json check.json]
 
@@ -16,7 +17,6 @@ through the setup's safety limits and reports per joint tracking error, command-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import ipaddress
 import json
@@ -29,6 +29,7 @@ import numpy as np
 from ..config import ConfigError
 from ..errors import DeviceFaultError, EdgebridgeError
 from . import setup_ports
+from .setup_args import build_parser
 from .servo_protocol import PROTOCOLS
 from .servo_setup import COMMON_BAUDRATES
 from .setup_servos import SetupRefused
@@ -36,11 +37,6 @@ from .setup_servos import SetupRefused
 log = logging.getLogger("edgebridge.setup")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_DEVICE = 0, 1, 2, 3
-EXIT_CODES = """exit codes:
-  0    done (check-arm: every joint passed)
-  1    not done: no port went away, no servo or several answered, a joint failed its check
-  2    bad arguments or configuration (setup file, calibration, a missing extra)
-  3    a device could not be opened or faulted (port busy or gone, servo silent)"""
 MAX_DEFAULT_RATE_HZ = 100.0  # check-arm's default rate: the setup's, at most this (a slow step needs no more,
 # and a 500 Hz Python loop on a shared CPU starves libfranka's own 1 kHz thread: measured on franky-sim)
 WORKSPACE_HINT = ("move the arm by hand (torque off) until the end effector is inside the box, or pass "
@@ -157,6 +153,18 @@ def cmd_set_id(args) -> int:
     assign_id(args.port, scan, old, args.id, to_baud)
     con.print(f"servo {scan.model_name(old)} on {args.port}: {what} (stored in its EEPROM). Label it, then "
               f"connect the next one.")
+    return EXIT_OK
+
+
+def cmd_set_mode(args) -> int:
+    from .setup_servos import parse_ids, set_operating_mode
+
+    ids = parse_ids(args.ids)
+    if ids is None:
+        raise ValueError("--ids: name the servos, e.g. 1-6")
+    done = set_operating_mode(args.port, args.protocol, args.baud, ids, args.mode)
+    _console().print(f"Operating_Mode {args.mode} on {args.port}: " +
+                     ", ".join(f"servo {sid} ({m})" for sid, m in done.items()))
     return EXIT_OK
 
 
@@ -321,65 +329,8 @@ def cmd_check_arm(args) -> int:
 # --------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edge-setup", description="Set up a robot arm once: find its port, scan "
-                                 "and number its servos, calibrate it, check it.", epilog=EXIT_CODES,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("find-port", help="which serial port is the arm's (unplug it when asked)")
-    p.add_argument("--list", action="store_true", help="only list the ports")
-    p.add_argument("--yes", action="store_true", help="ask nothing: wait up to --wait s for a port to go away")
-    p.add_argument("--wait", type=float, default=10.0, help="--yes: seconds to wait (default 10)")
-    p.add_argument("--json", default=None, help="write the ports and the one that went away to this file")
-
-    protocols = ["all", *PROTOCOLS]
-    p = sub.add_parser("scan", help="what servos answer on a port: ids, models, baud rate, protocol")
-    p.add_argument("--port", required=True)
-    p.add_argument("--protocol", choices=protocols, default="all")
-    p.add_argument("--baud", type=int, nargs="+", default=None, help="baud rate(s) to try (default: the common ones)")
-    p.add_argument("--ids", default=None, help="ids to ping, e.g. 1-6,10 (default: every id)")
-    p.add_argument("--json", default=None, help="write what answered to this file")
-
-    p = sub.add_parser("set-id", help="give the one connected servo a new id (one servo at a time)")
-    p.add_argument("--port", required=True)
-    p.add_argument("--id", type=int, required=True, help="the new id")
-    p.add_argument("--from", dest="from_id", type=int, default=None, help="refuse unless the servo answers at this id")
-    p.add_argument("--protocol", choices=protocols, default="all")
-    p.add_argument("--baud", type=int, nargs="+", default=None,
-                   help="baud rate(s) to look at (default: the common ones)")
-    p.add_argument("--to-baud", type=int, default=None, help="also switch the servo to this baud rate")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-
-    p = sub.add_parser("calibrate", help="record a servo arm's calibration file (torque off, by hand)")
-    p.add_argument("--config", required=True, help="robot setup: a TOML file or a shipped name")
-    p.add_argument("--port", default=None, help="the arm's serial port (default: arm.options.port)")
-    p.add_argument("--arm-id", default=None, help="the arm's name in the file (default: the file's or the setup's)")
-    p.add_argument("--out", default=None, help="calibration file to write (default: the setup's own calibration "
-                   "file, or ./calibration/<arm-id>.toml when the setup uses a shipped one)")
-    p.add_argument("--yes", action="store_true", help="ask nothing: zero pose read at once, ranges for --sweep-s")
-    p.add_argument("--sweep-s", type=float, default=10.0, help="--yes: seconds to record the ranges (default 10)")
-
-    p = sub.add_parser("check-arm", help="move each joint a small step and back; report tracking, lag, faults")
-    p.add_argument("--config", required=True, help="robot setup: a TOML file or a shipped name")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--port", default=None, help="a servo arm's serial port (arm.options.port)")
-    where.add_argument("--host", default=None, help="a Franka's controller address (arm.options.host)")
-    p.add_argument("--step", type=float, default=0.05, help="rad each joint moves (default 0.05)")
-    p.add_argument("--speed", type=float, default=0.2, help="top joint speed, rad/s (default 0.2)")
-    p.add_argument("--settle", type=float, default=0.3, help="seconds held at each end (default 0.3)")
-    p.add_argument("--tolerance", type=float, default=0.02, help="largest final error that passes, rad (default 0.02)")
-    p.add_argument("--rate", type=float, default=None, help="control rate, Hz (default: the setup's "
-                   "loop.rate_hz, at most 100)")
-    p.add_argument("--ignore-workspace", action="store_true", help="do not check the workspace box (joint, velocity "
-                   "and acceleration limits still hold)")
-    p.add_argument("--json", default=None, help="write the per-joint results to this file")
-    return ap
-
-
-COMMANDS = {"find-port": cmd_find_port, "scan": cmd_scan, "set-id": cmd_set_id, "calibrate": cmd_calibrate,
-            "check-arm": cmd_check_arm}
+COMMANDS = {"find-port": cmd_find_port, "scan": cmd_scan, "set-id": cmd_set_id, "set-mode": cmd_set_mode,
+            "calibrate": cmd_calibrate, "check-arm": cmd_check_arm}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,9 @@
   connected at a time); refuses, naming every servo that answered, when there are more, or a garbled id
   where it answered (two servos sharing an id).
 - ``assign_id(port, scan, old, new, baudrate=None)``: write the new id (and optionally a new baud rate).
+- ``set_operating_mode(port, protocol, baudrate, ids, mode)``: torque off, then Operating_Mode (EEPROM; the
+  Feetech lock opened and closed again), read back; only the modes in which Goal_Position commands a
+  position (the arm refuses any other).
 - ``scans_to_dict`` / ``render_scans``: JSON and a rich table.
 """
 
@@ -16,6 +19,7 @@ from typing import Callable, Iterable
 
 from ..errors import DeviceFaultError
 from .servo_bus import ServoBus, ServoBusConfig
+from .servo_protocol import model_by_number
 from .servo_setup import DEFAULT_MODEL, BusScan, find_servos, set_baudrate, set_id
 
 log = logging.getLogger(__name__)
@@ -106,6 +110,43 @@ def assign_id(port: str, scan: BusScan, old: int, new: int, baudrate: int | None
         if not bus.ping(new):
             raise DeviceFaultError(f"servo bus {port}: servo {new} does not answer after the change; power-cycle "
                                    f"it and scan the bus")
+
+
+def set_operating_mode(port: str, protocol: str, baudrate: int, ids: Iterable[int], mode: int,
+                       timeout_s: float = 0.05) -> dict[int, str]:
+    """Write Operating_Mode ``mode`` to every servo of ``ids`` (torque off first) and read it back; returns
+    id -> model name. Every servo is checked before any is written."""
+    cfg = ServoBusConfig(port, model=DEFAULT_MODEL[protocol], baudrate=baudrate, timeout_s=timeout_s, retries=1,
+                         protocol=protocol)
+    with ServoBus(cfg) as bus:
+        models = {}
+        for sid in ids:
+            number = bus.ping_model(sid)
+            if number is None:
+                raise SetupRefused(f"servo {sid} does not answer on {port} ({protocol} at {baudrate} baud); scan the "
+                                   f"bus for its id and baud rate")
+            m = model_by_number(number, protocol)
+            if m is None or "Operating_Mode" not in m.table:
+                raise SetupRefused(f"servo {sid} on {port} (model number {number}) has no Operating_Mode register "
+                                   f"edgebridge knows")
+            if mode not in m.position_modes:
+                raise SetupRefused(f"servo {sid} ({m.name}): mode {mode} does not hold a goal position, which the arm "
+                                   f"needs; choose one of {list(m.position_modes)}")
+            bus.set_model(sid, m)
+            models[sid] = m
+        for sid, m in models.items():
+            bus.write(sid, "Torque_Enable", 0)
+            lock = m.protocol == "feetech" and "Lock" in m.table
+            if lock:
+                bus.write(sid, "Lock", 0)
+            bus.write(sid, "Operating_Mode", mode)
+            if lock:
+                bus.write(sid, "Lock", 1)
+            back = bus.read(sid, "Operating_Mode")
+            if back != mode:
+                raise DeviceFaultError(f"servo bus {port}: servo {sid} reads back Operating_Mode {back} after "
+                                       f"writing {mode}; power-cycle it and try again")
+    return {sid: m.name for sid, m in models.items()}
 
 
 def scans_to_dict(scans: list[BusScan]) -> list[dict]:

@@ -29,9 +29,9 @@ import numpy as np
 from ..config import ConfigError
 from ..errors import DeviceFaultError, EdgebridgeError
 from . import setup_ports
-from .setup_args import build_parser
 from .servo_protocol import PROTOCOLS
 from .servo_setup import COMMON_BAUDRATES
+from .setup_args import build_parser
 from .setup_servos import SetupRefused
 
 log = logging.getLogger("edgebridge.setup")

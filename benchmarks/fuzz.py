@@ -446,19 +446,22 @@ def main(argv=None) -> int:
     import logging
 
     logging.disable(logging.CRITICAL)  # rejected inputs log warnings by design; a million of them is noise
-    flat, rows, failed = {"fuzz_cases_per_target": args.cases}, [], False
-    for k, name in enumerate(args.targets):
-        r = run_target(name, args.cases, args.seed + k)
-        flat.update({f"fuzz_{name}_crashes": r["crashes"], f"fuzz_{name}_accepted_invalid": r["accepted_invalid"],
-                     f"fuzz_{name}_accepted": r["accepted"], f"fuzz_{name}_cases_per_s": r["cases_per_s"]})
-        failed |= bool(r["crashes"] or r["accepted_invalid"])
-        rows.append([name, r["cases"], r["crashes"], r["accepted_invalid"], r["accepted"], f"{r['cases_per_s']:.0f}",
-                     f"{r['cases_per_s'] / r['gen_per_s']:.2f}x" if math.isfinite(r["gen_per_s"]) else "n/a"])
-        for ex in r["examples"]:
-            print(ex)
-    print_table("fuzzing the input edges", ["target", "cases", "crashes", "accepted invalid", "accepted", "cases/s",
-                                            "vs generator alone"], rows,
-                caption=f"{machine_line()}; crashes = exceptions other than the documented one; targets 0 and 0")
+    try:
+        flat, rows, failed = {"fuzz_cases_per_target": args.cases}, [], False
+        for k, name in enumerate(args.targets):
+            r = run_target(name, args.cases, args.seed + k)
+            flat.update({f"fuzz_{name}_crashes": r["crashes"], f"fuzz_{name}_accepted_invalid": r["accepted_invalid"],
+                         f"fuzz_{name}_accepted": r["accepted"], f"fuzz_{name}_cases_per_s": r["cases_per_s"]})
+            failed |= bool(r["crashes"] or r["accepted_invalid"])
+            rows.append([name, r["cases"], r["crashes"], r["accepted_invalid"], r["accepted"], f"{r['cases_per_s']:.0f}",
+                         f"{r['cases_per_s'] / r['gen_per_s']:.2f}x" if math.isfinite(r["gen_per_s"]) else "n/a"])
+            for ex in r["examples"]:
+                print(ex)
+        print_table("fuzzing the input edges", ["target", "cases", "crashes", "accepted invalid", "accepted", "cases/s",
+                                                "vs generator alone"], rows,
+                    caption=f"{machine_line()}; crashes = exceptions other than the documented one; targets 0 and 0")
+    finally:
+        logging.disable(logging.NOTSET)
     write_json(args.json, flat)
     return 1 if failed else 0
 

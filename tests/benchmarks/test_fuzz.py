@@ -40,3 +40,11 @@ def test_the_frame_checks_count_a_bus_that_returns_a_value_no_frame_holds(monkey
     for target in ("feetech_frame", "dynamixel_frame"):
         r = fuzz.run_target(target, 200, seed=2)
         assert r["accepted_invalid"] == r["accepted"] > 0
+
+
+def test_a_fuzz_run_leaves_logging_on(caplog):
+    import logging
+
+    fuzz.main(["--cases", "5", "--targets", "plan"])
+    logging.getLogger("edgebridge.test").warning("still logging")
+    assert "still logging" in caplog.text

@@ -1,7 +1,7 @@
 """The data sets edgebridge writes open in LeRobot's own library, and edgebridge reads what the library writes.
 
 ``lerobot-dataset`` cannot live in the project's environment (its OpenCV pin would shadow the ``calib`` extra's,
-see tests/datasets/lerobot_env/build.py), so these tests build a separate environment once (about 1.5 min
+see tests/lerobot_format/lerobot_env/build.py), so these tests build a separate environment once (about 1.5 min
 with a warm pip cache; reused afterwards) and run the scripts beside that file in it. No package index, or a
 failed build: the tests are skipped with the reason.
 """

@@ -3,7 +3,7 @@
 Files and fields follow LeRobot's ``LeRobotDataset`` v3.0 (``docs/datasets.md``): many episodes per
 data and video file, ``meta/episodes`` with each episode's frame range, file indices, video time span and
 statistics; ``LeRobotDataset(repo_id, root=DIR)`` of the ``lerobot-dataset`` package opens what
-:class:`LeRobotWriter` writes (``tests/datasets/test_lerobot_library.py`` checks that).
+:class:`LeRobotWriter` writes (``tests/lerobot_format/test_lerobot_library.py`` checks that).
 
     with LeRobotWriter(root, fps=10, features=feats, robot_type="panda") as w:
         for obs in episode:

@@ -286,7 +286,7 @@ def window_samples(spec: FeatureSpec, state, action, cloud, n_valid, window, goa
     """Raw features and residual targets from per-frame data: state (T, 8), action (T, 8) (the chunk at a
     step is the next H actions, the last held), cloud (T, N, 3) + n_valid (T,), the guidance window
     (T, K, 8) at ``now + k * action_dt`` and goal (T, 8). Equal to :func:`raw_features` and
-    :func:`residual_targets` on the whole guidance (tests/datasets/test_lerobot_demos.py)."""
+    :func:`residual_targets` on the whole guidance (tests/lerobot_format/test_lerobot_demos.py)."""
     state, action = np.asarray(state, np.float64), np.asarray(action, np.float64)
     window, goal = np.asarray(window, np.float64), np.asarray(goal, np.float64)
     t, g, h = len(state), spec.guidance_steps, spec.horizon

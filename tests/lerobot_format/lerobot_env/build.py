@@ -7,7 +7,7 @@ It stays apart from the project's environment on purpose: ``lerobot-dataset`` pi
 ``av<16``, and imports torch and torchvision without declaring them. torch is the project's pin (``torch==2.13.0``,
 resolved as the Makefile resolves it); torchvision is the stand-in beside this file (see its docstring).
 
-    python tests/datasets/lerobot_env/build.py      # build (or reuse) and print the interpreter's path
+    python tests/lerobot_format/lerobot_env/build.py      # build (or reuse) and print the interpreter's path
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Open an edgebridge-written data set with ``lerobot-dataset``'s ``LeRobotDataset`` and compare it with what was
-written. Runs inside the LeRobot check environment (tests/datasets/test_lerobot_library.py), never in the
+written. Runs inside the LeRobot check environment (tests/lerobot_format/test_lerobot_library.py), never in the
 project's own.
 
     python check_dataset.py ROOT EXPECTED.json   -> prints one JSON line; exit 1 with the mismatches listed

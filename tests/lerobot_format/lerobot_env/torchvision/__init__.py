@@ -1,4 +1,4 @@
-"""Stand-in for torchvision inside the LeRobot check environment only (tests/datasets/test_lerobot_library.py).
+"""Stand-in for torchvision inside the LeRobot check environment only (tests/lerobot_format/test_lerobot_library.py).
 
 ``lerobot-dataset`` imports torchvision at module level but uses only ``transforms.ToTensor`` (for PNG image
 features) and, for its ``pyav`` video backend, ``io.VideoReader`` + ``set_video_backend``. The torchvision

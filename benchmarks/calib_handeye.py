@@ -24,8 +24,9 @@ scene), and the three success counts.
 ``--json`` keys: ``calib_trans_err_mm`` / ``calib_rot_err_deg`` (worst seed), ``..._mean``,
 ``calib_samples`` (mean kept samples), ``calib_reprojection_px`` (mean RMS), ``calib_closed_form_*``,
 ``calib_nominal_*``, ``calib_small_rotation_*``, ``calib_collect_s`` (mean wall time of a session),
-``success_true_calib`` / ``success_recovered_calib`` / ``success_nominal_calib`` / ``episodes``
-(with ``--episodes``).
+``success_true_calib`` / ``success_recovered_calib`` / ``success_nominal_calib`` / ``episodes`` and
+``recovered_vs_true_*`` / ``nominal_vs_true_*`` (``p_below``: one-sided Fisher exact p of a lower success
+rate than with the true pose; ``verdict``: ``below`` at p < 0.05, else ``level``) (with ``--episodes``).
 """
 
 from __future__ import annotations
@@ -160,8 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         flat.update(calib_small_rotation_trans_err_mm=worst("trans_mm", small),
                     calib_small_rotation_rot_err_deg=worst("rot_deg", small))
     if args.episodes:
+        from edgebridge.sim.stats import compare_success
+
+        n = len(runs)
+        vs = {name: compare_success(wins[name], n, wins["true"], n) for name in ("recovered", "nominal")}
         flat.update(success_true_calib=wins["true"], success_recovered_calib=wins["recovered"],
-                    success_nominal_calib=wins["nominal"], episodes=len(runs))
+                    success_nominal_calib=wins["nominal"], episodes=n,
+                    recovered_vs_true_p_below=round(vs["recovered"].p_below, 4),
+                    recovered_vs_true_verdict=vs["recovered"].verdict,
+                    nominal_vs_true_p_below=round(vs["nominal"].p_below, 4), nominal_vs_true_verdict=vs["nominal"].verdict)
     cols = ["seed", "n", "mm / deg", "closed form", "small rot", "nominal", "px", "s"] + \
         (["ok t/r/n"] if args.episodes else [])
     print_table(f"hand-eye in the simulator: edge-calib collect (auto, {args.poses} poses, {CAPTURE[0]}x{CAPTURE[1]}) "
@@ -180,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table("worst seed: translation mm, rotation deg, baseline error / calibrated error",
                 ["camera pose", "mm", "deg", "vs calibrated"], summary)
     if args.episodes:
-        print(f"put_cup_in_tray, oracle planner + ONNX expert: true calibration {wins['true']}/{len(runs)}, "
-              f"recovered calibration {wins['recovered']}/{len(runs)}, nominal camera pose "
-              f"{wins['nominal']}/{len(runs)}")
+        print_table("put_cup_in_tray, oracle planner + ONNX expert, same scenes (one-sided Fisher exact p of "
+                    "'below the true pose')", ["camera pose", "success", "p below true", "verdict"],
+                    [["true", f"{wins['true']}/{n}", "", ""]]
+                    + [[name, f"{wins[name]}/{n}", f"{c.p_below:.3f}", c.verdict] for name, c in vs.items()])
     write_json(args.json, flat)
     return 0
 

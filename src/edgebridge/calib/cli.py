@@ -235,6 +235,8 @@ def cmd_collect(args) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("edge-calib collect: nothing moved", file=sys.stderr)
             return 1
+    if args.mode == "manual" and not args.yes and not args.no_torque_off:
+        input("torque goes off on every joint: hold the arm so that it cannot fall, then press Enter ")
     rig = open_rig(args.config, board, seed=args.seed, task=args.task, capture_size=args.capture_size)
     try:
         for note in rig.notes:

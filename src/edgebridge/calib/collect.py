@@ -187,8 +187,8 @@ class Collector:
         self.samples.append({"image": name, "T_base_ee": T_base_ee.tolist(), "joints": q.tolist(),
                              "corners": pose.n_points, "label": label})
         self.write_manifest()
-        self.say(f"  sample {i}: {label}, {pose.n_points} corners, {pose.reprojection_rms_px:.2f} px, "
-                 f"turned {turn:.1f} deg from the nearest earlier sample")
+        self.say(f"  sample {i}: {label}, {pose.n_points} corners, {pose.reprojection_rms_px:.2f} px"
+                 + (f", turned {turn:.1f} deg from the nearest earlier sample" if i else ""))
         return pose
 
     def write_manifest(self) -> Path:

@@ -111,6 +111,8 @@ def plan(url, **cfg):
     (b"\xff\xfe\x00garbage", "not a chat completion"),
     (completion(content=GOOD.replace("10", "1" * 5000)), "answer is not a plan"),
     (completion(content=GOOD.replace("10", "NaN")), "NaN is not a JSON number"),
+    ({"choices": [{"message": {"content": GOOD}, "finish_reason": "content_filter"}]}, "finish_reason 'content_filter'"),
+    ({"choices": [{"message": {"content": GOOD}, "finish_reason": "length"}]}, "raise max_tokens"),
 ])
 def test_malformed_answers_are_plan_errors(serve, body, why):
     s = serve(reply(body))

@@ -29,7 +29,7 @@ from ...config import ConfigError, check
 from ...contracts import RGBD, Plan
 from ...errors import PlanError
 from . import transport
-from .format import MAX_ANCHORS, build_grammar, parse_plan, plan_schema
+from .format import MAX_ANCHORS, _brief, build_grammar, parse_plan, plan_schema
 from .gguf import scale_plan
 from .prompt import chat_messages, downscale, image_data_uri, load_assets
 
@@ -248,8 +248,12 @@ class RemotePlanner:
         t2 = time.perf_counter()
         choice = out["choices"][0]
         text = choice["message"].get("content") or ""
-        if choice.get("finish_reason") == "length":
+        finish = choice.get("finish_reason")
+        if finish == "length":
             raise PlanError(f"remote planner: answer cut off at max_tokens={cfg.max_tokens}; raise max_tokens")
+        if finish not in (None, "stop"):  # content_filter, tool_calls, ...: the text may be partial
+            raise PlanError(f"remote planner: the answer ended with finish_reason {_brief(finish)}, not 'stop'; "
+                            f"it may be incomplete, so it is not used")
         plan = parse_plan(text, instruction, sw, sh, max_anchors=cfg.max_anchors, source=self.name)
         plan = scale_plan(plan, factor, w, h)
         t3 = time.perf_counter()

@@ -281,6 +281,25 @@ def test_reflex_or_user_stop_in_the_state_is_a_fault(arm, monkeypatch):
     arm.command(ArmCommand(arm.state().joints, 1.0))
 
 
+def test_an_impossible_state_is_a_fault_naming_it(arm, monkeypatch):
+    real = type(arm._robot).state
+
+    def with_q(q):
+        def fake(robot):
+            st = real.__get__(robot)
+            return types.SimpleNamespace(q=q, dq=st.dq, O_T_EE=st.O_T_EE, time=st.time, robot_mode=st.robot_mode)
+        return property(fake)
+
+    monkeypatch.setattr(type(arm._robot), "state", with_q([0.0, float("nan"), 0, -1.5, 0, 1.5, 0.8]))
+    with pytest.raises(DeviceFaultError, match=r"impossible state \(joints \(7,\) with non-finite values\)"):
+        arm.state()
+    monkeypatch.setattr(type(arm._robot), "state", with_q([0.0, 0.1]))
+    with pytest.raises(DeviceFaultError, match=r"joints \(2,\)"):
+        arm.state()
+    monkeypatch.undo()
+    assert arm.state().joints.shape == (7,)  # the next good frame is a state again
+
+
 def test_controller_goes_silent_mid_motion(sim_server, arm):
     """SIGSTOP the server while streaming: the stale robot clock is a fault within state_timeout_s; after
     SIGCONT, resume() reconnects (the blocked connection was cut) and the arm streams again."""

@@ -414,9 +414,15 @@ class FrankaArm(DeviceBase):
         mode = str(st.robot_mode).rsplit(".", 1)[-1]
         if mode in ("Reflex", "UserStopped") and self._fault is None and not self._estopped:
             self._fail(f"robot in {mode} mode" + ("" if mode == "Reflex" else " (the user stop is pressed)"))
-        return ArmState(joints=np.array(st.q, dtype=np.float64), ee_pose=Pose.from_matrix(np.asarray(st.O_T_EE.matrix)),
-                        gripper=self._gripper_fraction(now), joint_velocities=np.array(st.dq, dtype=np.float64),
-                        stamp_ns=now_ns())
+        q, dq, T = (np.asarray(x, dtype=np.float64) for x in (st.q, st.dq, st.O_T_EE.matrix))
+        bad = [f"{name} {arr.shape}" + ("" if np.all(np.isfinite(arr)) else " with non-finite values")
+               for name, arr, shape in (("joints", q, (7,)), ("velocities", dq, (7,)), ("O_T_EE", T, (4, 4)))
+               if arr.shape != shape or not np.all(np.isfinite(arr))]
+        if bad:  # a frame libfranka accepted but no arm can be in: a fault, never a state for the loop
+            raise DeviceFaultError(f"{self.name}: the controller sent an impossible state ({'; '.join(bad)}); "
+                                   f"the arm is not commanded; check the controller, then resume()")
+        return ArmState(joints=q, ee_pose=Pose.from_matrix(T), gripper=self._gripper_fraction(now),
+                        joint_velocities=dq, stamp_ns=now_ns())
 
     def _gripper_fraction(self, now: float) -> float:
         if not self.config.gripper:

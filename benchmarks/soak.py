@@ -2,10 +2,10 @@
 
 What runs, all at once, for ``--minutes``:
 
-- **episodes**: ``edge-run`` itself (``edgebridge.runtime.cli.main``), called in this process over and over
-  with a new seed each time (the embedded default: simulated Panda, shipped VLM planner, shipped expert,
-  lock-step). They load the CPU, and they are what the memory figure watches: a leak per episode shows as
-  resident memory that keeps growing.
+- **episodes**: one ``edge-run`` process (the embedded default: simulated Panda, shipped VLM planner,
+  shipped expert, lock-step) running episode after episode, as a robot runs it, and ended with SIGINT at the
+  end (it must exit 130). It loads the CPU, and it is what the memory figure watches: a leak per episode
+  shows as resident memory that keeps growing.
 - **the loop**: the runtime's ``ControlLoop`` at ``--rate`` (500 Hz) in its own process (``LoopProcess``, as
   the setups use it) with ``--rt`` (SCHED_FIFO) and ``--cpu``, on a null arm, fed action chunks at 10 Hz by
   the shipped expert ONNX.
@@ -15,8 +15,8 @@ What runs, all at once, for ``--minutes``:
 
 Figures (``--json FILE``, one flat object):
 
-- ``soak_rss_growth_mb_per_min``: slope of a least-squares line through the resident memory (this process +
-  the loop's process, ``/proc/<pid>/status`` VmRSS) sampled every ``--sample-s`` after the warm-up
+- ``soak_rss_growth_mb_per_min``: slope of a least-squares line through the resident memory (the edge-run
+  process + the loop's process, ``/proc/<pid>/status`` VmRSS) sampled every ``--sample-s`` after the warm-up
   (``--warmup-min``, default the first 20 % of the run). Target <= 0.1 MB/min.
 - ``soak_loop_misses_per_min`` and ``soak_floor_misses_per_min``, and their ratio
   ``soak_misses_vs_floor`` (target <= 2).
@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -69,32 +70,38 @@ def growth_mb_per_min(t_s: np.ndarray, mb: np.ndarray) -> float:
     return float(slope)
 
 
-class Episodes(threading.Thread):
-    """``edge-run`` episode after episode until stopped. Runs ``cli.main`` in this thread: the CLI installs
-    its signal handlers only from the main thread, so here they are skipped, which changes nothing else."""
+class Episodes:
+    """One ``edge-run`` process running episode after episode (``--episodes`` large, as a robot runs it),
+    ended with SIGINT at the end of the soak (it must exit 130). Its resident memory is sampled by pid."""
 
-    def __init__(self, stop: threading.Event, argv: list[str], seed0: int) -> None:
-        super().__init__(daemon=True, name="soak-episodes")
-        self.stop, self.argv, self.seed = stop, argv, seed0
-        self.ran = self.succeeded = 0
+    def __init__(self, argv: list[str], seed0: int) -> None:
+        self.out = Path(tempfile.mkdtemp(prefix="soak-")) / "episodes.jsonl"
+        exe = Path(sys.executable).with_name("edge-run")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgebridge.runtime.cli"]
+        self.proc = subprocess.Popen([*cmd, *argv, "--episodes", "100000", "--seed", str(seed0),
+                                      "--json", str(self.out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self.pid = self.proc.pid
+        self.rc: int | None = None
         self.errors: list[str] = []
 
-    def run(self) -> None:
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.rc = self.proc.returncode
+        if self.rc != 130:
+            self.errors.append(f"edge-run exited {self.rc} on SIGINT (expected 130): {err.strip()[-300:]}")
+
+    def rows(self) -> list[dict]:
         import json
 
-        from edgebridge.runtime.cli import main
-
-        out = Path(tempfile.mkdtemp(prefix="soak-")) / "episode.jsonl"
-        while not self.stop.is_set():
-            try:
-                out.unlink(missing_ok=True)
-                main([*self.argv, "--seed", str(self.seed), "--json", str(out)])
-                self.ran += 1
-                rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
-                self.succeeded += sum(bool(r.get("success")) for r in rows)
-            except Exception as e:  # reported in the table: a soak that crashes must say so
-                self.errors.append(f"seed {self.seed}: {type(e).__name__}: {e}")
-            self.seed += 1
+        if not self.out.exists():
+            return []
+        return [json.loads(x) for x in self.out.read_text().splitlines() if x.strip()]
 
 
 def run_loop(rate: float, seconds: float, rt: int, cpu: int, samples: list, t0: float) -> dict:
@@ -145,15 +152,14 @@ def main(argv=None) -> int:
     floor_s, loop_s = total / 3.0, total * 2.0 / 3.0
 
     stop = threading.Event()
-    episodes = Episodes(stop, args.episode_args.split(), seed0=10_000)
     t0 = time.monotonic()
-    episodes.start()
+    episodes = Episodes(args.episode_args.split(), seed0=10_000)
     main_rss: list[tuple[float, float]] = []
     loop_rss: list[tuple[float, float]] = []
 
     def sampler() -> None:
         while not stop.is_set():
-            main_rss.append((time.monotonic() - t0, rss_mb(os.getpid())))
+            main_rss.append((time.monotonic() - t0, rss_mb(episodes.pid)))
             stop.wait(args.sample_s)
 
     threading.Thread(target=sampler, daemon=True).start()
@@ -164,7 +170,8 @@ def main(argv=None) -> int:
     loop = run_loop(args.rate, loop_s, args.rt, args.cpu, loop_rss, t0)
     print(f"loop: {loop['misses']} misses in {loop['cycles']} cycles ({loop['reason']})", flush=True)
     stop.set()
-    episodes.join(120)
+    episodes.stop()
+    rows = episodes.rows()
 
     t_m, mb_m = (np.array(x, dtype=float) for x in zip(*main_rss)) if main_rss else (np.zeros(0), np.zeros(0))
     keep = t_m >= warm
@@ -188,7 +195,8 @@ def main(argv=None) -> int:
             "soak_loop_misses_per_min": loop_pm, "soak_floor_misses": floor["misses"],
             "soak_floor_cycles": floor["cycles"], "soak_floor_misses_per_min": floor_pm,
             "soak_misses_vs_floor": vs_floor, "soak_loop_p99_ms": loop["p99"], "soak_floor_p99_ms": floor["p99"],
-            "soak_episodes": episodes.ran, "soak_episodes_succeeded": episodes.succeeded,
+            "soak_episodes": len(rows), "soak_episodes_succeeded": sum(bool(r.get("success")) for r in rows),
+            "soak_edge_run_rc": episodes.rc,
             "soak_episode_errors": len(episodes.errors)}
     rows = [["resident memory growth (after warm-up)", f"{growth:.3f} MB/min", "<= 0.1",
              "ok" if growth <= 0.1 else "MISSED"],
@@ -196,8 +204,8 @@ def main(argv=None) -> int:
             ["loop misses", f"{loop['misses']} in {loop['cycles']} ({loop_pm:.1f}/min)", "", ""],
             ["floor misses (bare loop, same load)", f"{floor['misses']} in {floor['cycles']} ({floor_pm:.1f}/min)", "", ""],
             ["loop misses / floor misses (per min)", f"{vs_floor:.2f}", "<= 2", "ok" if vs_floor <= 2 else "MISSED"],
-            ["edge-run episodes (succeeded)", f"{episodes.ran} ({episodes.succeeded})", "", ""],
-            ["episodes that raised", str(len(episodes.errors)), "0", "ok" if not episodes.errors else "MISSED"]]
+            ["edge-run episodes (succeeded)", f"{len(rows)} ({sum(bool(r.get('success')) for r in rows)})", "", ""],
+            ["edge-run exit on SIGINT", str(episodes.rc), "130", "ok" if episodes.rc == 130 else "MISSED"]]
     print_table("soak", ["figure", "value", "target", ""], rows,
                 caption=f"{machine_line()}; {args.minutes:g} min, {args.rate:g} Hz, SCHED_FIFO {args.rt or 'off'}")
     for e in episodes.errors[:5]:

@@ -30,27 +30,13 @@ import numpy as np
 
 from .expert import (GRAPHS, INPUTS, OUTPUT, ExportError, _export, example_inputs, export_expert, ort_session,
                      sha256)
+from ..train.finetune import graph_tensors
 
 log = logging.getLogger(__name__)
 
 # a recovered plain graph must reproduce the source graph's outputs to this (the same ops on the same
 # weights: in practice the difference is 0)
 RECOVERY_TOL = 1e-6
-
-
-def graph_tensors(path: Path) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node values of an ONNX file, by name."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    out[node.output[0]] = numpy_helper.to_array(attr.t)
-    return out
 
 
 def _locate(value: np.ndarray, tensors: dict[str, np.ndarray]) -> tuple[str, bool] | None:

@@ -83,7 +83,8 @@ class Init:
     timesteps: list[int] | None = None
 
 
-def _graph_tensors(path: Path) -> dict[str, np.ndarray]:
+def graph_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node values of an ONNX file, by name (also used by export.reexport)."""
     import onnx
     from onnx import numpy_helper
 
@@ -148,8 +149,8 @@ def recover_onnx(path: str | Path) -> tuple[ActionExpertNet, dict, list[int] | N
     with tempfile.TemporaryDirectory() as tmp:
         probe_path = Path(tmp) / "probe.onnx"
         _export_probe(fused if fused is not None else DDIMSampler(probe, k).eval(), cfg, probe_path, opset)
-        probe_t = _graph_tensors(probe_path)
-    source = _graph_tensors(path)
+        probe_t = graph_tensors(probe_path)
+    source = graph_tensors(path)
     by_size: dict[int, list] = {}
     for name, v in probe_t.items():
         if v.dtype == np.float32:

@@ -2,14 +2,26 @@
 render times.
 
     python benchmarks/sim_success.py [--seeds 50] [--seed-base 0] [--tasks put_cup_in_tray,...] [--experts ik[,onnx]]
-                                     [--conditions clean,plan_1cm,plan_3cm,depth_1cm,depth_10cm] [--json FILE]
+                                     [--conditions clean,plan_3cm,anchor_depth_3cm,...] [--json FILE]
                                      [--planner oracle|gguf [--vlm LM.gguf --mmproj MMPROJ.gguf]] [--jobs N]
 
 Per expert, task and condition: the fraction of ``--seeds`` episodes (seeds B..B+N-1 with B =
 ``--seed-base``; the oracle planner unless ``--planner gguf``)
 that meet the task's success predicate, and its ratio to the same expert's ``clean`` rate (the baseline
-in this run). Conditions: ``plan_Xcm`` = a random 3-D offset of X cm on every oracle anchor;
-``depth_Xcm`` = stereo depth noise plus an X cm depth bias (``DepthNoiseConfig.condition``). Every episode
+in this run). Conditions (``CONDITIONS``: each sets arguments of ``run_episode``):
+
+- ``plan_Xcm``: a random 3-D offset of X cm on every oracle anchor;
+- ``anchor_depth_Xcm`` (1, 3, 10): the depth at which each anchor is lifted is off by a zero-mean
+  Gaussian error of std X cm along the camera ray, independent per anchor and per plan; the point cloud
+  the expert sees stays as sensed. An anchor lifted outside the workspace is handled as on a robot, by
+  the setup's ``planner.anchor_out_of_bounds`` (default ``clamp``: moved along its camera ray to the
+  nearest point inside the workspace when that is within ``planner.anchor_clamp_max_m``, else the plan is
+  rejected and re-planned; ``docs/planner.md``);
+- ``depth_bias_Xcm`` (1, 10; formerly ``depth_Xcm``): stereo depth noise on the whole frame plus an X cm
+  depth bias (``DepthNoiseConfig.condition``).
+
+The default set is the expert-vs-IK table's: clean, plan_1cm, plan_3cm, anchor_depth_1cm/3cm/10cm,
+depth_bias_1cm. Every episode
 first measures the depth offset against the table top and removes it (the depth tare,
 ``edgebridge.calib.depth_tare``); ``--no-depth-tare`` runs on the frames as read (a 10 cm bias then puts
 the lifted anchors under the table and every plan is rejected).
@@ -54,8 +66,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_json_arg, fmt_ms, fmt_ratio, machine_line, print_table, quiet_llama_logs, ratio,  # noqa: E402
                      time_call, write_json)
 
-CONDITIONS = {"clean": (0.0, 0.0), "plan_1cm": (0.01, 0.0), "plan_3cm": (0.03, 0.0),
-              "depth_1cm": (0.0, 0.01), "depth_10cm": (0.0, 0.10)}
+# condition -> the run_episode arguments it sets (edgebridge.sim.episode.run_episode)
+CONDITIONS = {
+    "clean": {},
+    "plan_1cm": {"plan_noise_m": 0.01},
+    "plan_3cm": {"plan_noise_m": 0.03},
+    "anchor_depth_1cm": {"anchor_depth_noise_m": 0.01},
+    "anchor_depth_3cm": {"anchor_depth_noise_m": 0.03},
+    "anchor_depth_10cm": {"anchor_depth_noise_m": 0.10},
+    "depth_bias_1cm": {"depth_noise": 0.01},
+    "depth_bias_10cm": {"depth_noise": 0.10},
+}
+ALIASES = {"depth_1cm": "depth_bias_1cm", "depth_10cm": "depth_bias_10cm"}  # their names in earlier tables
+DEFAULT_CONDITIONS = ("clean", "plan_1cm", "plan_3cm", "anchor_depth_1cm", "anchor_depth_3cm", "anchor_depth_10cm",
+                      "depth_bias_1cm")
+ORACLE_ONLY = ("plan_noise_m", "wrong_plan")  # arguments that change the oracle's plans
 
 
 def timings() -> dict:
@@ -81,15 +106,14 @@ def _episode(job: tuple) -> object:
     """One episode through the runtime pipeline (``edgebridge.sim.episode.run_episode``)."""
     from edgebridge.sim.episode import run_episode
 
-    task, seed, expert, plan_m, depth_m, tare, model, threads, planner = job
+    task, seed, expert, cond, tare, model, threads, planner = job
     kw = {}
     if planner is not None:  # (name, vlm, mmproj): the VLM on ``threads`` llama.cpp threads
         name, vlm, mmproj = planner
         quiet_llama_logs()
         kw = dict(planner=name, vlm=vlm, mmproj=mmproj,
                   planner_options={"n_threads": threads, **({"chat_handler": "mtmd"} if vlm else {})})
-    return run_episode(task, seed, "onnx" if expert == "expert" else expert, plan_noise_m=plan_m, depth_noise=depth_m,
-                       depth_tare=tare, expert_model=model if expert != "ik" else None,
+    return run_episode(task, seed, "onnx" if expert == "expert" else expert, **CONDITIONS[cond], depth_tare=tare, expert_model=model if expert != "ik" else None,
                        expert_threads=threads if expert != "ik" else None, **kw)
 
 
@@ -120,10 +144,10 @@ def check_planner(ap: argparse.ArgumentParser, args, conds: list[str]) -> tuple[
         if args.vlm is not None or args.mmproj is not None:
             ap.error("--vlm/--mmproj need --planner gguf")
         return None, "oracle"
-    noisy = [c for c in conds if CONDITIONS[c][0] > 0]
+    noisy = [c for c in conds if any(k in CONDITIONS[c] for k in ORACLE_ONLY)]
     if noisy:
-        ap.error(f"--planner {args.planner}: conditions {noisy} offset the oracle's anchors and do not apply to the "
-                 f"VLM; pass --conditions clean (or depth_*)")
+        ap.error(f"--planner {args.planner}: conditions {noisy} change the oracle's plans and do not apply to the "
+                 f"VLM; pass --conditions clean (or anchor_depth_*, depth_bias_*)")
     if args.vlm is None and args.mmproj is None:
         from edgebridge.runtime.planner import shipped
 
@@ -146,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "clear_table_obstacle")
     ap.add_argument("--seed-base", type=int, default=0, help="first seed (use held-out seeds for trained experts)")
     ap.add_argument("--experts", default="ik", help="comma-separated expert names (ik, onnx, ...)")
-    ap.add_argument("--conditions", default=",".join(CONDITIONS), help=f"subset of {list(CONDITIONS)}")
+    ap.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help=f"subset of {list(CONDITIONS)} "
+                    f"(default: {','.join(DEFAULT_CONDITIONS)})")
     ap.add_argument("--onnx", type=Path, default=None, metavar="MODEL",
                     help="run the `onnx`/`expert` expert on this exported model (metadata JSON beside it) instead of "
                          "the shipped one")
@@ -166,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, 2 // max(1, args.jobs))
     onnx_path = str(args.onnx) if args.onnx is not None else None
 
-    conds = [c for c in args.conditions.split(",") if c]
+    conds = [ALIASES.get(c, c) for c in args.conditions.split(",") if c]
     bad = [c for c in conds if c not in CONDITIONS]
     if bad or args.seeds < 1:
         ap.error(f"unknown conditions {bad} (choose from {list(CONDITIONS)}) or --seeds < 1")
@@ -194,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         for task in tasks:
             rates = {}
             for cond in conds:
-                plan_m, depth_m = CONDITIONS[cond]
-                res = run(_episode, [(task, s, expert, plan_m, depth_m, not args.no_depth_tare, onnx_path, threads,
+                res = run(_episode, [(task, s, expert, cond, not args.no_depth_tare, onnx_path, threads,
                                       planner) for s in range(args.seed_base, args.seed_base + args.seeds)])
                 rates[cond] = sum(r.success for r in res) / len(res)
                 counts[(e, task, cond)] = (sum(r.success for r in res), len(res))

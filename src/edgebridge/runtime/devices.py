@@ -61,6 +61,9 @@ class RunChoices:
     sim_plan_noise_m: float = 0.0  # oracle plans: a random 3-D offset of this size on every anchor
     sim_depth_noise: Any = 0.0   # camera depth: a bias in m (+ stereo noise when > 0), or a sim DepthNoiseConfig
     sim_realtime: bool = False   # the simulator steps on the wall clock (default: lock-step with the loop)
+    sim_anchor_depth_noise_m: float = 0.0  # lifting: Gaussian error (std, m) along the camera ray, per anchor
+    sim_wrong_plan: str | None = None  # the first plan is wrong: "wrong_object" or "grasp_8cm" (sim/oracle.py)
+    sim_push_cup: bool = False  # the cup is pushed 3-6 cm at a random moment after the plan, before the grasp
 
 
 def shipped_expert() -> Path | None:
@@ -303,6 +306,13 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     closers.append(camera.disconnect)
     arm.connect()
     closers.append(arm.disconnect)
+    anchor_depth_error = None
+    if choices.sim_anchor_depth_noise_m > 0:  # independent per anchor and per plan, seeded by the episode
+        rng = np.random.default_rng([choices.seed, 7919])
+        sigma = float(choices.sim_anchor_depth_noise_m)
+
+        def anchor_depth_error(n: int) -> np.ndarray:
+            return rng.normal(0.0, sigma, int(n))
     if planner is None:
         planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed,
                                                                 "offset_m": choices.sim_plan_noise_m},
@@ -333,7 +343,8 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
                     f"{choices.seed}, {mode}")
     return Devices(arm=arm, camera=camera, kinematics=arm.kin, planner=planner, expert=expert, clock=world.clock,
                    T_base_cam=camera.T_base_cam, workspace=workspace(), success=success, abort=abort, notes=notes,
-                   closers=closers, time_limit_s=spec.max_seconds), instruction
+                   closers=closers, time_limit_s=spec.max_seconds,
+                   anchor_depth_error=anchor_depth_error), instruction
 
 
 def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):

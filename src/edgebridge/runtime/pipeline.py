@@ -83,6 +83,9 @@ class Devices:
     arm_factory: Callable[[], Any] | None = None
     kin_factory: Callable[[], Any] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    # simulated experiments only: n -> n errors (m) added along the camera ray to the anchors' lifted depth
+    # (sim_success's anchor-depth conditions); the cloud the expert sees is unchanged
+    anchor_depth_error: Callable[[int], np.ndarray] | None = None
 
     def close(self) -> None:
         for fn in reversed(self.closers):

@@ -62,6 +62,7 @@ class PlanningStats:
     subtasks_done: int = 0
     latency_ms: list[float] = field(default_factory=list)
     hold_s: float = 0.0
+    clamped: int = 0  # anchors moved into the workspace along their camera ray (planner.anchor_out_of_bounds)
     last_error: str | None = None
     rejections: list[str] = field(default_factory=list)
 
@@ -71,7 +72,7 @@ class PlanningStats:
                 "fallbacks": self.fallbacks, "subtasks_done": self.subtasks_done,
                 "latency_p50_ms": round(float(np.median(lat)), 3) if lat.size else None,
                 "latency_max_ms": round(float(lat.max()), 3) if lat.size else None,
-                "hold_s": round(self.hold_s, 3), "last_error": self.last_error, "rejections": list(self.rejections)}
+                "hold_s": round(self.hold_s, 3), "clamped": self.clamped, "last_error": self.last_error, "rejections": list(self.rejections)}
 
     def summary(self) -> str:
         d = self.to_dict()

@@ -66,7 +66,8 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
                 record_dir: str | Path | None = None, max_seconds: float | None = None, realtime: bool = False,
                 setup: str = "sim_panda", expert_model: str | None = None, expert_threads: int | None = None,
                 profiler=None, planner: str = "oracle", vlm: str | None = None, mmproj: str | None = None,
-                planner_options: dict | None = None, observers=()):
+                planner_options: dict | None = None, observers=(), anchor_depth_noise_m: float = 0.0,
+                wrong_plan: str | None = None, push_cup: bool = False, config_overrides: dict | None = None):
     """Run one episode of ``task`` (slug or instruction) with ``seed`` through the runtime pipeline and
     return its :class:`~edgebridge.runtime.pipeline.EpisodeOutcome`; never raises for a failed episode
     (the reason is in the outcome), only for bad arguments.
@@ -82,6 +83,14 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
     only. ``planner_options`` are merged into the setup's ``planner.options`` (e.g. ``n_threads``,
     ``chat_handler``). The planner is built with the other devices (``runtime.devices.build_devices``), as
     ``edge-run`` builds it.
+
+    ``anchor_depth_noise_m``: Gaussian error (std, m) along the camera ray in the depth at which each anchor
+    is lifted, independent per anchor and per plan; the cloud the expert sees stays as sensed.
+    ``wrong_plan``: the first plan is wrong (``"wrong_object"``: it names another object; ``"grasp_8cm"``:
+    its grasp point lies 8 cm off the object); re-plans are the planner's own. ``push_cup``: after the
+    first plan, at a random moment before the grasp, the cup is pushed 3-6 cm across the table.
+    ``config_overrides``: sections merged into the setup (``runtime.config.with_overrides``), e.g.
+    ``{"planner": {...}}``.
 
     ``observers``: episode observers (``runtime/episode_record.py``: an ``EpisodeRecorder``, a ``RerunView``)
     that see this episode; the caller closes them. ``record_dir``: record this one episode as a LeRobot
@@ -110,10 +119,14 @@ def run_episode(task: str, seed: int, expert: str | object = "ik", *, plan_noise
         raise ValueError(f"plan_noise_m offsets the oracle's anchors; it does not apply to planner {planner!r}")
     planner_section = {"options": {**cfg.planner.options, **planner_options}} if planner_options else {}
     cfg = with_overrides(cfg, camera={"depth_tare": bool(depth_tare)}, expert=expert_section, planner=planner_section)
+    if config_overrides:
+        cfg = with_overrides(cfg, **config_overrides)
     choices = RunChoices(task=task, seed=int(seed), planner=planner, vlm=vlm, mmproj=mmproj,
                          expert=expert if isinstance(expert, str) else "ik",
                          expert_instance=None if isinstance(expert, str) else expert,
-                         sim_plan_noise_m=float(plan_noise_m), sim_depth_noise=depth_noise, sim_realtime=realtime)
+                         sim_plan_noise_m=float(plan_noise_m), sim_depth_noise=depth_noise, sim_realtime=realtime,
+                         sim_anchor_depth_noise_m=float(anchor_depth_noise_m), sim_wrong_plan=wrong_plan,
+                         sim_push_cup=bool(push_cup))
     devices, instruction = build_devices(cfg, choices)
     recorder = None
     try:

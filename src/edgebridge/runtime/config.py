@@ -226,7 +226,10 @@ class PlannerConfig:
     episode fails (first plan) or keeps the previous plan (boundary). ``replan_subtasks``: ask the
     planner again from a fresh frame at each sub-task boundary of the plan. ``timeout_s``: a request
     not answered within this wall time counts as a rejected plan. ``replan_s``: periodic re-planning
-    is not implemented; only 0 (re-plan once per sub-task) is accepted."""
+    is not implemented; only 0 (re-plan once per sub-task) is accepted. ``anchor_out_of_bounds``: what
+    lifting does with an anchor that lands outside the workspace (a depth error along the pixel's ray):
+    ``clamp`` moves it along its camera ray to the nearest point inside, when that is at most
+    ``anchor_clamp_max_m`` away (else the plan is rejected and re-planned); ``reject`` rejects the plan."""
 
     backend: Literal["oracle", "gguf", "remote"] = "oracle"
     model: str = ""
@@ -235,9 +238,14 @@ class PlannerConfig:
     max_attempts: int = 3
     replan_subtasks: bool = True
     timeout_s: float = 60.0
+    anchor_out_of_bounds: Literal["clamp", "reject"] = "clamp"
+    anchor_clamp_max_m: float = 0.10
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
+        check(self.anchor_out_of_bounds in ("clamp", "reject"), "anchor_out_of_bounds",
+              f"expected 'clamp' or 'reject', got {self.anchor_out_of_bounds!r}")
+        _within(self, "anchor_clamp_max_m", 0.0, 1.0, "m")
         check(self.replan_s == 0, "replan_s", f"periodic re-planning is not implemented; use 0 (re-plan at each "
               f"sub-task boundary), got {self.replan_s}")
         _within(self, "max_attempts", 1, 1000, lo_open=False)

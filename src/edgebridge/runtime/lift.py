@@ -176,11 +176,22 @@ def deproject_pixel(intr: Intrinsics, u: float, v: float, depth: float) -> np.nd
 
 def lift_plan(plan: Plan, rgbd: RGBD, T_base_cam: np.ndarray, workspace: Workspace | Any | None = None, *,
               window: int = 5, depth_min: float = 0.05, depth_max: float = 3.0, min_valid: int = 1,
-              planner_depth_fallback: bool = False) -> Waypoints:
+              planner_depth_fallback: bool = False, out_of_bounds: str = "reject", clamp_max_m: float = 0.10,
+              ray_error_m: np.ndarray | None = None, clamped: list | None = None) -> Waypoints:
     """Lift every anchor of ``plan`` to a base-frame waypoint; any bad anchor raises :class:`PlanError`.
 
     ``window`` (odd, >= 1) is the side of the depth patch; ``min_valid`` the valid samples it needs.
     The returned waypoints carry ``rgbd.stamp_ns`` (the frame they were measured in).
+
+    ``out_of_bounds``: ``"reject"`` (a :class:`PlanError` for any anchor outside ``workspace``) or
+    ``"clamp"``: an anchor outside is moved along its own camera ray to the nearest point inside the
+    workspace's bounds (:func:`clamp_along_ray`), when that is at most ``clamp_max_m`` away and inside
+    ``workspace``; else the plan is rejected as with ``"reject"``. The pixel the planner chose is kept, only
+    its depth changes: a depth error is what puts a pixel's point off the table. ``clamped`` (a list)
+    receives ``(anchor index, metres moved)`` for each clamped anchor.
+
+    ``ray_error_m`` (simulated experiments): one error (m) per anchor added to the distance of its lifted
+    point along the camera ray, before the workspace check.
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"lift_plan: expected a Plan, got {type(plan).__name__}")
@@ -212,7 +223,17 @@ def lift_plan(plan: Plan, rgbd: RGBD, T_base_cam: np.ndarray, workspace: Workspa
                     f"(need >= {min_valid} samples in [{depth_min}, {depth_max}] m); a depth hole - "
                     f"re-plan, move the camera or widen the window")
         cam_pts[i] = deproject_pixel(intr, a.u, a.v, z)
+    if ray_error_m is not None:
+        err = np.asarray(ray_error_m, dtype=np.float64).reshape(-1)
+        if err.shape != (len(cam_pts),) or not np.all(np.isfinite(err)):
+            raise ValueError(f"lift_plan: ray_error_m must hold {len(cam_pts)} finite values, got {err.shape}")
+        dist = np.linalg.norm(cam_pts, axis=1)
+        cam_pts = cam_pts * (np.maximum(dist + err, 1e-3) / dist)[:, None]  # never behind the camera
     base_pts = cam_pts @ T[:3, :3].T + T[:3, 3]
+    if out_of_bounds not in ("reject", "clamp"):
+        raise ValueError(f"lift_plan: out_of_bounds must be 'reject' or 'clamp', got {out_of_bounds!r}")
+    if workspace is not None and out_of_bounds == "clamp":
+        base_pts = _clamp_outside(base_pts, T, workspace, clamp_max_m, clamped)
     if workspace is not None:
         try:
             inside = np.asarray(workspace.contains(base_pts.astype(np.float32)), dtype=bool).reshape(-1)
@@ -241,3 +262,52 @@ def lift_plan(plan: Plan, rgbd: RGBD, T_base_cam: np.ndarray, workspace: Workspa
         gripper=np.array([a.gripper for a in plan.anchors]),
         stamp_ns=rgbd.stamp_ns,
     )
+
+
+def clamp_along_ray(point: np.ndarray, origin: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray | None:
+    """The point of the ray from ``origin`` through ``point`` that lies inside the box ``[lo, hi]`` nearest
+    ``point`` (``point`` itself when inside), or None when the ray misses the box (slab method)."""
+    p, o = np.asarray(point, np.float64), np.asarray(origin, np.float64)
+    d = p - o
+    t_lo, t_hi = 0.0, np.inf
+    for i in range(3):
+        if abs(d[i]) < 1e-12:
+            if not lo[i] <= o[i] <= hi[i]:
+                return None
+            continue
+        a, b = (lo[i] - o[i]) / d[i], (hi[i] - o[i]) / d[i]
+        t_lo, t_hi = max(t_lo, min(a, b)), min(t_hi, max(a, b))
+    if t_lo > t_hi:
+        return None
+    return o + float(np.clip(1.0, t_lo, t_hi)) * d
+
+
+def _clamp_outside(base_pts: np.ndarray, T: np.ndarray, workspace: Any, clamp_max_m: float,
+                   clamped: list | None) -> np.ndarray:
+    """``base_pts`` with each point outside ``workspace`` moved along its camera ray into the workspace's
+    axis-aligned bounds (``lo``/``hi`` of an :class:`AnchorBounds`, or an axis-aligned box) when that moves
+    it at most ``clamp_max_m``; points it cannot clamp are left for the workspace check to reject."""
+    if isinstance(workspace, AnchorBounds):
+        lo, hi = workspace.lo, workspace.hi
+    else:
+        box = _axis_aligned_bounds(workspace)
+        if box is None:
+            return base_pts
+        lo, hi = box
+    inside = np.asarray(workspace.contains(base_pts.astype(np.float32)), dtype=bool).reshape(-1)
+    out = base_pts.copy()
+    origin = T[:3, 3]
+    shrink = 1e-4  # land strictly inside, clear of float32 rounding at the bound
+    for i in np.flatnonzero(~inside):
+        q = clamp_along_ray(base_pts[i], origin, lo + shrink, hi - shrink)
+        if q is None:
+            continue
+        moved = float(np.linalg.norm(q - base_pts[i]))
+        if moved > clamp_max_m or not workspace.contains(q[None].astype(np.float32))[0]:
+            continue
+        log.info("anchor %d lifted to %s m, outside the workspace; clamped along its camera ray by %.3f m to %s m",
+                 i, format_point(base_pts[i]), moved, format_point(q))
+        out[i] = q
+        if clamped is not None:
+            clamped.append((int(i), moved))
+    return out

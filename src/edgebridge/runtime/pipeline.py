@@ -194,8 +194,15 @@ class Pipeline:
     def lift(self, plan, frame: RGBD):
         """Plan validation (runs in the planner worker): anchors -> base-frame waypoints, or PlanError (an
         anchor off the image, in a depth hole, or lifted outside ``anchor_bounds``)."""
+        pc = self.cfg.planner
+        err = self.dev.anchor_depth_error(len(plan.anchors)) if self.dev.anchor_depth_error is not None else None
+        clamped: list = []
         with timer(self.profiler, "lift"):
-            lifted = lift_plan(plan, frame, self.dev.T_base_cam, self.anchor_bounds)
+            lifted = lift_plan(plan, frame, self.dev.T_base_cam, self.anchor_bounds, ray_error_m=err,
+                               out_of_bounds=pc.anchor_out_of_bounds, clamp_max_m=pc.anchor_clamp_max_m,
+                               clamped=clamped)
+        if clamped and self.last_planning is not None:
+            self.last_planning.clamped += len(clamped)
         self.obs.on_plan(plan, frame)
         return lifted
 

@@ -229,7 +229,13 @@ class PlannerConfig:
     is not implemented; only 0 (re-plan once per sub-task) is accepted. ``anchor_out_of_bounds``: what
     lifting does with an anchor that lands outside the workspace (a depth error along the pixel's ray):
     ``clamp`` moves it along its camera ray to the nearest point inside, when that is at most
-    ``anchor_clamp_max_m`` away (else the plan is rejected and re-planned); ``reject`` rejects the plan."""
+    ``anchor_clamp_max_m`` away (else the plan is rejected and re-planned); ``reject`` rejects the plan.
+
+    Grasps (``runtime/grasp_check.py``): from ``grasp_settle_s`` after the guidance has closed the gripper
+    until it opens it again, a reading (``ArmState.gripper``, 0 closed, 1 open) below ``empty_grasp_width``
+    means it closed on nothing (or lost its object): the arm lifts, opens, and the sub-task is re-planned
+    from a fresh frame, at most ``max_regrasps`` times per episode (0: no check). ``replan_before_grasp``: at the pre-grasp point above each object the arm
+    holds and the sub-task is re-planned once from a fresh frame (for objects that may have moved)."""
 
     backend: Literal["oracle", "gguf", "remote"] = "oracle"
     model: str = ""
@@ -240,9 +246,21 @@ class PlannerConfig:
     timeout_s: float = 60.0
     anchor_out_of_bounds: Literal["clamp", "reject"] = "clamp"
     anchor_clamp_max_m: float = 0.10
+    max_regrasps: int = 2
+    empty_grasp_width: float = 0.05
+    grasp_settle_s: float = 0.4
+    replan_before_grasp: bool = False
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
+        check(isinstance(self.max_regrasps, int) and not isinstance(self.max_regrasps, bool), "max_regrasps",
+              f"expected a whole number, got {self.max_regrasps!r}")
+        _within(self, "max_regrasps", 0, 100, lo_open=False)
+        check(0.0 <= self.empty_grasp_width < 1.0, "empty_grasp_width",
+              f"must lie in [0, 1) (the gripper reading, 0 closed, 1 open), got {self.empty_grasp_width}")
+        _within(self, "grasp_settle_s", 0.0, 10.0, "s", lo_open=False)
+        check(isinstance(self.replan_before_grasp, bool), "replan_before_grasp",
+              f"expected true or false, got {self.replan_before_grasp!r}")
         check(self.anchor_out_of_bounds in ("clamp", "reject"), "anchor_out_of_bounds",
               f"expected 'clamp' or 'reject', got {self.anchor_out_of_bounds!r}")
         _within(self, "anchor_clamp_max_m", 0.0, 1.0, "m")

@@ -48,16 +48,20 @@ class PointKinematics:
 
 class RecordingArm(DeviceBase):
     """Records every command; independently checks each one against ``limits`` at ``period_s`` and
-    lists any violation (the tests assert there are none). The arm follows commands exactly."""
+    lists any violation (the tests assert there are none). The arm follows commands exactly. Its gripper
+    reads the commanded opening, but never less than ``held_width``: a grasp closes on an object of that
+    width (0: on nothing, an empty grasp)."""
 
     name = "recording arm"
 
     def __init__(self, q0=(0.0, 0.0, 0.3), limits: SafetyLimits = LIMITS, period_s: float = PERIOD_S,
-                 fail_state_after: int | None = None, fail_command_after: int | None = None, clock=None) -> None:
+                 fail_state_after: int | None = None, fail_command_after: int | None = None, clock=None,
+                 held_width: float = 0.5) -> None:
         super().__init__()
         self.clock = clock  # stamps states with this clock (the loop's) when given
         self.q = np.asarray(q0, dtype=np.float64)
         self.gripper = 1.0
+        self.held_width = float(held_width)
         self.limits, self.period_s = limits, period_s
         self.commands: list[ArmCommand] = []
         self.violations: list[str] = []
@@ -75,7 +79,7 @@ class RecordingArm(DeviceBase):
         if self.fail_state_after is not None and self.n_state > self.fail_state_after:
             raise ConnectionError("bus timeout on /dev/ttyFAKE")
         kw = {} if self.clock is None else {"stamp_ns": self.clock.now_ns()}
-        return ArmState(self.q.copy(), Pose(self.q.copy()), self.gripper, **kw)
+        return ArmState(self.q.copy(), Pose(self.q.copy()), max(self.gripper, self.held_width), **kw)
 
     def command(self, cmd: ArmCommand) -> ArmCommand:
         if self.fail_command_after is not None and len(self.commands) >= self.fail_command_after:

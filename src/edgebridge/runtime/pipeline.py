@@ -15,7 +15,8 @@ this module never imports the simulator. Two ways to run, picked by the clock:
   still), so simulated physics, the planner, the expert and the loop advance deterministically together.
 
 Planning: the first plan, a re-plan at each sub-task boundary from a fresh frame, a bounded number of
-retries after a rejected plan (see ``plan_session.py``).
+retries after a rejected plan, a bounded number of re-grasps after a grasp that closed on nothing, and
+optionally a re-plan at each pre-grasp point (see ``plan_session.py`` and ``grasp_check.py``).
 
 Episode observers (``observers``: the ``--record`` LeRobot recorder, the ``--rerun`` view; their calls are
 listed in ``episode_record.py``) see each accepted plan, each guidance and each expert step (frame, cloud,
@@ -44,6 +45,7 @@ from ..errors import EdgebridgeError
 from ..interfaces import ActionExpert, Arm, Camera, Planner
 from .config import RobotConfig
 from .episode_record import Observers
+from .grasp_check import GraspPolicy
 from .lift import AnchorBounds, lift_plan
 from .loop import ControlLoop, LoopResult
 from .plan_session import GUIDANCE_COMPLETE, PlanSession
@@ -64,7 +66,9 @@ class Devices:
     """Everything the pipeline drives, built by a device factory. ``success`` (optional) is the task's
     success check (the simulator has one; a real cell may not); ``abort`` (optional) is checked by the
     episode's supervisor at the expert's rate and returns a reason to stop early (the simulator: an
-    object knocked off the table) or None. ``closers`` run on ``close()``."""
+    object knocked off the table) or None. ``on_guidance`` (optional) sees every guidance the pipeline
+    builds, as ``Pipeline.on_guidance`` does (the simulator's disturbances time themselves by it);
+    ``events`` is what such hooks did, copied into the outcome. ``closers`` run on ``close()``."""
 
     arm: Arm | None
     camera: Camera
@@ -83,6 +87,8 @@ class Devices:
     arm_factory: Callable[[], Any] | None = None
     kin_factory: Callable[[], Any] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    on_guidance: Callable | None = None
+    events: dict = field(default_factory=dict)
     # simulated experiments only: n -> n errors (m) added along the camera ray to the anchors' lifted depth
     # (sim_success's anchor-depth conditions); the cloud the expert sees is unchanged
     anchor_depth_error: Callable[[int], np.ndarray] | None = None
@@ -107,11 +113,12 @@ class EpisodeOutcome:
     timings_ms: dict = field(default_factory=dict)
     planning: dict = field(default_factory=dict)
     wall_s: float = 0.0
+    events: dict = field(default_factory=dict)  # what the devices' hooks did (Devices.events)
 
     def to_dict(self) -> dict:
         return {"task": self.task, "seed": self.seed, "success": self.success, "duration": round(self.duration, 3),
                 "reason": self.reason, "loop": self.loop, "timings_ms": self.timings_ms, "planning": self.planning,
-                "wall_s": round(self.wall_s, 3)}
+                "wall_s": round(self.wall_s, 3), "events": self.events}
 
 
 class Pipeline:
@@ -215,8 +222,9 @@ class Pipeline:
             gcfg = self.guidance_config or GuidanceConfig()
             path, durations = approach_waypoints(lifted, state, config=gcfg)
             spline = fit_guidance(path, durations, gcfg)
-            if self.on_guidance is not None:
-                self.on_guidance(lifted, state, path, spline, stamp_ns)
+            for hook in (self.on_guidance, self.dev.on_guidance):
+                if hook is not None:
+                    hook(lifted, state, path, spline, stamp_ns)
             self.obs.on_guidance(lifted, state, path, spline, stamp_ns)
             return spline.duration, spline.sample(self.cfg.perception.guidance_dt, stamp_ns=stamp_ns)
 
@@ -226,7 +234,8 @@ class Pipeline:
                            build=self.build_guidance, max_attempts=pc.max_attempts,
                            replan_subtasks=pc.replan_subtasks, timeout_s=pc.timeout_s, settle_s=self.settle_s,
                            blocking=blocking, profiler=self.profiler,
-                           stop=None if watchdog is None else watchdog.signals)  # waits and retries end on a signal
+                           stop=None if watchdog is None else watchdog.signals,  # waits and retries end on a signal
+                           grasp=GraspPolicy.from_config(self.cfg, self.guidance_config))
 
     @property
     def workspace_bounds(self) -> tuple:
@@ -267,7 +276,8 @@ class Pipeline:
                                                  "rejections": res.rejections, **res.stats}
             timings = {k: round(v["p50_ms"], 3) for k, v in self.profiler.stage_table().items()} if self.profiler else {}
             outcome = EpisodeOutcome(task or instruction, seed, success, (clock.now_ns() - t_start) / 1e9, reason,
-                                     loop_info, timings, session.stats.to_dict(), time.perf_counter() - wall0)
+                                     loop_info, timings, session.stats.to_dict(), time.perf_counter() - wall0,
+                                     dict(dev.events))
             return outcome
 
         try:

@@ -17,7 +17,13 @@ thread), which never blocks on the model in real time:
 - with sub-task boundaries (``Plan.subtasks``) each sub-task gets its own guidance, and when it ends the
   planner is asked again from a fresh frame, so a long task acts on the newest view. The planner plans
   the whole instruction each time; a re-plan with as many sub-tasks as the first plan continues at the
-  first unfinished one, a re-plan with exactly the remaining count is taken whole.
+  first unfinished one, a re-plan with exactly the remaining count is taken whole;
+- around grasps (``grasp``, a :class:`~edgebridge.runtime.grasp_check.GraspPolicy`): a gripper that closed
+  on nothing (read ``settle_s`` after the guidance closed it) ends the guidance being followed; the arm
+  lifts and opens (a short guidance of its own), then the sub-task of that grasp is re-planned from a
+  fresh frame like a sub-task boundary, at most ``max_regrasps`` times per episode (``regrasps``). With
+  ``replan_before_grasp`` the arm holds at each pre-grasp point and the sub-task is re-planned once
+  (``pregrasp_replans``). Either way a failed re-plan falls back to the previous plan from that sub-task.
 
 In lock-step (``blocking=True``) a request waits for its answer at once, in wall time, while simulated
 time stands still: deterministic, and the arm holds by construction.
@@ -38,6 +44,7 @@ import numpy as np
 
 from ..contracts import RGBD, ArmState, Plan, Waypoints
 from ..errors import PlanError
+from .grasp_check import GraspEvent, GraspPolicy, close_anchors, grasp_events, hold_guidance
 from .profiling import Profiler, timer
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,9 @@ class PlanningStats:
     latency_ms: list[float] = field(default_factory=list)
     hold_s: float = 0.0
     clamped: int = 0  # anchors moved into the workspace along their camera ray (planner.anchor_out_of_bounds)
+    empty_grasps: int = 0  # grasps that closed on nothing (planner.empty_grasp_width)
+    regrasps: int = 0  # re-plans after an empty grasp (at most planner.max_regrasps)
+    pregrasp_replans: int = 0  # re-plans at a pre-grasp point (planner.replan_before_grasp)
     last_error: str | None = None
     rejections: list[str] = field(default_factory=list)
 
@@ -72,13 +82,17 @@ class PlanningStats:
                 "fallbacks": self.fallbacks, "subtasks_done": self.subtasks_done,
                 "latency_p50_ms": round(float(np.median(lat)), 3) if lat.size else None,
                 "latency_max_ms": round(float(lat.max()), 3) if lat.size else None,
-                "hold_s": round(self.hold_s, 3), "clamped": self.clamped, "last_error": self.last_error, "rejections": list(self.rejections)}
+                "hold_s": round(self.hold_s, 3), "clamped": self.clamped, "empty_grasps": self.empty_grasps,
+                "regrasps": self.regrasps, "pregrasp_replans": self.pregrasp_replans, "last_error": self.last_error,
+                "rejections": list(self.rejections)}
 
     def summary(self) -> str:
         d = self.to_dict()
         lat = f", latency p50 {d['latency_p50_ms']:.1f} ms max {d['latency_max_ms']:.1f} ms" if self.latency_ms else ""
+        grasps = (f", {self.empty_grasps} empty grasps, {self.regrasps} re-grasps" if self.empty_grasps else "") + (
+            f", {self.pregrasp_replans} pre-grasp re-plans" if self.pregrasp_replans else "")
         return (f"planner {self.requests} requests, {self.accepted} accepted, {self.rejected} rejected"
-                f"{', ' + str(self.fallbacks) + ' fall-backs' if self.fallbacks else ''}{lat}, arm held "
+                f"{', ' + str(self.fallbacks) + ' fall-backs' if self.fallbacks else ''}{grasps}{lat}, arm held "
                 f"{self.hold_s:.2f} s waiting")
 
 
@@ -114,7 +128,7 @@ class PlanSession:
                  lift: Callable[[Plan, RGBD], Waypoints], build: Callable[[Waypoints, ArmState, int], tuple],
                  max_attempts: int = 3, replan_subtasks: bool = True, timeout_s: float = 60.0,
                  settle_s: float = 1.5, blocking: bool = False, profiler: Profiler | None = None,
-                 stop: Callable[[], bool] | None = None) -> None:
+                 stop: Callable[[], bool] | None = None, grasp: GraspPolicy | None = None) -> None:
         from .planner.asynchronous import AsyncPlanner
 
         self.instruction = instruction
@@ -126,6 +140,7 @@ class PlanSession:
         self.blocking = blocking
         self.profiler = profiler
         self.stop = stop
+        self.grasp = grasp if grasp is not None and grasp.active else None
         self.stats = PlanningStats()
         self.guidance = None
         # the session reports each failure itself (one line per rejected attempt): the worker's at debug level
@@ -137,9 +152,14 @@ class PlanSession:
         self._round = 0                       # planning rounds so far (1: the first plan, then one per re-plan)
         self._wait_since: int | None = None   # loop-clock ns the arm started waiting for a plan
         self._total: int | None = None        # sub-tasks of the instruction (from the first plan)
-        self._segments: list[tuple[Waypoints, int]] = []  # (waypoints, sub-tasks they cover) still to run
+        # (waypoints, sub-tasks they cover, index of each sub-task's first waypoint) still to run
+        self._segments: list[tuple[Waypoints, int, tuple[int, ...]]] = []
         self._seg_end_ns: int | None = None   # end of the guidance being followed
         self._seg_n = 0
+        self._current: tuple[Waypoints, int, tuple[int, ...]] | None = None  # the segment being followed
+        self._events: list[GraspEvent] = []   # its grasps still ahead (grasp_check.grasp_events)
+        self._replan_reason: str | None = None  # at the end of the guidance: re-plan (even without replan_subtasks)
+        self._pregrasp_done: set[tuple[int, int]] = set()  # (sub-task, re-grasps so far) re-planned at pre-grasp
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -170,6 +190,10 @@ class PlanSession:
             return self._request(now_ns, state, "new instruction")
         if self._rid is not None:
             return self._poll(now_ns, state)
+        if self._events:
+            acted, why = self._watch_grasp(now_ns, state)
+            if acted:
+                return why
         if self._seg_end_ns is None or now_ns < self._seg_end_ns:
             return None
         # the guidance being followed has ended
@@ -178,9 +202,11 @@ class PlanSession:
             self._seg_n = 0
         if self._total is not None and self.stats.subtasks_done < self._total:
             self._wait_since = now_ns
-            if self.replan_subtasks:
+            if self.replan_subtasks or self._replan_reason:
+                reason = self._replan_reason or f"sub-task {self.stats.subtasks_done} of {self._total} done"
+                self._replan_reason = None
                 self._attempts = 0
-                return self._request(now_ns, state, f"sub-task {self.stats.subtasks_done} of {self._total} done")
+                return self._request(now_ns, state, reason)
             return self._start_segment(now_ns, state)
         if now_ns >= self._seg_end_ns + int(self.settle_s * 1e9):
             return GUIDANCE_COMPLETE
@@ -243,7 +269,7 @@ class PlanSession:
         if self._segments:  # a sub-task boundary: keep the previous plan's remaining sub-tasks
             self.stats.fallbacks += 1
             log.warning("re-planning failed %d times; continuing with the previous plan's remaining %d sub-task(s)",
-                        self._attempts, sum(n for _, n in self._segments))
+                        self._attempts, sum(seg[1] for seg in self._segments))
             return self._start_segment(now_ns, state)
         return f"plan rejected: {why} ({self._attempts} attempt{'s' if self._attempts > 1 else ''})"
 
@@ -262,22 +288,24 @@ class PlanSession:
         else:
             raise PlanError(f"the re-plan has {n} sub-tasks, but the instruction has {self._total} "
                             f"({self._total - done} left); expected {self._total} or {self._total - done}")
-        segs = [(Waypoints(lifted.positions[a:b], lifted.quats[a:b], lifted.gripper[a:b], frame=lifted.frame,
-                           stamp_ns=lifted.stamp_ns), 1) for a, b in bounds[skip:]]
+        segs = [(_slice(lifted, a, b), 1, (0,)) for a, b in bounds[skip:]]
         if not self.replan_subtasks and len(segs) > 1:  # one guidance for all of it
             a = bounds[skip][0]
-            segs = [(Waypoints(lifted.positions[a:], lifted.quats[a:], lifted.gripper[a:], frame=lifted.frame,
-                               stamp_ns=lifted.stamp_ns), len(segs))]
+            segs = [(_slice(lifted, a, len(lifted)), len(segs), tuple(b0 - a for b0, _ in bounds[skip:]))]
         self._segments = segs
         log.info("plan accepted: %d anchors, %d sub-task(s), taking %d; base-frame waypoints [m]: %s", len(plan.anchors),
                  n, len(segs), np.round(lifted.positions, 3).tolist())
 
     def _start_segment(self, now_ns: int, state: ArmState) -> str | None:
-        wp, n = self._segments.pop(0)
+        seg = self._segments.pop(0)
+        wp, n, _ = seg
         duration_s, guidance = self.build(wp, state, now_ns)
         self.guidance = guidance
         self._seg_end_ns = now_ns + int(duration_s * 1e9)
         self._seg_n = n
+        self._current = seg
+        self._events = [] if self.grasp is None else grasp_events(
+            guidance, self.grasp.settle_s, self.grasp.guidance.approach_m, close_anchors(wp, state.gripper))
         self._attempts = 0
         if self._wait_since is not None:
             held = now_ns - self._wait_since
@@ -286,3 +314,63 @@ class PlanSession:
                 self.profiler.record_ns("planner_hold", held)
             self._wait_since = None
         return None
+
+    # ------------------------------------------------------------------ grasps (grasp_check.py)
+    def _watch_grasp(self, now_ns: int, state: ArmState) -> tuple[bool, str | None]:
+        """The next grasp of the guidance being followed: re-plan at its pre-grasp point
+        (``replan_before_grasp``, once per grasp attempt), then check the gripper once it has settled.
+        Returns (whether the session acted, a stop reason or None)."""
+        g, ev = self.grasp, self._events[0]
+        sub = self._subtask_of(ev)
+        if g.replan_before_grasp and now_ns >= ev.pre_ns and (sub, self.stats.regrasps) not in self._pregrasp_done:
+            self._pregrasp_done.add((sub, self.stats.regrasps))
+            self.stats.pregrasp_replans += 1
+            self._interrupt(ev)
+            self.guidance = hold_guidance(state, 1.0, now_ns)  # hold above the object while the planner looks
+            self._wait_since = now_ns
+            self._attempts = 0
+            return True, self._request(now_ns, state, f"pre-grasp point of sub-task {sub + 1} of {self._total}")
+        if now_ns < ev.check_ns:
+            return False, None
+        if g.max_regrasps <= 0 or not g.is_empty(state.gripper):
+            if now_ns >= ev.until_ns or g.max_regrasps <= 0:  # held until the guidance opens the gripper
+                self._events.pop(0)
+            return False, None
+        self._events.pop(0)
+        self.stats.empty_grasps += 1
+        left = self.stats.regrasps < g.max_regrasps
+        log.warning("empty grasp: the gripper reads %.3f < planner.empty_grasp_width %.3f %.2f s after closing "
+                    "(sub-task %d of %d); %s", state.gripper, g.empty_width, (now_ns - ev.closed_ns) / 1e9, sub + 1,
+                    self._total,
+                    f"lifting, opening and re-planning the sub-task (re-grasp {self.stats.regrasps + 1} of "
+                    f"{g.max_regrasps})" if left else f"no re-grasp left ({g.max_regrasps} used), going on")
+        if not left:
+            return False, None
+        self.stats.regrasps += 1
+        self._interrupt(ev)
+        duration_s, self.guidance = g.retreat(state, ev.contact, now_ns)
+        self._seg_end_ns = now_ns + int((duration_s + g.settle_s) * 1e9)  # the gripper has opened by then
+        self._replan_reason = f"empty grasp in sub-task {sub + 1} of {self._total}"
+        return True, None
+
+    def _subtask_of(self, ev: GraspEvent) -> int:
+        """The sub-task (0-based, of the whole instruction) a grasp of the current guidance belongs to."""
+        _, _, starts = self._current
+        j = max(0, int(np.searchsorted(starts, ev.anchor, side="right")) - 1) if ev.anchor >= 0 else 0
+        return self.stats.subtasks_done + j
+
+    def _interrupt(self, ev: GraspEvent) -> None:
+        """Stop following the current guidance at a grasp: the sub-tasks before the grasp's count as done,
+        the rest of the current segment (from the grasp's sub-task on) goes back to the front of the
+        segments to run (what a failed re-plan falls back to)."""
+        wp, n, starts = self._current
+        j = self._subtask_of(ev) - self.stats.subtasks_done
+        self.stats.subtasks_done += j
+        a = starts[j]
+        self._segments.insert(0, (_slice(wp, a, len(wp)), n - j, tuple(s - a for s in starts[j:])))
+        self._seg_n = 0
+        self._events = []
+
+
+def _slice(wp: Waypoints, a: int, b: int) -> Waypoints:
+    return Waypoints(wp.positions[a:b], wp.quats[a:b], wp.gripper[a:b], frame=wp.frame, stamp_ns=wp.stamp_ns)

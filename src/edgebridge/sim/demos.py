@@ -241,8 +241,9 @@ class DemoRecorder:
 
 def demo_setup(cfg: DemoConfig):
     """The embedded setup as the demonstrations run it: one plan for the whole instruction (no re-plan
-    at sub-task boundaries, so the clean and noisy paths pair up anchor by anchor), frames as read (the
-    depth bias stays in the guidance for the expert to learn to correct), the expert every ``expert_dt``."""
+    at sub-task boundaries and no re-grasp, so the clean and noisy paths pair up anchor by anchor), frames as
+    read (the depth bias stays in the guidance for the expert to learn to correct), the expert every
+    ``expert_dt``."""
     from ..runtime.config import load_robot_config, with_overrides
 
     rcfg = load_robot_config("sim_panda")
@@ -250,7 +251,7 @@ def demo_setup(cfg: DemoConfig):
     if k < 1 or abs(k / rcfg.loop.rate_hz - cfg.expert_dt) > 1e-9:
         raise ValueError(f"DemoConfig.expert_dt: {cfg.expert_dt} s is not a whole number of "
                          f"{rcfg.loop.rate_hz:g} Hz control ticks")
-    return with_overrides(rcfg, camera={"depth_tare": False}, planner={"replan_subtasks": False},
+    return with_overrides(rcfg, camera={"depth_tare": False}, planner={"replan_subtasks": False, "max_regrasps": 0},
                           expert={"every_k_ticks": k, "horizon": cfg.horizon, "dt": cfg.expert_dt})
 
 

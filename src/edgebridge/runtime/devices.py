@@ -124,8 +124,8 @@ def nominal_calibration(arm_cfg: Any) -> str | None:
 
 def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict | None, *,
                  mmproj: str | None = None, notes: list[str] | None = None, simulated: bool | None = None):
-    """The planner ``backend`` names. ``sim_ctx`` (world, camera, seed, plan offset) is what the oracle
-    reads; ``simulated`` says whether the setup is the simulator (default: ``sim_ctx is not None``).
+    """The planner ``backend`` names. ``sim_ctx`` (world, camera, seed, plan offset, wrong first plan) is
+    what the oracle reads; ``simulated`` says whether the setup is the simulator (default: ``sim_ctx is not None``).
 
     GGUF: the model is ``--vlm`` or ``planner.model``; without either, the shipped planner (``vlm.gguf``
     + ``vlm-mmproj.gguf`` in ``assets/planner``, chat handler ``mtmd``; ``runtime/planner/shipped.py``),
@@ -142,7 +142,8 @@ def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict 
         from ..sim.oracle import OracleConfig, OraclePlanner
 
         return OraclePlanner(sim_ctx["world"], sim_ctx["camera"],
-                             OracleConfig(offset_m=sim_ctx.get("offset_m", 0.0), seed=sim_ctx["seed"]))
+                             OracleConfig(offset_m=sim_ctx.get("offset_m", 0.0), seed=sim_ctx["seed"],
+                                          wrong_first_plan=sim_ctx.get("wrong_plan")), events=sim_ctx.get("events"))
     if backend == "gguf":
         from .planner.gguf import GGUFPlanner, GGUFPlannerConfig
 
@@ -289,6 +290,9 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     spec = match_task(choices.task)
     instruction = spec.instruction if choices.task in TASKS else choices.task
     planner = None
+    if choices.sim_wrong_plan is not None and planner_name != "oracle":
+        raise ConfigError(f"a wrong first plan ({choices.sim_wrong_plan!r}) is made by the oracle planner; it does "
+                          f"not apply to planner {planner_name!r}")
     if planner_name != "oracle":  # a model that does not load fails before the world is built
         planner = make_planner(cfg, planner_name, choices.vlm, None, mmproj=choices.mmproj, notes=notes,
                                simulated=True)
@@ -306,6 +310,7 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     closers.append(camera.disconnect)
     arm.connect()
     closers.append(arm.disconnect)
+    events: dict = {}  # what the simulated conditions did (a wrong first plan, a push), in the outcome
     anchor_depth_error = None
     if choices.sim_anchor_depth_noise_m > 0:  # independent per anchor and per plan, seeded by the episode
         rng = np.random.default_rng([choices.seed, 7919])
@@ -315,7 +320,8 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
             return rng.normal(0.0, sigma, int(n))
     if planner is None:
         planner = make_planner(cfg, planner_name, choices.vlm, {"world": world, "camera": camera, "seed": choices.seed,
-                                                                "offset_m": choices.sim_plan_noise_m},
+                                                                "offset_m": choices.sim_plan_noise_m,
+                                                                "wrong_plan": choices.sim_wrong_plan, "events": events},
                                mmproj=choices.mmproj, notes=notes)
         closers.append(planner.close)
         notes.append("planner: oracle (privileged simulator state, not a VLM); run the VLM planner with "
@@ -328,8 +334,16 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
         return check_success(world, resolve_steps(world, instruction))
 
     movable = [name for name, obj in world.objects.items() if not obj.fixed]
+    push = None
+    if choices.sim_push_cup:  # the cup is pushed once before the grasp (sim/disturb.py)
+        from ..sim.disturb import CupPush
+
+        push = CupPush(world, choices.seed, events)
+        notes.append("world: the cup is pushed 3-6 cm across the table at a random moment before the grasp")
 
     def abort():
+        if push is not None:
+            push.tick()
         for name in movable:
             if not world.on_table(name):
                 return f"{name} was knocked off the table"
@@ -344,7 +358,8 @@ def _sim_devices(cfg, choices, planner_name, expert_name, notes, closers):
     return Devices(arm=arm, camera=camera, kinematics=arm.kin, planner=planner, expert=expert, clock=world.clock,
                    T_base_cam=camera.T_base_cam, workspace=workspace(), success=success, abort=abort, notes=notes,
                    closers=closers, time_limit_s=spec.max_seconds,
-                   anchor_depth_error=anchor_depth_error), instruction
+                   anchor_depth_error=anchor_depth_error, on_guidance=None if push is None else push.on_guidance,
+                   events=events), instruction
 
 
 def _real_devices(cfg, choices, planner_name, expert_name, notes, closers):

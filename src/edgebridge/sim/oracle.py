@@ -11,6 +11,13 @@ a mug's handle axis). Sub-task boundaries mark each step's first anchor.
 Optional plan noise emulates an imperfect VLM: ``pixel_noise_px`` (Gaussian, pixels) and/or
 ``offset_m`` (a random 3-D offset of that length added to each anchor's surface point, projected back
 to a pixel), seeded.
+
+``wrong_first_plan`` makes the episode's first plan wrong, as a VLM may be on its first look; every
+later plan (a re-plan from a fresh frame) is the normal one. ``"wrong_object"``: the grasp anchor of the
+first step points at another movable object of the scene (a distractor or another task object, drawn
+with ``seed``); ``"grasp_8cm"``: it points at the surface 8 cm beside the object (a horizontal offset in
+a seeded random direction, projected back to a pixel; directions whose point lies on another object or
+off the table are drawn again). The destination anchors are unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 _WARNED = False  # the privileged-plan warning is logged once per process
 TOP_DOWN = np.array([1.0, 0.0, 0.0, 0.0])  # gripper z axis pointing down, fingers along base y
 TRAY_SLOTS = np.array([[0.0, 0.0], [-0.06, -0.05], [0.06, 0.05], [0.06, -0.05], [-0.06, 0.05]])
+WRONG_PLANS = ("wrong_object", "grasp_8cm")
+WRONG_GRASP_OFFSET_M = 0.08
 
 
 @dataclass(frozen=True)
@@ -41,8 +50,11 @@ class OracleConfig:
     offset_m: float = 0.0
     seed: int = 0
     axis_radius_m: float = 0.012
+    wrong_first_plan: str | None = None  # None, "wrong_object" or "grasp_8cm" (module docstring)
 
     def __post_init__(self) -> None:
+        check(self.wrong_first_plan is None or self.wrong_first_plan in WRONG_PLANS, "oracle.wrong_first_plan",
+              f"expected None or one of {list(WRONG_PLANS)}, got {self.wrong_first_plan!r}")
         check(self.pixel_noise_px >= 0, "oracle.pixel_noise_px", f"must be >= 0, got {self.pixel_noise_px}")
         check(0 <= self.offset_m < 0.5, "oracle.offset_m", f"must lie in [0, 0.5) m, got {self.offset_m}")
         check(self.axis_radius_m > 0, "oracle.axis_radius_m", f"must be > 0, got {self.axis_radius_m}")
@@ -75,11 +87,16 @@ def grasp_yaw(world: SimWorld, name: str) -> float:
 class OraclePlanner:
     """Implements :class:`~edgebridge.interfaces.Planner` from privileged simulator state."""
 
-    def __init__(self, world: SimWorld, camera: SimCamera, config: OracleConfig | None = None) -> None:
+    def __init__(self, world: SimWorld, camera: SimCamera, config: OracleConfig | None = None,
+                 events: dict | None = None) -> None:
         self.world = world
+        self.events = events  # where a wrong first plan is recorded ("wrong_plan"), e.g. the episode's events
         self.camera = camera
         self.config = config or OracleConfig()
         self._rng = np.random.default_rng(self.config.seed)
+        self._wrong_rng = np.random.default_rng([self.config.seed, 7321])  # the wrong plan's own draws
+        self.plans = 0  # plans made so far
+        self.wrong: dict | None = None  # what the wrong first plan pointed at (wrong_first_plan)
 
     def close(self) -> None:
         pass
@@ -103,7 +120,19 @@ class OraclePlanner:
         if seg is None:
             raise PlanError("OraclePlanner: the sim camera must render segmentation (camera.segmentation=True)")
         targets, subtasks = self.anchor_targets(steps)
+        wrong = self.config.wrong_first_plan if self.plans == 0 else None
+        self.plans += 1
+        if wrong == "wrong_object":  # the first step's grasp names another movable object
+            name = self._other_object(steps[0].obj)
+            targets[0] = (name, targets[0][1], None)
+            self.wrong = {"mode": wrong, "object": name, "instead_of": steps[0].obj}
         anchors = [self._anchor(name, g, depth, seg, rgbd, aim=aim) for name, g, aim in targets]
+        if wrong == "grasp_8cm":  # the first step's grasp lies 8 cm beside the object
+            anchors[0] = self._beside(steps[0].obj, anchors[0], depth, seg, rgbd)
+        if wrong is not None:
+            log.info("OraclePlanner: a wrong first plan: %s", self.wrong)
+            if self.events is not None:
+                self.events["wrong_plan"] = dict(self.wrong)
         # one orientation per plan: across the mug if there is one (cubes fit the gripper at any yaw)
         mugs = [s.obj for s in steps if self.world.object(s.obj).kind == "mug"]
         yaw = grasp_yaw(self.world, mugs[0] if mugs else steps[0].obj)
@@ -199,3 +228,34 @@ class OraclePlanner:
         u, v = int(np.clip(u, 0, w - 1)), int(np.clip(v, 0, h - 1))
         cam_z = float(self.camera.project(p[None])[1][0])
         return Anchor(u=u, v=v, gripper=gripper, depth=cam_z if cam_z > 0 else None)
+
+    # ------------------------------------------------------------------ wrong first plans
+    def _other_object(self, name: str) -> str:
+        """A movable object of the scene other than ``name``, drawn with the wrong plan's generator."""
+        others = sorted(n for n, o in self.world.objects.items() if not o.fixed and n != name)
+        if not others:
+            raise PlanError(f"OraclePlanner: wrong_first_plan 'wrong_object' needs another movable object than "
+                            f"{name}; the scene has {sorted(self.world.objects)}")
+        return others[int(self._wrong_rng.integers(len(others)))]
+
+    def _beside(self, name: str, anchor: Anchor, depth: np.ndarray, seg: np.ndarray, rgbd: RGBD,
+                tries: int = 32) -> Anchor:
+        """``anchor`` moved to the table surface ``WRONG_GRASP_OFFSET_M`` beside ``name``'s grasp point in a
+        random horizontal direction: one whose point lies on the table, clear (by 2 cm) of every object."""
+        _, _, p = self.surface_point(name, depth, seg)
+        boxes = [self.world.aabb(n) for n in self.world.objects]
+        c = self.world.config
+        lo_t = np.asarray(c.table_center_xy) - np.asarray(c.table_half_xy) + 0.05
+        hi_t = np.asarray(c.table_center_xy) + np.asarray(c.table_half_xy) - 0.05
+        for k in range(tries):
+            a = float(self._wrong_rng.uniform(0.0, 2 * math.pi))
+            q = np.array([p[0] + WRONG_GRASP_OFFSET_M * math.cos(a), p[1] + WRONG_GRASP_OFFSET_M * math.sin(a), 0.0])
+            clear = all(np.any(q[:2] < lo[:2] - 0.02) or np.any(q[:2] > hi[:2] + 0.02) for lo, hi in boxes)
+            if (clear and np.all(q[:2] >= lo_t) and np.all(q[:2] <= hi_t)) or k == tries - 1:
+                break
+        uv, z = self.camera.project(q[None])
+        w, h = rgbd.intrinsics.width, rgbd.intrinsics.height
+        u, v = int(np.clip(round(uv[0, 0]), 0, w - 1)), int(np.clip(round(uv[0, 1]), 0, h - 1))
+        self.wrong = {"mode": "grasp_8cm", "object": name, "point": np.round(q, 4).tolist(),
+                      "offset_m": WRONG_GRASP_OFFSET_M, "direction_deg": round(math.degrees(a), 1), "clear": bool(clear)}
+        return Anchor(u=u, v=v, gripper=anchor.gripper, depth=float(z[0]) if z[0] > 0 else None)

@@ -18,7 +18,12 @@ in this run). Conditions (``CONDITIONS``: each sets arguments of ``run_episode``
   nearest point inside the workspace when that is within ``planner.anchor_clamp_max_m``, else the plan is
   rejected and re-planned; ``docs/planner.md``);
 - ``depth_bias_Xcm`` (1, 10; formerly ``depth_Xcm``): stereo depth noise on the whole frame plus an X cm
-  depth bias (``DepthNoiseConfig.condition``).
+  depth bias (``DepthNoiseConfig.condition``);
+- ``wrong_object`` / ``grasp_8cm`` (oracle only): the first plan grasps another movable object / 8 cm beside
+  the object; re-plans are right. A grasp that closes on nothing is re-planned (``planner.max_regrasps``,
+  ``docs/planner.md``); ``*_noregrasp``: the same with ``max_regrasps = 0``;
+- ``push_cup`` (tasks with a cup): the cup is pushed 3-6 cm at a random moment before the grasp
+  (``edgebridge.sim.disturb``); ``push_cup_replan``: the same with ``planner.replan_before_grasp``.
 
 The default set is the expert-vs-IK table's: clean, plan_1cm, plan_3cm, anchor_depth_1cm/3cm/10cm,
 depth_bias_1cm. Every episode
@@ -76,11 +81,18 @@ CONDITIONS = {
     "anchor_depth_10cm": {"anchor_depth_noise_m": 0.10},
     "depth_bias_1cm": {"depth_noise": 0.01},
     "depth_bias_10cm": {"depth_noise": 0.10},
+    "wrong_object": {"wrong_plan": "wrong_object"},
+    "grasp_8cm": {"wrong_plan": "grasp_8cm"},
+    "wrong_object_noregrasp": {"wrong_plan": "wrong_object", "config_overrides": {"planner": {"max_regrasps": 0}}},
+    "grasp_8cm_noregrasp": {"wrong_plan": "grasp_8cm", "config_overrides": {"planner": {"max_regrasps": 0}}},
+    "push_cup": {"push_cup": True},
+    "push_cup_replan": {"push_cup": True, "config_overrides": {"planner": {"replan_before_grasp": True}}},
 }
 ALIASES = {"depth_1cm": "depth_bias_1cm", "depth_10cm": "depth_bias_10cm"}  # their names in earlier tables
 DEFAULT_CONDITIONS = ("clean", "plan_1cm", "plan_3cm", "anchor_depth_1cm", "anchor_depth_3cm", "anchor_depth_10cm",
                       "depth_bias_1cm")
 ORACLE_ONLY = ("plan_noise_m", "wrong_plan")  # arguments that change the oracle's plans
+CUP_ONLY = ("push_cup",)  # arguments that need a cup in the scene
 
 
 def timings() -> dict:
@@ -138,6 +150,18 @@ def vs_ik_table(counts: dict[tuple[str, str, str], tuple[int, int]], ik: str = "
     return flat
 
 
+def check_cup_tasks(ap: argparse.ArgumentParser, conds: list[str], tasks: list[str]) -> None:
+    """Conditions that push the cup only run on tasks whose scene has one."""
+    from edgebridge.sim.tasks import TASKS
+
+    with_cup = [slug for slug, spec in TASKS.items() if any("cup" in (s.obj, s.target) for s in spec.steps)]
+    cup_conds = [c for c in conds if any(CONDITIONS[c].get(k) for k in CUP_ONLY)]
+    without = [t for t in tasks if t not in with_cup]
+    if cup_conds and without:
+        ap.error(f"conditions {cup_conds} push the cup; tasks {without} have none (tasks with a cup: "
+                 f"{', '.join(with_cup)})")
+
+
 def check_planner(ap: argparse.ArgumentParser, args, conds: list[str]) -> tuple[tuple | None, str]:
     """(the episodes' planner as (name, vlm, mmproj), or None for the oracle; its label for the table)."""
     if args.planner == "oracle":
@@ -147,7 +171,7 @@ def check_planner(ap: argparse.ArgumentParser, args, conds: list[str]) -> tuple[
     noisy = [c for c in conds if any(k in CONDITIONS[c] for k in ORACLE_ONLY)]
     if noisy:
         ap.error(f"--planner {args.planner}: conditions {noisy} change the oracle's plans and do not apply to the "
-                 f"VLM; pass --conditions clean (or anchor_depth_*, depth_bias_*)")
+                 f"VLM; pass --conditions clean (or anchor_depth_*, depth_bias_*, push_cup*)")
     if args.vlm is None and args.mmproj is None:
         from edgebridge.runtime.planner import shipped
 
@@ -196,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or args.seeds < 1:
         ap.error(f"unknown conditions {bad} (choose from {list(CONDITIONS)}) or --seeds < 1")
     tasks = [get_task(t).slug for t in args.tasks.split(",") if t]
+    check_cup_tasks(ap, conds, tasks)
     experts = [e for e in args.experts.split(",") if e]
     bad = [e for e in experts if e not in ("ik", "onnx", "expert")]
     if bad:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ...runtime.planner.format import parse_plan
 from ..appf import load_checkpoint
+from ..distributed import rank_world
 from .data import PointingSplit, constant_phrases, load_split, preprocess, read_split, vocab_texts
 from .model import PlannerVLM, VLMConfig, count_params
 from .tokenizer import EOS, SLOT_U, SLOT_V, SLOT_YAW, YAW_LIMIT, PlanTokenizer
@@ -61,12 +62,6 @@ class PlannerTrainConfig:
     save_every: int = 250
     train_limit: int | None = None
     model: VLMConfig = field(default_factory=VLMConfig)
-
-
-def _rank() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def batch_tensors(split: PointingSplit, idx: np.ndarray, cfg: VLMConfig) -> dict:
@@ -215,7 +210,7 @@ def save_curves(run: Path) -> None:
 def train(run: str | Path, cfg: PlannerTrainConfig) -> dict:
     """Train (or resume) into ``run``; returns the last evaluation."""
     run = Path(run)
-    rank, world = _rank()
+    rank, world = rank_world()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run.mkdir(parents=True, exist_ok=True)

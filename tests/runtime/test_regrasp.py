@@ -64,13 +64,13 @@ class Planner:
         pass
 
 
-def run(planner, empty=(), **planner_cfg):
+def run(planner, empty=(), max_seconds=None, **planner_cfg):
     clock = SimClock(start_ns=1_000_000_000)
     cfg, dev, _ = setup(clock)
     arm = GraspArm(clock, empty)
     dev.arm, dev.planner = arm, planner
     cfg = dataclasses.replace(cfg, planner=PlannerConfig(**planner_cfg))
-    return Pipeline(cfg, dev, guidance_config=FAST, settle_s=0.3).run("pick and place"), arm
+    return Pipeline(cfg, dev, guidance_config=FAST, settle_s=0.3).run("pick and place", max_seconds=max_seconds), arm
 
 
 def empty_grasp_lines(caplog) -> list[str]:
@@ -88,13 +88,15 @@ def test_an_empty_grasp_lifts_opens_and_replans_the_subtask_once(caplog):
     assert arm.grasps == 2 and arm.violations == []
     [line] = empty_grasp_lines(caplog)
     assert "the gripper reads 0.000 < planner.empty_grasp_width 0.050" in line and "re-grasp 1 of 2" in line
-    # between the two grasps the arm lifted to the pre-grasp height above the contact, then opened there
+    # between the two grasps the arm lifted to the pre-grasp height above the contact, opened there, and went
+    # back up to where its approach started (0.3 m) before the re-plan
     g = np.array([c.gripper for c in arm.commands])
     closes = np.flatnonzero((g[:-1] >= 0.5) & (g[1:] < 0.5)) + 1
     between = arm.commands[closes[0]:closes[1]]
     opened = next(i for i, c in enumerate(between) if c.gripper > 0.5)
     assert between[opened].joints[2] >= CONTACT_Z + FAST.approach_m - 0.01
-    assert max(c.joints[2] for c in between[:opened]) >= CONTACT_Z + FAST.approach_m - 0.01
+    assert np.allclose(between[opened].joints[:2], between[0].joints[:2], atol=0.01)  # straight up
+    assert max(c.joints[2] for c in between[opened:]) > 0.29
 
 
 def test_max_regrasps_0_disables_the_check(caplog):
@@ -134,7 +136,7 @@ def test_a_failed_replan_after_an_empty_grasp_falls_back_to_the_previous_plan():
 
 def test_an_empty_grasp_in_the_second_subtask_of_a_whole_plan_replans_from_that_subtask():
     planner = Planner(TWO_STEPS, subtasks=(0, 3))
-    out, arm = run(planner, empty={1}, replan_subtasks=False)
+    out, arm = run(planner, empty={1}, replan_subtasks=False, max_seconds=30.0)  # a slow arm: 20 s is tight
     assert out.success, out.reason
     p = out.planning
     assert planner.calls == 2 and p["regrasps"] == 1 and p["subtasks_done"] == 2
@@ -182,16 +184,23 @@ def test_grasp_events_find_the_pregrasp_point_the_close_and_its_anchor():
     at = lambda ns: guidance.positions[np.searchsorted(t, ns)]  # noqa: E731
     assert abs(at(ev.pre_ns)[2] - (CONTACT_Z + FAST.approach_m)) < 0.012  # the descent starts here
     assert ev.pre_ns < ev.closed_ns and ev.check_ns == ev.closed_ns + int(0.4e9) <= ev.until_ns
+    assert np.allclose(ev.back.position, (0.1, 0.0, 0.3), atol=0.005)  # the top of the approach: where it began
     assert guidance.gripper[np.searchsorted(t, ev.closed_ns)] < 1e-3  # closed by then
 
 
-def test_the_retreat_lifts_above_the_contact_then_opens():
-    dur, g = retreat_guidance(_state((0.3, 0.1, CONTACT_Z + 0.01), gripper=0.0), np.array([0.3, 0.1, CONTACT_Z]),
-                              FAST, 0.05, 0)
+def test_the_retreat_lifts_above_the_contact_opens_then_goes_back():
+    state, contact = _state((0.3, 0.1, CONTACT_Z + 0.01), gripper=0.0), np.array([0.3, 0.1, CONTACT_Z])
+    top = CONTACT_Z + FAST.approach_m
+    _, g = retreat_guidance(state, contact, FAST, 0.05, 0)
     z, grip = np.asarray(g.positions)[:, 2], np.asarray(g.gripper)
-    assert grip[0] == 0.0 and grip[-1] == 1.0 and z[-1] == pytest.approx(CONTACT_Z + FAST.approach_m, abs=1e-6)
-    assert np.all(z[grip > 0.01] > z[-1] - 1e-6)  # it opens only at the top
+    assert grip[0] == 0.0 and grip[-1] == 1.0 and z[-1] == pytest.approx(top, abs=1e-6)
+    assert np.all(z[grip > 0.01] > top - 1e-6)  # it opens only at the top
     assert np.allclose(np.asarray(g.positions)[:, :2], (0.3, 0.1), atol=1e-6)
+    _, g = retreat_guidance(state, contact, FAST, 0.05, 0, back=Pose(np.array([0.1, 0.0, 0.3])))
+    pos, grip = np.asarray(g.positions), np.asarray(g.gripper)
+    assert np.allclose(pos[-1], (0.1, 0.0, 0.3), atol=1e-3) and grip[-1] == 1.0
+    away = np.linalg.norm(pos[:, :2] - (0.3, 0.1), axis=1) > 1e-3
+    assert np.all(grip[away] == 1.0)  # open before it moves away
 
 
 def test_the_session_holds_at_the_pregrasp_point_while_a_slow_replan_runs():
@@ -206,8 +215,9 @@ def test_the_session_holds_at_the_pregrasp_point_while_a_slow_replan_runs():
     from edgebridge.runtime.planner.gguf import blank_frame
 
     planner = Slow()
+    policy = GraspPolicy(guidance=FAST, replan_before_grasp=True)
     session = PlanSession(planner, "pick", capture=lambda: blank_frame(64, 48), lift=_Lifted(), build=_build,
-                          blocking=False, grasp=dataclasses.replace(GraspPolicy(guidance=FAST), replan_before_grasp=True))
+                          blocking=False, grasp=policy)
     try:
         now, p = 1_000_000_000, (0.1, 0.0, 0.3)
         assert session.tick(now, _state(p, stamp_ns=now)) is None

@@ -128,7 +128,8 @@ def test_a_pushed_cup_moves_during_the_episode_which_finishes(monkeypatch):
     [(before, after, t_ns)] = seen
     rec = out.events["push_cup"]
     assert rec["pushed"] and 0.03 <= np.linalg.norm(after[:2] - before[:2]) <= 0.06
-    assert rec["from"] == pytest.approx(before.tolist(), abs=1e-4) and rec["to"] == pytest.approx(after.tolist(), abs=1e-4)
+    assert rec["from"] == pytest.approx(before.tolist(), abs=1e-4)
+    assert rec["to"] == pytest.approx(after.tolist(), abs=1e-4)
     assert rec["before_close_s"] > 0 and rec["at_s"] == pytest.approx(t_ns / 1e9, abs=1e-3)
     assert out.reason != "time limit reached" and out.success, out.reason
 

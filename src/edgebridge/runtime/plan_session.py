@@ -19,11 +19,12 @@ thread), which never blocks on the model in real time:
   the whole instruction each time; a re-plan with as many sub-tasks as the first plan continues at the
   first unfinished one, a re-plan with exactly the remaining count is taken whole;
 - around grasps (``grasp``, a :class:`~edgebridge.runtime.grasp_check.GraspPolicy`): a gripper that closed
-  on nothing (read ``settle_s`` after the guidance closed it) ends the guidance being followed; the arm
-  lifts and opens (a short guidance of its own), then the sub-task of that grasp is re-planned from a
-  fresh frame like a sub-task boundary, at most ``max_regrasps`` times per episode (``regrasps``). With
-  ``replan_before_grasp`` the arm holds at each pre-grasp point and the sub-task is re-planned once
-  (``pregrasp_replans``). Either way a failed re-plan falls back to the previous plan from that sub-task.
+  on nothing (read from ``settle_s`` after the guidance closed it) ends the guidance being followed; the arm
+  lifts, opens and goes back to the highest point of its approach (a short guidance of its own), then
+  the sub-task of that grasp is re-planned from a fresh frame like a sub-task boundary, at most
+  ``max_regrasps`` times per episode (``regrasps``). With ``replan_before_grasp`` the arm holds at each
+  pre-grasp point and the sub-task is re-planned once (``pregrasp_replans``). Either way a failed re-plan
+  falls back to the previous plan from that sub-task.
 
 In lock-step (``blocking=True``) a request waits for its answer at once, in wall time, while simulated
 time stands still: deterministic, and the arm holds by construction.
@@ -348,7 +349,7 @@ class PlanSession:
             return False, None
         self.stats.regrasps += 1
         self._interrupt(ev)
-        duration_s, self.guidance = g.retreat(state, ev.contact, now_ns)
+        duration_s, self.guidance = g.retreat(state, ev.contact, now_ns, ev.back)  # back: a clear view to re-plan
         self._seg_end_ns = now_ns + int((duration_s + g.settle_s) * 1e9)  # the gripper has opened by then
         self._replan_reason = f"empty grasp in sub-task {sub + 1} of {self._total}"
         return True, None

@@ -257,5 +257,6 @@ class OraclePlanner:
         w, h = rgbd.intrinsics.width, rgbd.intrinsics.height
         u, v = int(np.clip(round(uv[0, 0]), 0, w - 1)), int(np.clip(round(uv[0, 1]), 0, h - 1))
         self.wrong = {"mode": "grasp_8cm", "object": name, "point": np.round(q, 4).tolist(),
-                      "offset_m": WRONG_GRASP_OFFSET_M, "direction_deg": round(math.degrees(a), 1), "clear": bool(clear)}
+                      "offset_m": WRONG_GRASP_OFFSET_M, "direction_deg": round(math.degrees(a), 1),
+                      "clear": bool(clear)}
         return Anchor(u=u, v=v, gripper=anchor.gripper, depth=float(z[0]) if z[0] > 0 else None)

@@ -31,6 +31,11 @@ A run directory holds ``config.json``, ``norm.json``, ``log.csv`` / ``log.json``
 ``curves.png``, ``ckpt.pt`` (latest, for resuming), ``final.pt`` (EMA weights + everything export needs)
 and ``metrics.json``. Rerunning on the same directory resumes where it stopped.
 
+:class:`Trainer` runs alone or under ``torchrun --nproc-per-node N`` (DDP, ``train/distributed.py``;
+``python -m edgebridge.train.appf_run`` is the entry point): the stage batches are global, split over the
+ranks; rank 0 alone keeps the EMA, evaluates and writes the run directory. The final record holds each
+stage's wall time, the world size and the device's name.
+
 Checkpoints hold tensors and plain JSON types only (configs as dicts, never pickled objects) and are read
 with :func:`load_checkpoint` (``torch.load(weights_only=True)``): a file holding anything else, such as a
 pickled object that would run code when loaded, is refused with a :class:`CheckpointError` naming it.
@@ -53,6 +58,8 @@ import torch
 
 from ..errors import EdgebridgeError
 from ..runtime.expert.features import OUTPUT_RESIDUAL, CloudROI, FeatureSpec, Normalizer
+from . import distributed as ddp
+from .augment import cancelling_plan_shift, fit_clouds, shift_arm, shift_plan  # noqa: F401 - re-exported
 from .data import DemoSet, load_demos, read_meta, spec_from_meta
 from .model import ActionExpertNet, DDIMSampler, ExpertNetConfig, count_parameters, make_net
 
@@ -199,71 +206,6 @@ class _Tensors:
         return (self.cloud[i] if use_cloud else None), self.proprio[i], self.guidance[i], self.action[i]
 
 
-def shift_plan(norm: Normalizer, shift_m: torch.Tensor, cloud: torch.Tensor | None, guidance: torch.Tensor,
-               action: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Normalised tensors of a batch as if each sample's plan were moved by ``shift_m`` (B, 3) metres:
-    guidance positions (relative to the current pose) +shift, the goal-centred cloud -shift, the target
-    correction of every chunk step -shift. Exact for the raw features (a shift commutes with the
-    guidance interpolation); only the IK height floor is ignored."""
-    def scaled(key: str, dims: slice) -> torch.Tensor:
-        return shift_m / torch.as_tensor(norm.std[key][dims], dtype=shift_m.dtype)
-
-    guidance = guidance.clone()
-    guidance[..., :3] += scaled("guidance", slice(0, 3))[:, None, :]
-    action = action.clone()
-    action[..., :3] -= scaled("action", slice(0, 3))[:, None, :]
-    if cloud is not None:
-        cloud = cloud - scaled("cloud", slice(0, 3))[:, None, :]
-    return cloud, guidance, action
-
-
-def cancelling_plan_shift(norm: Normalizer, action: torch.Tensor) -> torch.Tensor:
-    """(B, 3) metres: the plan shift that cancels each sample's demonstrated position correction (its mean
-    over the chunk), so that :func:`shift_plan` by it leaves a plan on the real object and a target
-    correction of about zero."""
-    std = torch.as_tensor(norm.std["action"][:3], dtype=action.dtype)
-    mean = torch.as_tensor(norm.mean["action"][:3], dtype=action.dtype)
-    return (action[..., :3] * std + mean).mean(dim=1)
-
-
-def fit_clouds(cloud: torch.Tensor, n_points: int, norm: Normalizer, roi: CloudROI | None) -> torch.Tensor:
-    """(B, M, 3) normalised goal-centred clouds as recorded -> (B, N, 3) network clouds: points outside
-    ``roi`` (relative to the goal, i.e. the origin) are dropped and the rest resampled to N by an even
-    stride / repetition — what ``resample_cloud`` does to a live cloud cropped to the ROI. Demonstrations
-    record a margin around the ROI, so after a plan shift the crop is taken afresh and its edges do not
-    reveal the shift. A sample with no point inside keeps all of its points."""
-    b, m, _ = cloud.shape
-    if roi is None:
-        if m == n_points:
-            return cloud
-        mask = torch.ones(b, m, dtype=torch.bool)
-    else:
-        mean = torch.as_tensor(norm.mean["cloud"], dtype=cloud.dtype)
-        std = torch.as_tensor(norm.std["cloud"], dtype=cloud.dtype)
-        lo, hi = (torch.as_tensor(v, dtype=cloud.dtype) for v in roi.relative_bounds())
-        mask = ((cloud >= (lo - mean) / std) & (cloud <= (hi - mean) / std)).all(dim=-1)
-        empty = ~mask.any(dim=1)
-        if bool(empty.any()):
-            mask[empty] = True
-    n_valid = mask.sum(dim=1)
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # inside points first, in order
-    idx = (torch.arange(n_points)[None, :] * n_valid[:, None]) // n_points
-    src = torch.gather(order, 1, idx)
-    return torch.gather(cloud, 1, src[..., None].expand(-1, -1, 3))
-
-
-def shift_arm(norm: Normalizer, shift_m: torch.Tensor, proprio: torch.Tensor,
-              guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised proprio and guidance tokens as if the end effector stood ``shift_m`` (B, 3) metres away
-    from where it was (position +shift, guidance relative to it -shift). The target correction and the
-    goal-centred cloud do not change (the gripper's own points in the cloud are the one inexactness)."""
-    proprio = proprio.clone()
-    proprio[:, :3] += shift_m / torch.as_tensor(norm.std["proprio"][:3], dtype=shift_m.dtype)
-    guidance = guidance.clone()
-    guidance[..., :3] -= (shift_m / torch.as_tensor(norm.std["guidance"][:3], dtype=shift_m.dtype))[:, None, :]
-    return proprio, guidance
-
-
 @torch.no_grad()
 def evaluate(net: ActionExpertNet, data: _Tensors, norm: Normalizer, *, use_cloud: bool, k: int,
              seed: int, max_samples: int = 256, fit_cloud=None, device: str = "cpu") -> dict:
@@ -331,15 +273,32 @@ RESUME_KEYS = ("stage", "step", "net", "ema", "opt", "rows", "rng", "gen", "elap
 
 
 class Trainer:
-    """Runs both APPF stages in ``run_dir``, resuming from ``ckpt.pt`` when present."""
+    """Runs both APPF stages in ``run_dir``, resuming from ``ckpt.pt`` when present.
+
+    Alone (the default), or as one of N processes under ``torchrun --nproc-per-node N`` (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment): then it joins the process group (gloo on the CPU,
+    nccl on CUDA, where a plain ``cuda`` device becomes ``cuda:LOCAL_RANK``), trains the network wrapped in
+    DistributedDataParallel and destroys the group at the end of :meth:`run` (when it created it; one such
+    run per process).
+
+    A stage's ``batch`` is the *global* batch: each rank draws ``batch // world_size`` samples with its own
+    generators (seeded from ``cfg.seed`` and its rank; alone, from ``cfg.seed`` as always) and DDP averages
+    the gradients. On the CPU ``cfg.threads`` are shared out too (``threads // world_size`` each, at least
+    1). Rank 0 alone keeps the EMA, evaluates and writes the run directory (checkpoints, logs, curves,
+    ``final.pt``) while the others wait at a barrier. A checkpoint holds every rank's generator
+    states, so a run resumes exactly under the same world size (under another, each rank draws afresh).
+    :meth:`run` returns the metrics on rank 0 and ``{}`` on the other ranks."""
 
     def __init__(self, demo_dirs: list[Path], run_dir: Path, cfg: TrainConfig, spec: FeatureSpec | None = None,
                  command: str = "", device: str = "cpu") -> None:
         self.run_dir = Path(run_dir)
-        self.device = _check_device(device)
+        self.device = ddp.local_device(_check_device(device))
+        self.owns_group = ddp.init_from_env(self.device)
+        self.rank, self.world = ddp.rank_world()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
-        torch.set_num_threads(cfg.threads)
+        # cfg.threads are the run's: on the CPU each of the processes takes its share
+        torch.set_num_threads(max(1, cfg.threads // self.world) if self.device == "cpu" else cfg.threads)
         if spec is None:  # sizes from the data; the cloud size is the network's (recorded clouds are fitted to it)
             spec = replace(spec_from_meta(read_meta(Path(list(demo_dirs)[0]))), n_points=cfg.model.n_points)
         ds = load_demos(demo_dirs, spec)
@@ -350,6 +309,8 @@ class Trainer:
             raise ValueError(f"demonstrations have N={self.spec.n_points}, G+1={self.spec.guidance_tokens}, "
                              f"H={self.spec.horizon} but the model config expects N={cfg.model.n_points}, "
                              f"G+1={cfg.model.guidance_tokens}, H={cfg.model.horizon}")
+        for st in (cfg.stage1, cfg.stage2):
+            ddp.shard_batch(st.batch, self.world)  # refuses a batch smaller than the world before any step
         train_ds, val_ds = ds.split(cfg.val_fraction, cfg.seed)
         self.norm = train_ds.fit_normalizer()
         self.train_data = _Tensors(train_ds, self.norm)
@@ -357,37 +318,60 @@ class Trainer:
         self.val_data = _Tensors(val_ds if len(val_ds) else train_ds, self.norm)
         self.data_meta = {**ds.meta, "train_samples": len(train_ds), "val_samples": len(val_ds)}
         self.command = command
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        (self.run_dir / "norm.json").write_text(json.dumps(self.norm.to_dict()))
+        if self.rank == 0:
+            (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            (self.run_dir / "norm.json").write_text(json.dumps(self.norm.to_dict()))
         self.net = make_net(cfg.model, cfg.seed).to(self.device)
-        self.ema = copy.deepcopy(self.net).requires_grad_(False)
-        log.info("action expert: %d parameters (cloud encoder %d, denoiser %d)", count_parameters(self.net),
-                 count_parameters(self.net.cloud_encoder), count_parameters(self.net.unet))
+        self.ema = copy.deepcopy(self.net).requires_grad_(False) if self.rank == 0 else None
+        if self.rank == 0:
+            log.info("action expert: %d parameters (cloud encoder %d, denoiser %d); world size %d",
+                     count_parameters(self.net), count_parameters(self.net.cloud_encoder),
+                     count_parameters(self.net.unet), self.world)
         self.rows: list[dict] = []
         self.stage, self.step = 1, 0
-        self.rng = np.random.default_rng(cfg.seed)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        # the diffusion step and noise of the loss are drawn where the network runs
-        self.loss_gen = self.gen if self.device == "cpu" else torch.Generator(self.device).manual_seed(cfg.seed)
+        self._seed_generators(ddp.rank_seed(cfg.seed, self.rank, self.world))
         self.elapsed = 0.0
+        self.stage_wall = [0.0, 0.0]  # wall seconds of stage 1 and 2, evaluations and checkpoints included
         self.opt = self._make_opt(cfg.stage1)
         self._resume()
+        # the network's loss; under DDP the same call goes through DistributedDataParallel (gradient averaging)
+        self.loss_fn = self.net.loss if self.world == 1 else ddp.ddp_method(self.net, "loss", self.device)
 
     def _make_opt(self, st: StageConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.net.parameters(), lr=st.lr, weight_decay=self.cfg.weight_decay)
 
+    def _seed_generators(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        # the diffusion step and noise of the loss are drawn where the network runs
+        self.loss_gen = self.gen if self.device == "cpu" else torch.Generator(self.device).manual_seed(seed)
+
     # ------------------------------------------------------------------ checkpoints
 
+    def _generator_state(self) -> dict:
+        return {"rng": plain(self.rng.bit_generator.state), "gen": self.gen.get_state(),
+                "loss_gen": None if self.loss_gen is self.gen else self.loss_gen.get_state()}
+
+    def _set_generator_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"].cpu())
+        if self.loss_gen is not self.gen and state.get("loss_gen") is not None:
+            self.loss_gen.set_state(state["loss_gen"].cpu())
+
     def _save(self, name: str = "ckpt.pt") -> None:
-        state = {"stage": self.stage, "step": self.step, "net": self.net.state_dict(),
-                 "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "rows": plain(self.rows),
-                 "rng": plain(self.rng.bit_generator.state), "gen": self.gen.get_state(),
-                 "elapsed": float(self.elapsed),
-                 "loss_gen": None if self.loss_gen is self.gen else self.loss_gen.get_state(),
-                 "config": plain(self.cfg.to_dict())}
-        tmp = self.run_dir / (name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.run_dir / name)
+        """Collective under DDP: every rank's generator states go to rank 0, which writes; the others wait."""
+        generators = ddp.gather(self._generator_state())
+        if self.rank == 0:
+            state = {"stage": self.stage, "step": self.step, "net": self.net.state_dict(),
+                     "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "rows": plain(self.rows),
+                     **generators[0], "elapsed": float(self.elapsed), "world_size": self.world,
+                     "stage_wall_s": [float(t) for t in self.stage_wall], "config": plain(self.cfg.to_dict())}
+            if self.world > 1:
+                state["ranks"] = generators
+            tmp = self.run_dir / (name + ".tmp")
+            torch.save(state, tmp)
+            tmp.replace(self.run_dir / name)
+        ddp.barrier()
 
     def _resume(self) -> None:
         path = self.run_dir / "ckpt.pt"
@@ -398,20 +382,30 @@ class Trainer:
             raise ValueError(f"{path}: was written with a different training config; use a new run directory "
                              "or delete the checkpoint to start over")
         self.net.load_state_dict(state["net"])
-        self.ema.load_state_dict(state["ema"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.stage, self.step, self.rows, self.elapsed = state["stage"], state["step"], state["rows"], state["elapsed"]
+        self.stage_wall = [float(t) for t in state.get("stage_wall_s", (0.0, 0.0))]
         self.opt = self._make_opt(self.cfg.stage1 if self.stage == 1 else self.cfg.stage2)
         self.opt.load_state_dict(state["opt"])
-        self.rng.bit_generator.state = state["rng"]
-        self.gen.set_state(state["gen"].cpu())
-        if self.loss_gen is not self.gen and state.get("loss_gen") is not None:
-            self.loss_gen.set_state(state["loss_gen"].cpu())
-        log.info("resumed %s at stage %d step %d", path, self.stage, self.step)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world == self.world:
+            self._set_generator_state(state["ranks"][self.rank] if self.world > 1 else state)
+        else:
+            self._seed_generators(int(np.random.SeedSequence([self.cfg.seed, self.rank, self.stage, self.step])
+                                      .generate_state(1, np.uint32)[0]))
+            if self.rank == 0:
+                log.warning("%s was written by %d process(es), this run has %d: each rank draws its batches "
+                            "afresh from here on", path, saved_world, self.world)
+        if self.rank == 0:
+            log.info("resumed %s at stage %d step %d", path, self.stage, self.step)
 
     # ------------------------------------------------------------------ loop
 
     @torch.no_grad()
     def _ema_update(self) -> None:
+        if self.ema is None:  # rank 0 alone keeps the EMA
+            return
         d = self.cfg.ema_decay
         for pe, p in zip(self.ema.parameters(), self.net.parameters()):
             pe.mul_(d).add_(p.detach(), alpha=1 - d)
@@ -428,30 +422,31 @@ class Trainer:
 
     def _run_stage(self, stage: int, st: StageConfig) -> None:
         offset = 0 if stage == 1 else self.cfg.stage1.steps
-        t_last = time.monotonic()
+        n = ddp.shard_batch(st.batch, self.world)  # this rank's share of the global batch
+        t_last = t_wall = time.monotonic()
         self.net.train()
         while self.step < st.steps:
             lr = _lr(self.step, st.steps, st.lr, self.cfg.warmup)
             for g in self.opt.param_groups:
                 g["lr"] = lr
-            idx = self.rng.integers(0, len(self.train_data), st.batch)
+            idx = self.rng.integers(0, len(self.train_data), n)
             cloud, proprio, guidance, action = self.train_data.batch(idx, st.use_cloud)
             if self.cfg.plan_shift_m > 0:
-                shift = self.cfg.plan_shift_m * torch.randn((st.batch, 3), generator=self.gen)
+                shift = self.cfg.plan_shift_m * torch.randn((n, 3), generator=self.gen)
                 if self.cfg.clean_plan_fraction > 0:
-                    clean = torch.rand(st.batch, generator=self.gen) < self.cfg.clean_plan_fraction
+                    clean = torch.rand(n, generator=self.gen) < self.cfg.clean_plan_fraction
                     shift = torch.where(clean[:, None], cancelling_plan_shift(self.norm, action), shift)
                 cloud, guidance, action = shift_plan(self.norm, shift, cloud, guidance, action)
             if self.cfg.arm_shift_m > 0:
-                shift = self.cfg.arm_shift_m * torch.randn((st.batch, 3), generator=self.gen)
+                shift = self.cfg.arm_shift_m * torch.randn((n, 3), generator=self.gen)
                 proprio, guidance = shift_arm(self.norm, shift, proprio, guidance)
             if cloud is not None:
                 cloud = self.fit_cloud(cloud)
             if self.cfg.goal_noise > 0:
                 guidance = guidance + self.cfg.goal_noise * torch.randn(guidance.shape, generator=self.gen)
             cloud, proprio, guidance, action = _to(self.device, cloud, proprio, guidance, action)
-            loss = self.net.loss(cloud, proprio, guidance, action, generator=self.loss_gen,
-                                 aux_weight=self.cfg.aux_weight)
+            loss = self.loss_fn(cloud, proprio, guidance, action, generator=self.loss_gen,
+                                aux_weight=self.cfg.aux_weight)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
@@ -461,9 +456,9 @@ class Trainer:
             now = time.monotonic()
             self.elapsed += now - t_last
             t_last = now
-            row = {"stage": stage, "step": self.step, "global_step": offset + self.step, "loss": loss.item(),
-                   "lr": lr, "time_s": round(self.elapsed, 2)}
-            if self.step % self.cfg.eval_every == 0 or self.step == st.steps:
+            row = {"stage": stage, "step": self.step, "global_step": offset + self.step,
+                   "loss": ddp.mean_over_ranks(loss), "lr": lr, "time_s": round(self.elapsed, 2)}
+            if self.rank == 0 and (self.step % self.cfg.eval_every == 0 or self.step == st.steps):
                 m = evaluate(self.ema, self.val_data, self.norm, use_cloud=st.use_cloud, k=self.cfg.eval_k,
                              seed=self.cfg.seed + 1, fit_cloud=self.fit_cloud, device=self.device)
                 row.update(val_loss=m["loss"], val_pos_err_mm=m["pos_err_mm"], val_pos_err_zero_mm=m["pos_err_zero_mm"],
@@ -473,22 +468,39 @@ class Trainer:
                          m["pos_err_mm"], m["pos_err_zero_mm"], m["ik_pos_err_mm"], self.elapsed)
             self.rows.append(row)
             if self.step % self.cfg.ckpt_every == 0 or self.step == st.steps:
+                self.stage_wall[stage - 1] += time.monotonic() - t_wall
+                t_wall = time.monotonic()
                 self._save()
-                self._write_logs()
+                if self.rank == 0:
+                    self._write_logs()
             t_last = time.monotonic()
+        self.stage_wall[stage - 1] += time.monotonic() - t_wall
 
     def run(self) -> dict:
-        if self.stage == 1:
-            self._run_stage(1, self.cfg.stage1)
-            self.stage, self.step = 2, 0
-            self.opt = self._make_opt(self.cfg.stage2)
-            self._save()
-        self._run_stage(2, self.cfg.stage2)
+        """Both stages from where the run stopped; the metrics on rank 0, ``{}`` on the other ranks."""
+        try:
+            if self.stage == 1:
+                self._run_stage(1, self.cfg.stage1)
+                self.stage, self.step = 2, 0
+                self.opt = self._make_opt(self.cfg.stage2)
+                self._save()
+            self._run_stage(2, self.cfg.stage2)
+            metrics = self._finish() if self.rank == 0 else {}
+            ddp.barrier()  # final.pt is written when run() returns, on every rank
+            return metrics
+        finally:
+            if self.owns_group:
+                ddp.destroy()
+                self.owns_group = False
+
+    def _finish(self) -> dict:
         self._write_logs()
         metrics = {f"val_{k}": v for k, v in evaluate(self.ema, self.val_data, self.norm, use_cloud=True,
                                                       k=self.cfg.eval_k, seed=self.cfg.seed + 1,
                                                       fit_cloud=self.fit_cloud, device=self.device).items()}
-        metrics.update(train_time_s=round(self.elapsed, 1), train_device=self.device, parameters=count_parameters(self.net),
+        metrics.update(train_time_s=round(self.elapsed, 1), stage1_wall_s=round(self.stage_wall[0], 1),
+                       stage2_wall_s=round(self.stage_wall[1], 1), world_size=self.world, train_device=self.device,
+                       train_device_name=ddp.device_name(self.device), parameters=count_parameters(self.net),
                        eval_k=self.cfg.eval_k)
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         ema_cpu = {k: v.cpu() for k, v in self.ema.state_dict().items()}

@@ -51,8 +51,11 @@ test-fast: sysdeps $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/run_all.py
 
+# The shipped expert from scratch: demonstrations of the five sim tasks, APPF, export. NPROC=2 trains under
+# torchrun (DDP, the batch sizes staying global); the time of each step is recorded in expert.json.
+NPROC ?= 1
 weights: $(VENV)/.dev-installed
-	$(PY) -m edgebridge.train.make_weights
+	$(PY) -m edgebridge.train.make_weights --nproc $(NPROC)
 
 # The planner VLM from scratch: pointing scenes from the simulator, SFT under torchrun (2 processes), export to
 # GGUF (LM + vision projector) with parity checks, then the shipped copies in assets/planner.

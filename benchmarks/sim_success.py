@@ -34,7 +34,8 @@ Timings: one physics step (1/240 s, Panda + objects) and one RGB-D + segmentatio
 renderer) at 320x240 and 640x480, with the 640/320 ratio.
 
 ``--json`` keys: ``success.<expert>.<task>.<condition>``, ``plans_accepted.*`` / ``plans_rejected.*`` (plans per
-episode, mean), ``render_ms_320``, ``render_ms_640``, ``step_ms``, ``planner``.
+episode, mean), ``clamped.*`` / ``regrasps.*`` / ``pregrasp_replans.*`` (anchors clamped into the workspace,
+re-plans after an empty grasp, re-plans at the pre-grasp point; per episode, mean), ``render_ms_320``, ``render_ms_640``, ``step_ms``, ``planner``.
 
 Planner: ``--planner oracle`` (default; the simulator's privileged plans) or ``--planner gguf``: the VLM
 planner (``runtime/planner/gguf.py``) on the camera image, the shipped model unless ``--vlm`` and ``--mmproj``
@@ -55,7 +56,9 @@ scenes.
 With ``ik`` and another expert in one run, a second table compares each expert with plain IK on the same
 scenes: both counts with Wilson 95 % intervals, the one-sided Fisher exact p-values of "above IK" and
 "below IK", and the verdict (``above`` / ``below`` at p < 0.05, else ``level``: within the sampling noise);
-``--json`` adds ``vs_ik.<expert>.<task>.<condition>.p_above`` / ``.p_below`` / ``.verdict``.
+``--json`` adds ``vs_ik.<expert>.<task>.<condition>.p_above`` / ``.p_below`` / ``.verdict``. Plain IK does
+not change when the expert does: ``--ik-from FILE.json`` takes its counts from an earlier run's ``--json``
+on the same scenes (same ``--seeds``, ``--seed-base``, depth tare; refused otherwise).
 """
 
 from __future__ import annotations
@@ -162,6 +165,30 @@ def check_cup_tasks(ap: argparse.ArgumentParser, conds: list[str], tasks: list[s
                  f"{', '.join(with_cup)})")
 
 
+def ik_counts(ap: argparse.ArgumentParser, args) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """Plain-IK counts from an earlier run's ``--json`` (``--ik-from``), which must have measured the same
+    scenes (seeds, first seed, depth tare, planner): plain IK does not change when the expert does."""
+    import json
+
+    try:
+        old = json.loads(args.ik_from.read_text())
+    except (OSError, ValueError) as e:
+        ap.error(f"--ik-from {args.ik_from}: cannot read it as a sim_success JSON ({e})")
+    want = {"seeds": args.seeds, "seed_base": args.seed_base, "depth_tare": not args.no_depth_tare}
+    differ = {k: old.get(k) for k, v in want.items() if old.get(k) != v}
+    if differ:
+        ap.error(f"--ik-from {args.ik_from}: measured other scenes ({differ}; this run: {want}); run plain IK "
+                 f"with the same --seeds/--seed-base")
+    out = {}
+    for key, rate in old.items():
+        parts = key.split(".")
+        if parts[0] == "success" and len(parts) == 4 and parts[1].split("+")[-1] == "ik":
+            out[(parts[1], parts[2], parts[3])] = (int(round(rate * args.seeds)), args.seeds)
+    if not out:
+        ap.error(f"--ik-from {args.ik_from}: holds no success.ik.* keys")
+    return out
+
+
 def check_planner(ap: argparse.ArgumentParser, args, conds: list[str]) -> tuple[tuple | None, str]:
     """(the episodes' planner as (name, vlm, mmproj), or None for the oracle; its label for the table)."""
     if args.planner == "oracle":
@@ -207,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="oracle (privileged simulator plans) or gguf (the VLM planner on the camera image)")
     ap.add_argument("--vlm", type=Path, default=None, help="--planner gguf: language model GGUF (default: shipped)")
     ap.add_argument("--mmproj", type=Path, default=None, help="--planner gguf: its vision projector GGUF")
+    ap.add_argument("--ik-from", type=Path, default=None, metavar="FILE.json",
+                    help="plain-IK counts from an earlier --json of the same scenes, for the expert-vs-IK table "
+                         "(plain IK does not change when the expert does)")
     add_json_arg(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -228,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if onnx_path is not None and not Path(onnx_path).is_file():
         ap.error(f"--onnx {onnx_path}: no such file")
     planner, planner_label = check_planner(ap, args, conds)
+    ik_prior = ik_counts(ap, args) if args.ik_from is not None else {}  # checked before any episode runs
 
     flat: dict = {}
     rows = []
@@ -253,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 rej = sum(r.planning.get("rejected", 0) for r in res)
                 flat[f"plans_accepted.{e}.{task}.{cond}"] = acc / len(res)
                 flat[f"plans_rejected.{e}.{task}.{cond}"] = rej / len(res)
+                for what in ("clamped", "regrasps", "pregrasp_replans"):  # per episode, mean
+                    flat[f"{what}.{e}.{task}.{cond}"] = sum(r.planning.get(what, 0) for r in res) / len(res)
                 fails = [r.reason for r in res if not r.success]
                 top = max(set(fails), key=fails.count)[:40] if fails else ""
                 base = rates.get("clean")
@@ -268,8 +301,11 @@ def main(argv: list[str] | None = None) -> int:
                 ["planner+expert" if planner else "expert", "task", "condition", "success", "n", "vs clean",
                  "plans ok/rejected", "typical failure"], rows,
                 caption=machine_line())
-    if "ik" in experts and len(experts) > 1:
-        flat.update(vs_ik_table(counts, "ik" if planner is None else f"{args.planner}+ik"))
+    ik_name = "ik" if planner is None else f"{args.planner}+ik"
+    if args.ik_from is not None:  # plain IK measured earlier on the same scenes
+        counts.update({k: v for k, v in ik_prior.items() if k[1] in tasks and k[2] in conds and k not in counts})
+    if any(k[0] == ik_name for k in counts) and any(k[0] != ik_name for k in counts):
+        flat.update(vs_ik_table(counts, ik_name))
     if not args.no_timings:
         tm = timings()
         flat.update(tm)

@@ -29,7 +29,7 @@ def test_plan_noise_does_not_apply_to_the_vlm(random_vlm, capsys):
     lm, mm = random_vlm
     with pytest.raises(SystemExit):
         sim_success.main(["--planner", "gguf", "--vlm", str(lm), "--mmproj", str(mm), "--conditions", "clean,plan_1cm"])
-    assert "offset the oracle's anchors" in capsys.readouterr().err
+    assert "change the oracle's plans" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sim_success.main(["--planner", "gguf", "--vlm", str(lm)])
     assert "--mmproj" in capsys.readouterr().err

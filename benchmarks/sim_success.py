@@ -23,7 +23,8 @@ in this run). Conditions (``CONDITIONS``: each sets arguments of ``run_episode``
   the object; re-plans are right. A grasp that closes on nothing is re-planned (``planner.max_regrasps``,
   ``docs/planner.md``); ``*_noregrasp``: the same with ``max_regrasps = 0``;
 - ``push_cup`` (tasks with a cup): the cup is pushed 3-6 cm at a random moment before the grasp
-  (``edgebridge.sim.disturb``); ``push_cup_replan``: the same with ``planner.replan_before_grasp``.
+  (``edgebridge.sim.disturb``); ``push_cup_replan``: the same with ``planner.replan_before_grasp``;
+  ``push_cup_noreplan``: with no re-plan at all (``planner.max_regrasps = 0``).
 
 The default set is the expert-vs-IK table's: clean, plan_1cm, plan_3cm, anchor_depth_1cm/3cm/10cm,
 depth_bias_1cm. Every episode
@@ -90,6 +91,7 @@ CONDITIONS = {
     "grasp_8cm_noregrasp": {"wrong_plan": "grasp_8cm", "config_overrides": {"planner": {"max_regrasps": 0}}},
     "push_cup": {"push_cup": True},
     "push_cup_replan": {"push_cup": True, "config_overrides": {"planner": {"replan_before_grasp": True}}},
+    "push_cup_noreplan": {"push_cup": True, "config_overrides": {"planner": {"max_regrasps": 0}}},
 }
 ALIASES = {"depth_1cm": "depth_bias_1cm", "depth_10cm": "depth_bias_10cm"}  # their names in earlier tables
 DEFAULT_CONDITIONS = ("clean", "plan_1cm", "plan_3cm", "anchor_depth_1cm", "anchor_depth_3cm", "anchor_depth_10cm",

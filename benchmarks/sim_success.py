@@ -29,8 +29,9 @@ in this run). Conditions (``CONDITIONS``: each sets arguments of ``run_episode``
 The default set is the expert-vs-IK table's: clean, plan_1cm, plan_3cm, anchor_depth_1cm/3cm/10cm,
 depth_bias_1cm. Every episode
 first measures the depth offset against the table top and removes it (the depth tare,
-``edgebridge.calib.depth_tare``); ``--no-depth-tare`` runs on the frames as read (a 10 cm bias then puts
-the lifted anchors under the table and every plan is rejected).
+``edgebridge.calib.depth_tare``); ``--no-depth-tare`` runs on the frames as read (a 10 cm bias then lifts
+the anchors under the table, where they are clamped back along their rays; with
+``planner.anchor_out_of_bounds = "reject"`` every plan is rejected).
 Timings: one physics step (1/240 s, Panda + objects) and one RGB-D + segmentation render (CPU tiny
 renderer) at 320x240 and 640x480, with the 640/320 ratio.
 

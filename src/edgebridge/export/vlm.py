@@ -106,8 +106,10 @@ def stamp_metadata(src: str | Path, dst: str | Path, values: dict[str, str]) -> 
     return dst
 
 
-def quantize(src: str | Path, dst: str | Path, qtype: str = "Q4_K_M", *, n_threads: int = 0) -> Path:
-    """Quantise a GGUF language model with llama.cpp; returns ``dst``."""
+def quantize(src: str | Path, dst: str | Path, qtype: str = "Q4_K_M", *, n_threads: int = 0,
+             keep_output: bool = False) -> Path:
+    """Quantise a GGUF language model with llama.cpp; returns ``dst``. ``keep_output`` leaves
+    ``output.weight`` in the source's precision (llama.cpp's ``--leave-output-tensor``)."""
     lc = require("llama_cpp", "vlm", "GGUF quantisation")
     src, dst = Path(src), Path(dst)
     if qtype not in QUANT_TYPES:
@@ -117,6 +119,8 @@ def quantize(src: str | Path, dst: str | Path, qtype: str = "Q4_K_M", *, n_threa
     params = lc.llama_model_quantize_default_params()
     params.ftype = getattr(lc, QUANT_TYPES[qtype])
     params.nthread = n_threads or (os.cpu_count() or 1)
+    if keep_output:
+        params.quantize_output_tensor = False
     dst.parent.mkdir(parents=True, exist_ok=True)
     rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0 or not dst.is_file():

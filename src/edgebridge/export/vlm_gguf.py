@@ -78,7 +78,7 @@ def write_lm(model, tok, path: str | Path, *, metadata: dict | None = None, name
             w.add_tensor(p + gname + ".weight", _np(lin.weight))
         w.add_tensor(p + "ffn_norm.weight", _np(b.ffn_norm.weight))
     w.add_tensor("output_norm.weight", _np(model.output_norm.weight))
-    w.add_tensor("output.weight", _np(model.output.weight))
+    w.add_tensor("output.weight", _np(model.output_weight()))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -130,7 +130,9 @@ def export_trained(run: str | Path, out: str | Path, *, quants: tuple[str, ...] 
     assets = load_assets()
     stamp = {GGUF_KEY_VERSION: assets.version, GGUF_KEY_HASH: assets.hash}
     f32 = write_lm(model, tok, out / "vlm-f32.gguf", metadata=stamp)
-    lms = {"f32": f32, **{q: quantize(f32, out / f"vlm-{q}.gguf", q) for q in quants}}
+    # a quadratic location head's rows cancel large terms near the peak: its output matrix stays f32
+    keep = model.config.location_head == "quadratic"
+    lms = {"f32": f32, **{q: quantize(f32, out / f"vlm-{q}.gguf", q, keep_output=keep) for q in quants}}
     mm16 = write_mmproj(model, out / SHIP_MMPROJ, quant="F16")
     write_mmproj(model, out / "vlm-mmproj-Q8_0.gguf", quant="Q8_0")
     report: dict = {"files": {p.name: round(p.stat().st_size / 1e6, 2) for p in sorted(out.glob("*.gguf"))}}

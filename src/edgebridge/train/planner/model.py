@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+LOCATION_HEADS = ("free", "quadratic")
+LOCATION_CENTRE, LOCATION_SCALE = 115.0, 100.0  # t = (n - 115) / 100 spans the numbers -90 .. 319
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class VLMConfig:
     n_ctx: int = 1024
     plan_width: int = 320
     plan_height: int = 240
+    location_head: str = "quadratic"
+    location_gain: float = 30.0
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
 
@@ -59,6 +63,8 @@ class VLMConfig:
         for w, h, name in ((self.vit_width, self.vit_heads, "vit"), (self.lm_width, self.lm_heads, "lm")):
             if w % h or (w // h) % 2:
                 raise ValueError(f"VLMConfig: {name} width {w} must split into {h} heads of even size")
+        if self.location_head not in LOCATION_HEADS:
+            raise ValueError(f"VLMConfig: location_head {self.location_head!r}; choose one of {LOCATION_HEADS}")
         if self.vit_ff == self.vit_width:
             raise ValueError("VLMConfig: vit_ff equal to vit_width is read by llama.cpp as a legacy swapped "
                              "feed-forward pair; choose another width")
@@ -183,6 +189,35 @@ class PlannerVLM(nn.Module):
         self.output_norm = RMSNorm(c.lm_width, c.rms_eps)
         self.output = nn.Linear(c.lm_width, c.vocab_size, bias=False)
         self.apply(self._init)
+        # the quadratic location head (see output_weight); loc_t / loc_t2 are zero off the number tokens
+        self.register_buffer("loc_t", torch.zeros(c.vocab_size))
+        self.register_buffer("loc_t2", torch.zeros(c.vocab_size))
+        if c.location_head == "quadratic":
+            self.loc_lin = nn.Parameter(torch.zeros(c.lm_width))
+            self.loc_quad = nn.Parameter(torch.zeros(c.lm_width))
+
+    def set_location_tokens(self, ids: dict[int, int]) -> None:
+        """Tell the head which token writes which number (``{number: token id}``)."""
+        self.loc_t.zero_()
+        self.loc_t2.zero_()
+        for n, i in ids.items():
+            t = (n - LOCATION_CENTRE) / LOCATION_SCALE
+            self.loc_t[i], self.loc_t2[i] = t, t * t
+
+    def output_weight(self) -> torch.Tensor:
+        """The output head's matrix, as exported (``output.weight``).
+
+        With ``location_head = "quadratic"`` the row of the token that writes the number *n* is a free
+        row plus ``gain * (t a + t^2 b)``, t = (n - 115) / 100: the logits over the numbers are then a
+        free part plus a parabola in *n* whose peak ``-(a.h) / (2 b.h)`` moves linearly with the hidden
+        state *h*. A regression read-out, expressed as an ordinary (untied, f32) output matrix, so
+        llama.cpp still only generates tokens; the Gaussian-target loss on the pixel bins is exactly a
+        parabola in log space, which this head can fit for any target."""
+        w = self.output.weight
+        if self.config.location_head != "quadratic":
+            return w
+        g = self.config.location_gain
+        return w + g * (self.loc_t[:, None] * self.loc_lin[None] + self.loc_t2[:, None] * self.loc_quad[None])
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -205,7 +240,7 @@ class PlannerVLM(nn.Module):
         for i, blk in enumerate(self.blocks):
             x = blk(x, pos, None if caches is None else caches[i])
         h = x[at[0], at[1]] if at is not None else x
-        logits = self.output(self.output_norm(h))
+        logits = F.linear(self.output_norm(h), self.output_weight())
         return (logits, x) if hidden else logits
 
     def forward(self, img: torch.Tensor, prefix: torch.Tensor, rest: torch.Tensor,

@@ -76,6 +76,7 @@ class PlanTokenizer:
             raise ValueError("PlanTokenizer: duplicate tokens in the vocabulary")
         self.u_ids = [self._index[str(n)] for n in range(PIXEL_MAX + 1)]
         self.yaw_ids = [self._index[str(n)] for n in range(-YAW_LIMIT, YAW_LIMIT + 1)]
+        self.number_ids = {n: self._index[str(n)] for n in range(-YAW_LIMIT, PIXEL_MAX + 1)}
         self._answer = {p: self._index[p.replace(" ", SPACE)] for p in ANSWER_PIECES}
         self._special = sorted((t for t, ty in zip(self.tokens, self.types) if ty == CONTROL and t not in ("<s>", "</s>")),
                                key=len, reverse=True)

@@ -136,6 +136,13 @@ def plan_loss(logits: torch.Tensor, b: dict, tok: PlanTokenizer, sigma_px: float
     return loss.mean()
 
 
+def model_config(saved: dict) -> VLMConfig:
+    """The model configuration of a run's ``config.json`` (runs written before the quadratic location
+    head have a free one)."""
+    m = {"location_head": "free", **saved["model"]}
+    return VLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.items()})
+
+
 def _lr(cfg: PlannerTrainConfig, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -218,7 +225,7 @@ def train(run: str | Path, cfg: PlannerTrainConfig) -> dict:
     if (run / "tokenizer.json").is_file():
         tok = PlanTokenizer.load(run / "tokenizer.json")
         saved = json.loads((run / "config.json").read_text())
-        mcfg = VLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items()})
+        mcfg = model_config(saved)
     else:
         rows = read_split(cfg.data, "train")
         w, h = cfg.model.plan_width, cfg.model.plan_height
@@ -232,6 +239,7 @@ def train(run: str | Path, cfg: PlannerTrainConfig) -> dict:
     cfg = replace(cfg, model=mcfg)
     torch.manual_seed(cfg.seed)
     model = PlannerVLM(mcfg)
+    model.set_location_tokens(tok.number_ids)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if ckpt_path.is_file():
@@ -309,8 +317,9 @@ def load_trained(run: str | Path) -> tuple[PlannerVLM, PlanTokenizer]:
             raise FileNotFoundError(f"{run / name} not found; is {run} a planner run directory written by "
                                     f"'python -m edgebridge.train.planner'?")
     saved = json.loads((run / "config.json").read_text())
-    mcfg = VLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items()})
+    mcfg = model_config(saved)
     model = PlannerVLM(mcfg)
+    model.set_location_tokens(PlanTokenizer.load(run / "tokenizer.json").number_ids)
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", CHECKPOINT_KEYS)["model"])
     model.eval()
     return model, PlanTokenizer.load(run / "tokenizer.json")

@@ -159,6 +159,7 @@ def make_planner(cfg: RobotConfig, backend: str, vlm: str | None, sim_ctx: dict 
             if not mmproj and not opts.get("mmproj_path"):
                 opts["mmproj_path"] = str(files[1])
             opts.setdefault("chat_handler", shipped.CHAT_HANDLER)
+            opts.setdefault("n_ctx", shipped.N_CTX)
             if notes is not None:
                 notes.append(f"planner: the shipped VLM {files[0].name} + {Path(opts['mmproj_path']).name} "
                              f"({opts['chat_handler']}) from {files[0].parent}")

@@ -13,6 +13,7 @@ from pathlib import Path
 MODEL_FILE = "vlm.gguf"
 MMPROJ_FILE = "vlm-mmproj.gguf"
 CHAT_HANDLER = "mtmd"
+N_CTX = 1024  # the shipped model's trained context (a plan is ~300 tokens with the image)
 BUILD_COMMAND = "make planner"
 
 

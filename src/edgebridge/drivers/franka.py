@@ -25,155 +25,19 @@
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 
-from ..config import check
 from ..contracts import ArmCommand, ArmState, Pose, now_ns
 from ..errors import DeviceFaultError, require
 from ..interfaces import DeviceBase
+from .franka_calls import GRIPPER_PORT, ROBOT_PORT, CallTimeout, _Caller, cut_connections
+from .franka_config import DEFAULT_STIFFNESS, N_JOINTS, FrankaArmConfig  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-ROBOT_PORT, GRIPPER_PORT = 1337, 1338  # libfranka's fixed TCP ports (robot, hand); UDP ports are ephemeral
-N_JOINTS = 7
-# libfranka's joint impedance example gains (Nm/rad).
-DEFAULT_STIFFNESS = (600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0)
-
-
-@dataclass(frozen=True)
-class FrankaArmConfig:
-    """A Franka arm through its FCI (``[arm.options]`` of the robot setup, ``driver = "franka"``).
-
-    ``host``: the robot's FCI address (the Control box's LAN port). ``realtime``: require a realtime
-    kernel (libfranka's ``RealtimeConfig.Enforce``); false only for simulators. ``stiffness`` / ``damping``
-    (impedance mode; damping unset = critical). ``lookahead_s``, ``motion_reissue_s`` (motion mode).
-    ``gripper``: a Franka Hand is attached. ``state_timeout_s``: the robot clock must advance within it."""
-
-    host: str
-    command_mode: Literal["impedance", "motion"] = "impedance"
-    realtime: bool = True
-    stiffness: tuple[float, ...] = DEFAULT_STIFFNESS
-    damping: tuple[float, ...] | None = None
-    velocity_feedforward: bool = True
-    lookahead_s: float = 0.1
-    motion_reissue_s: float = 0.02
-    relative_dynamics_factor: float = 1.0
-    gripper: bool = True
-    gripper_speed_mps: float = 0.1
-    grasp_force_n: float = 20.0
-    grasp_below: float = 0.5
-    gripper_deadband: float = 0.05
-    gripper_max_width_m: float = 0.08
-    gripper_poll_s: float = 0.02
-    gripper_timeout_s: float = 1.0
-    connect_timeout_s: float = 3.0
-    call_timeout_s: float = 0.5
-    state_timeout_s: float = 0.25
-
-    def __post_init__(self) -> None:
-        check(isinstance(self.host, str) and bool(self.host), "host",
-              f"expected the robot's IP address, got {self.host!r}")
-        check(self.command_mode in ("impedance", "motion"), "command_mode",
-              f"must be 'impedance' or 'motion', got {self.command_mode!r}")
-        for key in ("stiffness", "damping"):
-            v = getattr(self, key)
-            check(v is None or (len(v) == N_JOINTS and all(0 <= x <= 5000 for x in v)), key,
-                  f"expected {N_JOINTS} values in [0, 5000], got {v}")
-        for key, (lo, hi) in _RANGES.items():
-            v = getattr(self, key)
-            check((lo <= v if key in ("lookahead_s", "motion_reissue_s") else lo < v) and v <= hi, key,
-                  f"must be in ({lo}, {hi}], got {v}")
-
-
-# FrankaArmConfig's numeric ranges (low exclusive, except for the two that may be 0)
-_RANGES = {"lookahead_s": (0, 0.5), "motion_reissue_s": (0, 0.1), "relative_dynamics_factor": (0, 1),
-           "gripper_speed_mps": (0, 0.2), "grasp_force_n": (0, 140), "grasp_below": (0, 1), "gripper_deadband": (0, 1),
-           "gripper_max_width_m": (0, 0.2), "gripper_poll_s": (0, 60), "gripper_timeout_s": (0, 60),
-           "connect_timeout_s": (0, 60), "call_timeout_s": (0, 60), "state_timeout_s": (0, 60)}
-
-
-class CallTimeout(Exception):
-    """A franky call did not return before its deadline."""
-
-
-class _Caller:
-    """Runs blocking calls on one daemon thread, one at a time, each waited for with a deadline. A call
-    that overruns leaves the thread ``stuck``; the owner must cut the connection and make a new caller."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self.stuck: str | None = None
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fn, done, box = job
-            try:
-                box.append((True, fn()))
-            except BaseException as e:  # handed to the caller
-                box.append((False, e))
-            done.set()
-
-    def call(self, fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
-        if self.stuck is not None:
-            raise CallTimeout(f"{what}: an earlier call ({self.stuck}) never returned")
-        if not self._lock.acquire(timeout=timeout_s):
-            raise CallTimeout(f"{what}: waited {timeout_s:.2f} s for another call to return")
-        try:
-            done, box = threading.Event(), []
-            self._jobs.put((fn, done, box))
-            if not done.wait(timeout_s):
-                self.stuck = what
-                raise CallTimeout(f"{what}: no answer within {timeout_s:.2f} s")
-            ok, value = box[0]
-            if ok:
-                return value
-            raise value
-        finally:
-            self._lock.release()
-
-    def close(self) -> None:
-        self._jobs.put(None)
-
-
-def cut_connections(host: str, ports: tuple[int, ...] = (ROBOT_PORT, GRIPPER_PORT)) -> int:
-    """Shut down every TCP socket of this process connected to ``host`` on ``ports`` (Linux: /proc), so
-    a libfranka call blocked on it returns. Returns how many were cut."""
-    try:
-        ip = socket.gethostbyname(host)
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return 0
-    peers, n = {(ip, p) for p in ports}, 0
-    for name in fds:
-        try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            s = socket.socket(fileno=os.dup(int(name)))
-        except OSError:
-            continue
-        try:
-            if s.type == socket.SOCK_STREAM and s.getpeername()[:2] in peers:
-                s.shutdown(socket.SHUT_RDWR)
-                n += 1
-        except OSError:
-            pass
-        finally:
-            s.close()
-    return n
 
 
 class FrankaArm(DeviceBase):

@@ -37,8 +37,10 @@ ranks; rank 0 alone keeps the EMA, evaluates and writes the run directory. The f
 stage's wall time, the world size and the device's name.
 
 Checkpoints hold tensors and plain JSON types only (configs as dicts, never pickled objects) and are read
-with :func:`load_checkpoint` (``torch.load(weights_only=True)``): a file holding anything else, such as a
-pickled object that would run code when loaded, is refused with a :class:`CheckpointError` naming it.
+with :func:`load_checkpoint` (``train/checkpoints.py``; ``torch.load(weights_only=True)``): a file holding
+anything else, such as a pickled object that would run code when loaded, is refused with a
+:class:`CheckpointError` naming it. The settings, :class:`TrainConfig` and :class:`StageConfig`, are in
+``train/appf_config.py``.
 """
 
 from __future__ import annotations
@@ -48,124 +50,22 @@ import csv
 import json
 import logging
 import math
-import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import EdgebridgeError
 from ..runtime.expert.features import OUTPUT_RESIDUAL, CloudROI, FeatureSpec, Normalizer
 from . import distributed as ddp
+from .appf_config import StageConfig, TrainConfig
 from .augment import cancelling_plan_shift, fit_clouds, shift_arm, shift_plan  # noqa: F401 - re-exported
+from .checkpoints import CheckpointError, load_checkpoint, plain  # noqa: F401 - re-exported
 from .data import DemoSet, load_demos, read_meta, spec_from_meta
 from .model import ActionExpertNet, DDIMSampler, ExpertNetConfig, count_parameters, make_net
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(EdgebridgeError, ValueError):
-    """A checkpoint file holds more than tensors and plain values, or is not the checkpoint expected."""
-
-
-def plain(value):
-    """``value`` as plain JSON types (dicts, lists, str, numbers, bool, None), what a checkpoint may hold
-    besides tensors; numpy scalars become Python numbers, other objects raise TypeError."""
-    def item(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        raise TypeError(f"checkpoint metadata: a {type(o).__name__} is not a plain JSON value")
-    return json.loads(json.dumps(value, default=item))
-
-
-def load_checkpoint(path: str | Path, keys: tuple[str, ...] = (), map_location: str = "cpu") -> dict:
-    """A checkpoint dict read with ``torch.load(weights_only=True)``: tensors and plain values only, never
-    code. A pickled object (an old checkpoint, a tampered one), a file that is not a checkpoint or a dict
-    without ``keys`` raise :class:`CheckpointError` naming the file; a missing file ``FileNotFoundError``."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever the unpickler says, the file is not loaded
-        m = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
-        why = (f"it holds more than tensors and plain values ({m.group(1).split(' was not an allowed')[0]}), "
-               "and unpickling that could run code" if m else f"not a torch checkpoint ({type(e).__name__})")
-        raise CheckpointError(f"{path}: not loaded: {why}; re-train to write it again, or re-save it from code "
-                              "you trust with tensors and plain types only") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(state).__name__}; re-train")
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a checkpoint of this trainer (no {', '.join(map(repr, missing))}); "
-                              "re-train, or point at the right run directory")
-    return state
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    steps: int
-    batch: int
-    lr: float
-    use_cloud: bool
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch < 1 or not self.lr > 0:
-            raise ValueError(f"StageConfig: need steps >= 0, batch >= 1, lr > 0; got {self}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: ExpertNetConfig = field(default_factory=ExpertNetConfig)
-    stage1: StageConfig = StageConfig(steps=1500, batch=1024, lr=1e-3, use_cloud=False)
-    stage2: StageConfig = StageConfig(steps=2000, batch=256, lr=5e-4, use_cloud=True)
-    goal_noise: float = 0.1
-    plan_shift_m: float = 0.0
-    arm_shift_m: float = 0.0
-    clean_plan_fraction: float = 0.0
-    aux_weight: float = 0.0
-    seed: int = 0
-    val_fraction: float = 0.1
-    eval_every: int = 250
-    ckpt_every: int = 250
-    ema_decay: float = 0.995
-    warmup: int = 100
-    weight_decay: float = 1e-6
-    threads: int = 2
-    eval_k: int = 10
-
-    def __post_init__(self) -> None:
-        if self.goal_noise < 0:
-            raise ValueError(f"TrainConfig.goal_noise: must be >= 0, got {self.goal_noise}")
-        for name in ("plan_shift_m", "arm_shift_m"):
-            if not 0 <= getattr(self, name) < 0.5:
-                raise ValueError(f"TrainConfig.{name}: metres in [0, 0.5), got {getattr(self, name)}")
-        if not 0 <= self.clean_plan_fraction <= 1:
-            raise ValueError(f"TrainConfig.clean_plan_fraction: must lie in [0, 1], got {self.clean_plan_fraction}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"TrainConfig.val_fraction: must lie in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"TrainConfig.ema_decay: must lie in [0, 1), got {self.ema_decay}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["model"] = ExpertNetConfig.from_dict(d.get("model", {}))
-        d.setdefault("plan_shift_m", 0.0)
-        d.setdefault("arm_shift_m", 0.0)
-        d.setdefault("clean_plan_fraction", 0.0)
-        d.setdefault("aux_weight", 0.0)
-        for s in ("stage1", "stage2"):
-            if s in d:
-                d[s] = StageConfig(**d[s])
-        return cls(**d)
 
 
 def _check_device(device: str) -> str:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+RUNTIME_PATHS = ["edgebridge.runtime.planner.gguf:GGUFPlanner.plan"]
+
 
 def yaw_deg(q) -> float:
     """Yaw of a top-down gripper quaternion (x, y, z, w) = (cos(yaw/2), sin(yaw/2), 0, 0)."""

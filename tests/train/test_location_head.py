@@ -99,3 +99,22 @@ def test_export_keeps_the_output_matrix_f32(tok, tmp_path):
     np.testing.assert_array_equal(got, want)
     out_plain = {t.name: t for t in gguf.GGUFReader(str(plain)).tensors}["output.weight"]
     assert out_plain.tensor_type != gguf.GGMLQuantizationType.F32  # without keep_output it is quantised
+
+
+def test_yaw_weight_scales_only_the_yaw_term(tok):
+    from edgebridge.train.planner.tokenizer import SLOT_YAW
+    from edgebridge.train.planner.trainer import plan_loss
+
+    answer = ('{"anchors": [{"point_2d": [312, 188], "gripper": "close"}, {"point_2d": [0, 239], "gripper": "open"}], '
+              '"yaw": -30, "subtasks": [0]}')
+    ids, slots, values = tok.encode_answer(answer)
+    b = {"target": torch.tensor(ids), "slot": torch.tensor(slots), "value": torch.tensor(values, dtype=torch.float32)}
+    torch.manual_seed(1)
+    logits = torch.randn(len(ids), len(tok))
+    n, y = len(ids), int((torch.tensor(slots) == SLOT_YAW).sum())
+    base, heavy = plan_loss(logits, b, tok, 1.0, 3.0), plan_loss(logits, b, tok, 1.0, 3.0, yaw_weight=5.0)
+    lp = torch.log_softmax(logits[torch.tensor(slots) == SLOT_YAW], -1)[:, tok.yaw_ids]
+    d = torch.remainder(torch.arange(-90, 91, dtype=torch.float32) - (-30) + 90, 180) - 90
+    yaw_term = -(torch.softmax(-0.5 * (d / 3.0) ** 2, -1) * lp).sum() / n
+    assert y == 1
+    torch.testing.assert_close(heavy - base, 4.0 * yaw_term)

@@ -55,6 +55,7 @@ class PlannerTrainConfig:
     point_weight: float = 0.5
     point_sigma_patches: float = 0.7
     sigma_yaw: float = 3.0
+    yaw_weight: float = 1.0
     seed: int = 0
     threads: int = 0
     eval_every: int = 500
@@ -111,11 +112,12 @@ def point_loss(scores: torch.Tensor, b: dict, cfg: VLMConfig, sigma_patches: flo
 
 
 def plan_loss(logits: torch.Tensor, b: dict, tok: PlanTokenizer, sigma_px: float, sigma_yaw: float,
-              reg_weight: float = 0.0, reg_scale_px: float = 8.0) -> torch.Tensor:
+              reg_weight: float = 0.0, reg_scale_px: float = 8.0, yaw_weight: float = 1.0) -> torch.Tensor:
     """Mean per-token loss: hard CE off the location slots, Gaussian-target CE on them, plus (``reg_weight``)
     the distance between the expected pixel under the model's distribution over the pixel bins and the
     target, in units of ``reg_scale_px``: a gradient that says which way to move, however far off the
-    prediction is, where cross-entropy only says which bin is right."""
+    prediction is, where cross-entropy only says which bin is right. ``yaw_weight`` scales the yaw token's
+    term (one token per plan against two per anchor)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     loss = -logp.gather(1, b["target"][:, None]).squeeze(1)
     for kind, ids, lo, period, sigma in ((SLOT_U, tok.u_ids, 0, None, sigma_px), (SLOT_V, tok.u_ids, 0, None, sigma_px),
@@ -130,6 +132,8 @@ def plan_loss(logits: torch.Tensor, b: dict, tok: PlanTokenizer, sigma_px: float
         q = torch.softmax(-0.5 * (d / sigma) ** 2, dim=-1)
         lp = logp[m][:, ids]
         loss[m] = -(q * lp).sum(-1)
+        if kind == SLOT_YAW and yaw_weight != 1.0:
+            loss[m] = yaw_weight * loss[m]
         if reg_weight and kind in (SLOT_U, SLOT_V):
             expected = (torch.softmax(lp, dim=-1) * bins).sum(-1)
             loss[m] = loss[m] + reg_weight * (expected - b["value"][m]).abs() / reg_scale_px
@@ -276,7 +280,8 @@ def train(run: str | Path, cfg: PlannerTrainConfig) -> dict:
             aux = cfg.point_weight * point_loss(scores, b, mcfg, cfg.point_sigma_patches)
         else:
             logits, aux = ddp(b["img"], b["prefix"], b["rest"], b["rows"], b["cols"]), 0.0
-        loss = plan_loss(logits, b, tok, cfg.sigma_px, cfg.sigma_yaw, cfg.reg_weight, cfg.reg_scale_px) + aux
+        loss = plan_loss(logits, b, tok, cfg.sigma_px, cfg.sigma_yaw, cfg.reg_weight, cfg.reg_scale_px,
+                         cfg.yaw_weight) + aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

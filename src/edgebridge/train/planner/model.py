@@ -189,15 +189,18 @@ class PlannerVLM(nn.Module):
         self.output_norm = RMSNorm(c.lm_width, c.rms_eps)
         self.output = nn.Linear(c.lm_width, c.vocab_size, bias=False)
         self.apply(self._init)
-        # the quadratic location head (see output_weight); loc_t / loc_t2 are zero off the number tokens
-        self.register_buffer("loc_t", torch.zeros(c.vocab_size))
-        self.register_buffer("loc_t2", torch.zeros(c.vocab_size))
+        # the quadratic location head (see output_weight); loc_t / loc_t2 are zero off the number tokens.
+        # A free head has none of these, so checkpoints written before this head load unchanged.
         if c.location_head == "quadratic":
+            self.register_buffer("loc_t", torch.zeros(c.vocab_size))
+            self.register_buffer("loc_t2", torch.zeros(c.vocab_size))
             self.loc_lin = nn.Parameter(torch.zeros(c.lm_width))
             self.loc_quad = nn.Parameter(torch.zeros(c.lm_width))
 
     def set_location_tokens(self, ids: dict[int, int]) -> None:
-        """Tell the head which token writes which number (``{number: token id}``)."""
+        """Tell the head which token writes which number (``{number: token id}``); nothing for a free head."""
+        if self.config.location_head != "quadratic":
+            return
         self.loc_t.zero_()
         self.loc_t2.zero_()
         for n, i in ids.items():

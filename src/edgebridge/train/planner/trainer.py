@@ -323,8 +323,9 @@ def load_trained(run: str | Path) -> tuple[PlannerVLM, PlanTokenizer]:
                                     f"'python -m edgebridge.train.planner'?")
     saved = json.loads((run / "config.json").read_text())
     mcfg = model_config(saved)
+    tok = PlanTokenizer.load(run / "tokenizer.json")
     model = PlannerVLM(mcfg)
-    model.set_location_tokens(PlanTokenizer.load(run / "tokenizer.json").number_ids)
+    model.set_location_tokens(tok.number_ids)
     model.load_state_dict(load_checkpoint(run / "checkpoint.pt", CHECKPOINT_KEYS)["model"])
     model.eval()
-    return model, PlanTokenizer.load(run / "tokenizer.json")
+    return model, tok

@@ -104,3 +104,27 @@ class _SlowFirstRead(RecordingArm):
 
 def _arm_slow_to_read():
     return _SlowFirstRead()
+
+
+def test_a_writer_stalled_mid_write_yields_the_previous_state_not_none():
+    """A loop preempted inside a state write leaves the seqlock odd; the reader must not hand out a torn
+    state, nor None once a state was seen (the supervisor and the expert read it every period)."""
+    from edgebridge.contracts import ArmState, Pose
+    from edgebridge.runtime.loop_process import ShmStatePublisher, _Shm
+
+    lp = LoopProcess(make_arm, PointKinematics, LIMITS, loop_cfg(rate_hz=100.0))
+    lp._shm = _Shm(LIMITS.n_joints, 4)
+    try:
+        assert lp.latest_state() is None  # nothing published yet
+        pub = ShmStatePublisher(lp._shm)
+        pub.publish(ArmState(np.array([0.1, 0.2, 0.3]), Pose(np.zeros(3), np.array([1.0, 0, 0, 0])), 0.0,
+                             stamp_ns=123), cycle=1)
+        assert lp.latest_state().stamp_ns == 123
+        lp._shm.state["seq"][0] += 1  # a writer stopped half-way through the next state
+        lp._shm.state["stamp_ns"][0] = 456
+        t0 = time.monotonic()
+        st = lp.latest_state()
+        assert st is not None and st.stamp_ns == 123 and time.monotonic() - t0 < 0.5
+    finally:
+        lp._shm.close()
+        lp._shm = None

@@ -218,6 +218,7 @@ class LoopProcess:
         self._conn = None
         self._seq = 0
         self._first_state = None
+        self._last_state: ArmState | None = None  # the last consistent read of the state slot
 
     def start(self) -> "LoopProcess":
         ctx = mp.get_context("spawn")
@@ -284,19 +285,29 @@ class LoopProcess:
         return True
 
     def latest_state(self) -> ArmState | None:
+        """The newest consistent arm state; None only before the loop published its first one.
+
+        A writer preempted mid-write (the slot's sequence number odd or changed under the read) is
+        retried, yielding the CPU, for up to 5 ms; past that the previous consistent state is returned,
+        never a torn one and never None once a state was seen."""
         rec = self._shm.state
-        for _ in range(100):
+        t_end = None
+        while True:
             s0 = int(rec["seq"][0])
             if s0 == 0:
                 return None
-            if s0 % 2:
-                continue
-            vals = (rec["joints"][0].copy(), rec["position"][0].copy(), rec["quat"][0].copy(),
-                    float(rec["gripper"][0]), int(rec["stamp_ns"][0]))
-            if int(rec["seq"][0]) == s0:
-                j, p, q, g, t = vals
-                return ArmState(j, Pose(p, q), g, stamp_ns=t)
-        return None
+            if not s0 % 2:
+                vals = (rec["joints"][0].copy(), rec["position"][0].copy(), rec["quat"][0].copy(),
+                        float(rec["gripper"][0]), int(rec["stamp_ns"][0]))
+                if int(rec["seq"][0]) == s0:
+                    j, p, q, g, t = vals
+                    self._last_state = ArmState(j, Pose(p, q), g, stamp_ns=t)
+                    return self._last_state
+            now = time.monotonic()
+            t_end = now + 0.005 if t_end is None else t_end
+            if now >= t_end:
+                return self._last_state
+            os.sched_yield()
 
     def request_stop(self, reason: str) -> None:
         if self._shm is not None:

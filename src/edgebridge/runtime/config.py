@@ -235,7 +235,12 @@ class PlannerConfig:
     until it opens it again, a reading (``ArmState.gripper``, 0 closed, 1 open) below ``empty_grasp_width``
     means it closed on nothing (or lost its object): the arm lifts, opens, and the sub-task is re-planned
     from a fresh frame, at most ``max_regrasps`` times per episode (0: no check). ``replan_before_grasp``: at the pre-grasp point above each object the arm
-    holds and the sub-task is re-planned once from a fresh frame (for objects that may have moved)."""
+    holds and the sub-task is re-planned once from a fresh frame (for objects that may have moved).
+
+    ``grasp_yaw`` (``runtime/grasp_yaw.py``): where the gripper's yaw comes from: ``plan`` (the planner's),
+    ``cloud`` (measured in the depth image around the plan's first grasp anchor: the fingers close along the
+    object's narrowest direction, clear of a mug's handle), ``auto`` (``cloud`` unless the plan is
+    privileged, i.e. the simulator's oracle, which knows the true pose)."""
 
     backend: Literal["oracle", "gguf", "remote"] = "oracle"
     model: str = ""
@@ -250,6 +255,7 @@ class PlannerConfig:
     empty_grasp_width: float = 0.05
     grasp_settle_s: float = 0.4
     replan_before_grasp: bool = False
+    grasp_yaw: Literal["plan", "cloud", "auto"] = "auto"
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -261,6 +267,8 @@ class PlannerConfig:
         _within(self, "grasp_settle_s", 0.0, 10.0, "s", lo_open=False)
         check(isinstance(self.replan_before_grasp, bool), "replan_before_grasp",
               f"expected true or false, got {self.replan_before_grasp!r}")
+        check(self.grasp_yaw in ("plan", "cloud", "auto"), "grasp_yaw",
+              f"expected 'plan', 'cloud' or 'auto', got {self.grasp_yaw!r}")
         check(self.anchor_out_of_bounds in ("clamp", "reject"), "anchor_out_of_bounds",
               f"expected 'clamp' or 'reject', got {self.anchor_out_of_bounds!r}")
         _within(self, "anchor_clamp_max_m", 0.0, 1.0, "m")

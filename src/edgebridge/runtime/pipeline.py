@@ -47,6 +47,7 @@ from .config import RobotConfig
 from .episode_record import Observers
 from .expert_worker import _ExpertWorker, _LoopProxy, _join_worker
 from .grasp_check import GraspPolicy
+from .grasp_yaw import apply_grasp_yaw
 from .lift import AnchorBounds, lift_plan
 from .loop import ControlLoop, LoopResult
 from .plan_session import GUIDANCE_COMPLETE, PlanSession
@@ -210,8 +211,11 @@ class Pipeline:
             lifted = lift_plan(plan, frame, self.dev.T_base_cam, self.anchor_bounds, ray_error_m=err,
                                out_of_bounds=pc.anchor_out_of_bounds, clamp_max_m=pc.anchor_clamp_max_m,
                                clamped=clamped)
+            lifted, yaw = apply_grasp_yaw(plan, lifted, frame, self.dev.T_base_cam, pc.grasp_yaw)
         if clamped and self.last_planning is not None:
             self.last_planning.clamped += len(clamped)
+        if yaw is not None and yaw.yaw is not None and self.last_planning is not None:
+            self.last_planning.cloud_yaws += 1
         self.obs.on_plan(plan, frame)
         return lifted
 

@@ -74,6 +74,7 @@ class PlanningStats:
     empty_grasps: int = 0  # grasps that closed on nothing (planner.empty_grasp_width)
     regrasps: int = 0  # re-plans after an empty grasp (at most planner.max_regrasps)
     pregrasp_replans: int = 0  # re-plans at a pre-grasp point (planner.replan_before_grasp)
+    cloud_yaws: int = 0  # plans whose grasp yaw was measured in the depth image (planner.grasp_yaw)
     last_error: str | None = None
     rejections: list[str] = field(default_factory=list)
 
@@ -84,7 +85,8 @@ class PlanningStats:
                 "latency_p50_ms": round(float(np.median(lat)), 3) if lat.size else None,
                 "latency_max_ms": round(float(lat.max()), 3) if lat.size else None,
                 "hold_s": round(self.hold_s, 3), "clamped": self.clamped, "empty_grasps": self.empty_grasps,
-                "regrasps": self.regrasps, "pregrasp_replans": self.pregrasp_replans, "last_error": self.last_error,
+                "regrasps": self.regrasps, "pregrasp_replans": self.pregrasp_replans, "cloud_yaws": self.cloud_yaws,
+                "last_error": self.last_error,
                 "rejections": list(self.rejections)}
 
     def summary(self) -> str:

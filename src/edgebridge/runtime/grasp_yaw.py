@@ -1,0 +1,235 @@
+"""Grasp yaw from the depth image around a grasp anchor: which way a top-down parallel gripper closes.
+
+A plan carries one gripper orientation (a yaw about the base z axis). A planner that points well may
+still not read an object's orientation from the image (a handle is a few pixels), and a wrong yaw is
+what knocks a mug over. The depth image shows the orientation directly, so the runtime can measure it
+at the grasp anchor instead of trusting the plan's yaw:
+
+1. **The object's points.** The depth pixels in a window around the anchor's pixel are deprojected and
+   moved to the base frame; the support surface is the low percentile of their heights; the object is
+   the points at least ``min_height_m`` above it and within ``radius_m`` (horizontally) of the anchor.
+2. **The narrowest direction.** The footprint's width ``w(psi)`` (extent of the points projected on
+   the horizontal direction ``psi``) is computed for ``psi`` in 1-degree steps over 180 degrees. The
+   fingers close along the narrowest direction: across a mug's body, clear of its handle (the handle
+   widens the footprint along its own axis); across a box's faces (its diagonal is wider).
+3. **A round footprint** (narrowest / widest above ``round_ratio``) has no direction to read: a mug
+   whose handle hides behind its body. The hidden side lies along the camera's line of sight, so the
+   fingers close across that line.
+
+The estimate is a yaw folded to [-90, 90) degrees (a parallel gripper is symmetric under a half turn),
+in the convention of the plans' ``orientation`` (:func:`edgebridge.sim.oracle.top_down_quat`: at yaw 0
+the fingers open along base -y). ``Pipeline.lift`` applies it per ``planner.grasp_yaw``: ``plan`` keeps the
+planner's yaw, ``cloud`` always measures, ``auto`` (default) measures unless the plan is privileged (the
+simulator's oracle, which knows the true pose). Design and measurements: ``docs/planner.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..calib.undistort import undistort_normalized
+from ..contracts import RGBD
+from .lift import deproject_pixel, window_depth
+from .planner.format import yaw_to_quat
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("plan", "cloud", "auto")
+
+
+@dataclass(frozen=True)
+class GraspYawConfig:
+    """``radius_m``: how far from the anchor (horizontally) the object's points may lie. ``min_height_m``:
+    how far above the support surface a point must be to count as the object's. ``round_ratio``: a
+    footprint whose narrowest / widest width exceeds this is round (no direction read from it).
+    ``min_points``: fewer object points than this and the plan's yaw is kept."""
+
+    radius_m: float = 0.06
+    min_height_m: float = 0.012
+    min_points: int = 30
+    support_percentile: float = 5.0
+    rim_band_m: float = 0.006
+    rim_radius_m: tuple[float, float] = (0.01, 0.08)
+    rim_rms_frac: float = 0.12
+    rim_min_arc_deg: float = 240.0
+    handle_margin_m: float = 0.006
+    min_handle_points: int = 5
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("radius_m", 0.005, 0.5), ("min_height_m", 0.0, 0.2), ("support_percentile", 0.0, 50.0),
+                             ("rim_band_m", 0.0, 0.05), ("rim_rms_frac", 0.0, 1.0), ("rim_min_arc_deg", 0.0, 360.0),
+                             ("handle_margin_m", 0.0, 0.05)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and lo <= v <= hi):
+                raise ValueError(f"GraspYawConfig.{name}: expected a number in [{lo}, {hi}], got {v!r}")
+        if not (isinstance(self.min_points, int) and self.min_points >= 3):
+            raise ValueError(f"GraspYawConfig.min_points: expected a whole number >= 3, got {self.min_points!r}")
+
+
+@dataclass(frozen=True)
+class YawEstimate:
+    """``yaw``: radians in [-pi/2, pi/2), None when nothing could be read. ``how``: ``narrowest`` (the
+    footprint's narrowest direction), ``round`` (across the line of sight), or why there is no estimate.
+    ``ratio``: narrowest / widest width; ``points``: the object's points used."""
+
+    yaw: float | None
+    how: str
+    ratio: float = math.nan
+    points: int = 0
+
+
+def fold_yaw(yaw: float) -> float:
+    """``yaw`` folded to [-pi/2, pi/2) (a parallel gripper is symmetric under a half turn)."""
+    return (yaw + math.pi / 2) % math.pi - math.pi / 2
+
+
+def yaw_of_quat(q) -> float:
+    """Yaw of a top-down gripper quaternion (x, y, z, w) as plans write it (``planner.format.yaw_to_quat``:
+    (cos(yaw/2), sin(yaw/2), 0, 0))."""
+    return 2.0 * math.atan2(float(q[1]), float(q[0]))
+
+
+def object_points(rgbd: RGBD, T_base_cam: np.ndarray, pixel: tuple[int, int], point: np.ndarray,
+                  config: GraspYawConfig) -> np.ndarray:
+    """Base-frame points of the object at the grasp anchor: pixel ``(u, v)``, lifted to ``point`` (base)."""
+    k = rgbd.intrinsics
+    depth = rgbd.depth
+    T = np.asarray(T_base_cam, dtype=np.float64)
+    z_cam = float((T[:3, :3].T @ (point - T[:3, 3]))[2])  # the anchor's optical depth
+    half = int(math.ceil(2 * config.radius_m * max(k.fx, k.fy) / max(z_cam, 0.05)))  # covers the support ring
+    u, v = int(pixel[0]), int(pixel[1])
+    h, w = depth.shape
+    v0, v1, u0, u1 = max(v - half, 0), min(v + half + 1, h), max(u - half, 0), min(u + half + 1, w)
+    z = depth[v0:v1, u0:u1]
+    vs, us = np.mgrid[v0:v1, u0:u1]
+    ok = np.isfinite(z) & (z > 0)
+    z, us, vs = z[ok].astype(np.float64), us[ok], vs[ok]
+    xn, yn = undistort_normalized((us - k.cx) / k.fx, (vs - k.cy) / k.fy, k)
+    pc = np.stack([xn * z, yn * z, z], axis=1)
+    pb = pc @ T[:3, :3].T + T[:3, 3]
+    near = np.linalg.norm(pb[:, :2] - point[:2], axis=1) <= config.radius_m
+    if not near.any():
+        return pb[:0]
+    # the support: the low percentile of the heights in a ring twice as wide (table around the object)
+    ring = np.linalg.norm(pb[:, :2] - point[:2], axis=1) <= 2 * config.radius_m
+    support = float(np.percentile(pb[ring, 2], config.support_percentile))
+    return pb[near & (pb[:, 2] >= support + config.min_height_m)]
+
+
+def fit_circle(xy: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Least-squares circle through 2-D points (Kasa's algebraic fit): (centre, radius, RMS residual)."""
+    A = np.column_stack([2 * xy, np.ones(len(xy))])
+    b = (xy ** 2).sum(axis=1)
+    sol, *_ = np.linalg.lstsq(A, b, rcond=None)
+    c = sol[:2]
+    r = float(math.sqrt(max(sol[2] + c @ c, 0.0)))
+    res = np.linalg.norm(xy - c, axis=1) - r
+    return c, r, float(np.sqrt(np.mean(res ** 2)))
+
+
+def rim_circle(points: np.ndarray, config: GraspYawConfig) -> tuple[np.ndarray, float] | None:
+    """The rim of a round open object (a mug, a cup, a bowl): the circle through the object's top points,
+    when they lie on one (RMS residual under ``rim_rms_frac`` of the radius, around at least
+    ``rim_min_arc_deg`` of it). A camera above the table sees the whole rim, the far side included."""
+    top = points[points[:, 2] >= points[:, 2].max() - config.rim_band_m]
+    if len(top) < config.min_points // 2:
+        return None
+    keep = np.ones(len(top), dtype=bool)
+    for _ in range(2):  # refit without the points off the first circle (a handle's top, an edge pixel)
+        if keep.sum() < 8:
+            return None
+        c, r, rms = fit_circle(top[keep, :2])
+        keep = np.abs(np.linalg.norm(top[:, :2] - c, axis=1) - r) <= max(3 * rms, 0.002)
+    if not (config.rim_radius_m[0] <= r <= config.rim_radius_m[1]) or rms > config.rim_rms_frac * r:
+        return None
+    ang = np.sort(np.degrees(np.arctan2(*(top[keep, :2] - c).T[::-1])))
+    gap = float(np.max(np.diff(np.concatenate([ang, ang[:1] + 360.0]))))
+    return (c, r) if 360.0 - gap >= config.rim_min_arc_deg else None
+
+
+def yaw_from_points(points: np.ndarray, view_xy: np.ndarray, config: GraspYawConfig) -> YawEstimate:
+    """The gripper yaw for the object's base-frame ``points`` (see the module docstring); ``view_xy``: the
+    horizontal direction from the camera to the object."""
+    if len(points) < config.min_points:
+        return YawEstimate(None, f"too few object points ({len(points)} < {config.min_points})", points=len(points))
+    rim = rim_circle(points, config)
+    if rim is not None:
+        c, r = rim
+        off = points[:, :2] - c
+        out = np.linalg.norm(off, axis=1) > r + config.handle_margin_m
+        if out.sum() >= config.min_handle_points:  # a handle: the fingers close across it (yaw = its direction)
+            d = off[out].mean(axis=0)
+            return YawEstimate(fold_yaw(math.atan2(d[1], d[0])), "handle", float(out.sum()), len(points))
+        # round and no handle in sight: one hidden behind the body lies along the line of sight
+        return YawEstimate(fold_yaw(math.atan2(float(view_xy[1]), float(view_xy[0]))), "round", 0.0, len(points))
+    xy = points[:, :2] - points[:, :2].mean(axis=0)
+    psi = np.radians(np.arange(180.0))
+    d = np.stack([np.cos(psi), np.sin(psi)], axis=1)  # (180, 2) closing directions
+    # robust extents: the 2nd..98th percentile (a flying pixel at an edge must not set the width)
+    lo, hi = np.percentile(xy @ d.T, [2.0, 98.0], axis=0)
+    width = hi - lo
+    i = int(np.argmin(width))
+    # the fingers open (and close) along the tool's y axis, base -y at yaw 0: direction (sin yaw, -cos yaw)
+    return YawEstimate(fold_yaw(float(psi[i]) + math.pi / 2), "narrowest", float(width[i] / width.max()), len(points))
+
+
+def estimate_grasp_yaw(rgbd: RGBD, T_base_cam: np.ndarray, pixel: tuple[int, int],
+                       config: GraspYawConfig | None = None) -> YawEstimate:
+    """The grasp yaw at the anchor pixel ``(u, v)`` of ``rgbd``. The anchor's point is read from the depth
+    image here (the window median, as lifting reads it), so an error added to a lifted anchor, or its
+    clamp into the workspace, does not move the neighbourhood."""
+    cfg = config or GraspYawConfig()
+    T = np.asarray(T_base_cam, dtype=np.float64)
+    u, v = int(pixel[0]), int(pixel[1])
+    z = window_depth(rgbd.depth, u, v)
+    if z is None:
+        return YawEstimate(None, "a depth hole at the anchor")
+    point = T[:3, :3] @ deproject_pixel(rgbd.intrinsics, u, v, z) + T[:3, 3]
+    pts = object_points(rgbd, T, (u, v), point, cfg)
+    return yaw_from_points(pts, point[:2] - T[:2, 3], cfg)
+
+
+def is_top_down(q, tol_deg: float = 10.0) -> bool:
+    """Whether the gripper quaternion (x, y, z, w) points the tool's z axis down within ``tol_deg``."""
+    x, y, z, w = (float(c) for c in q)
+    tool_z_down = 1.0 - 2.0 * (x * x + y * y)  # base z component of the tool z axis, negated below
+    return -tool_z_down >= math.cos(math.radians(tol_deg))
+
+
+def apply_grasp_yaw(plan, lifted, rgbd: RGBD, T_base_cam: np.ndarray, policy: str,
+                    config: GraspYawConfig | None = None):
+    """``lifted`` (the plan's waypoints) with the yaw measured at the plan's first grasp anchor, per
+    ``policy`` (``plan``, ``cloud``, ``auto``: see the module docstring); returns ``(waypoints, estimate)``,
+    the estimate None when the policy keeps the plan's yaw. The plan's yaw stays when nothing can be read
+    (too few points), when the plan has no grasp, or when its orientation is not top-down."""
+    if policy not in POLICIES:
+        raise ValueError(f"grasp_yaw: expected one of {POLICIES}, got {policy!r}")
+    if policy == "plan" or (policy == "auto" and plan.privileged):
+        return lifted, None
+    grasps = [i for i, a in enumerate(plan.anchors) if a.gripper < 0.5]
+    if not grasps:
+        return lifted, YawEstimate(None, "the plan has no grasp")
+    if not is_top_down(plan.orientation):
+        return lifted, YawEstimate(None, "the plan's orientation is not top-down")
+    # one orientation per plan: a round object's (a mug's handle decides it) if the plan grasps one, else
+    # the first grasp's (a box fits the fingers across either pair of faces)
+    ests = []
+    for i in grasps:
+        a = plan.anchors[i]
+        ests.append((i, estimate_grasp_yaw(rgbd, T_base_cam, (a.u, a.v), config)))
+        if ests[-1][1].how in ("handle", "round"):
+            break
+    i, est = next(((i, e) for i, e in ests if e.how in ("handle", "round")), ests[0])
+    if est.yaw is None:
+        log.info("grasp yaw: kept the plan's %.0f deg (%s at anchor %d)", math.degrees(yaw_of_quat(plan.orientation)),
+                 est.how, i)
+        return lifted, est
+    log.info("grasp yaw: %.0f deg from the depth at anchor %d (%s footprint, ratio %.2f, %d points); the plan "
+             "said %.0f deg", math.degrees(est.yaw), i, est.how, est.ratio, est.points,
+             math.degrees(yaw_of_quat(plan.orientation)))
+    q = yaw_to_quat(math.degrees(est.yaw))
+    return replace(lifted, quats=np.tile(q, (len(lifted.positions), 1))), est

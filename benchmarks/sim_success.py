@@ -24,7 +24,9 @@ in this run). Conditions (``CONDITIONS``: each sets arguments of ``run_episode``
   ``docs/planner.md``); ``*_noregrasp``: the same with ``max_regrasps = 0``;
 - ``push_cup`` (tasks with a cup): the cup is pushed 3-6 cm at a random moment before the grasp
   (``edgebridge.sim.disturb``); ``push_cup_replan``: the same with ``planner.replan_before_grasp``;
-  ``push_cup_noreplan``: with no re-plan at all (``planner.max_regrasps = 0``).
+  ``push_cup_noreplan``: with no re-plan at all (``planner.max_regrasps = 0``);
+- ``plan_yaw``: clean plans, the gripper yaw the planner wrote instead of the one measured in the depth
+  image at the grasp anchor (``planner.grasp_yaw = "plan"``; the oracle's plans keep theirs either way).
 
 The default set is the expert-vs-IK table's: clean, plan_1cm, plan_3cm, anchor_depth_1cm/3cm/10cm,
 depth_bias_1cm. Every episode
@@ -93,6 +95,7 @@ CONDITIONS = {
     "push_cup": {"push_cup": True},
     "push_cup_replan": {"push_cup": True, "config_overrides": {"planner": {"replan_before_grasp": True}}},
     "push_cup_noreplan": {"push_cup": True, "config_overrides": {"planner": {"max_regrasps": 0}}},
+    "plan_yaw": {"config_overrides": {"planner": {"grasp_yaw": "plan"}}},
 }
 ALIASES = {"depth_1cm": "depth_bias_1cm", "depth_10cm": "depth_bias_10cm"}  # their names in earlier tables
 DEFAULT_CONDITIONS = ("clean", "plan_1cm", "plan_3cm", "anchor_depth_1cm", "anchor_depth_3cm", "anchor_depth_10cm",

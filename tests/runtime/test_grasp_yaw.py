@@ -120,3 +120,17 @@ def test_on_a_rendered_scene_the_depth_yaw_matches_the_true_pose_and_the_policie
             assert none is None and kept is lifted
     with pytest.raises(ValueError, match="grasp_yaw"):
         apply_grasp_yaw(oracle, lifted, rgbd, T, "sometimes")
+
+
+@pytest.mark.slow
+def test_an_episode_measures_the_yaw_of_every_accepted_plan_and_succeeds():
+    """Through the episode path ``edge-run`` takes: ``grasp_yaw = "cloud"`` on the oracle's plans (privileged,
+    so ``auto`` would keep theirs) measures every plan's yaw and the cup still goes into the tray."""
+    pytest.importorskip("pybullet")
+    from edgebridge.sim.episode import run_episode
+
+    out = run_episode("put_cup_in_tray", 7001, "ik", config_overrides={"planner": {"grasp_yaw": "cloud"}})
+    assert out.success, out.reason
+    assert out.planning["cloud_yaws"] == out.planning["accepted"] >= 1
+    auto = run_episode("put_cup_in_tray", 7001, "ik")
+    assert auto.planning["cloud_yaws"] == 0 and auto.success

@@ -12,6 +12,16 @@ from pathlib import Path
 def _vlm(args: argparse.Namespace) -> int:
     from .vlm import ExportError, export_vlm
 
+    if args.hf:
+        from .vlm_hf import export_hf
+
+        try:
+            rep = export_hf(args.hf, args.out, outtype=args.outtype, quants=tuple(args.quant), check=not args.no_check)
+        except ExportError as e:
+            print(f"edge-export vlm: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(rep, indent=2, default=str))
+        return 0
     if args.trained:
         from .vlm_trained import export_trained
 
@@ -45,6 +55,10 @@ def _add_vlm(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--trained", metavar="RUN_DIR", help="a run of python -m edgebridge.train.planner: write its LM + "
                    "mmproj GGUF files and check them against torch")
+    p.add_argument("--hf", metavar="DIR", help="a Hugging Face LLaVA-1.5 directory (or a run of python -m "
+                   "edgebridge.train.planner.hf_llava): write its LM + mmproj GGUF files with the project's writer and "
+                   "check them against torch (docs/planner_hf.md)")
+    p.add_argument("--outtype", choices=["f16", "f32"], default="f16", help="--hf: precision of the language model")
     p.add_argument("--data", help="--trained: pointing data set whose test split the parity check uses "
                    "(default: the run's)")
     p.add_argument("--parity-plans", type=int, default=20, help="--trained: held-out scenes planned by both")
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_expert(sub)
     args = parser.parse_args(argv)
     if getattr(args, "command", None) == "vlm" and args.quant is None:
-        args.quant = ["Q8_0", "Q4_K_M"] if args.trained else ["Q8_0", "Q5_K_M", "Q4_K_M"]
+        args.quant = ["Q8_0", "Q4_K_M"] if args.trained or args.hf else ["Q8_0", "Q5_K_M", "Q4_K_M"]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return args.func(args)
 

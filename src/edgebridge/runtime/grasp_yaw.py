@@ -8,13 +8,14 @@ at the grasp anchor instead of trusting the plan's yaw:
 1. **The object's points.** The depth pixels in a window around the anchor's pixel are deprojected and
    moved to the base frame; the support surface is the low percentile of their heights; the object is
    the points at least ``min_height_m`` above it and within ``radius_m`` (horizontally) of the anchor.
-2. **The narrowest direction.** The footprint's width ``w(psi)`` (extent of the points projected on
-   the horizontal direction ``psi``) is computed for ``psi`` in 1-degree steps over 180 degrees. The
-   fingers close along the narrowest direction: across a mug's body, clear of its handle (the handle
-   widens the footprint along its own axis); across a box's faces (its diagonal is wider).
-3. **A round footprint** (narrowest / widest above ``round_ratio``) has no direction to read: a mug
-   whose handle hides behind its body. The hidden side lies along the camera's line of sight, so the
-   fingers close across that line.
+2. **A round open object** (a mug): its top points (within ``rim_band_m`` of the highest) lie on a circle,
+   the rim, which a camera above the table sees all round. Points more than ``handle_margin_m`` outside
+   that circle are the handle: the fingers close across it (the yaw is the handle's direction), on the
+   body, clear of the handle. No handle in sight: it hides behind the body, along the line of sight, so
+   the yaw is the line of sight's direction.
+3. **Anything else** (a box): the footprint's width ``w(psi)`` (extent of the points projected on the
+   horizontal direction ``psi``, 1-degree steps over 180 degrees); the fingers close along the narrowest
+   direction, across a pair of faces (a box's diagonal is wider).
 
 The estimate is a yaw folded to [-90, 90) degrees (a parallel gripper is symmetric under a half turn),
 in the convention of the plans' ``orientation`` (:func:`edgebridge.sim.oracle.top_down_quat`: at yaw 0
@@ -44,9 +45,11 @@ POLICIES = ("plan", "cloud", "auto")
 @dataclass(frozen=True)
 class GraspYawConfig:
     """``radius_m``: how far from the anchor (horizontally) the object's points may lie. ``min_height_m``:
-    how far above the support surface a point must be to count as the object's. ``round_ratio``: a
-    footprint whose narrowest / widest width exceeds this is round (no direction read from it).
-    ``min_points``: fewer object points than this and the plan's yaw is kept."""
+    how far above the support surface (the ``support_percentile`` of the heights around) a point must be
+    to count as the object's. ``min_points``: fewer object points than this and the plan's yaw is kept.
+    The rim: the points within ``rim_band_m`` of the top, on a circle of radius within ``rim_radius_m``
+    with an RMS residual under ``rim_rms_frac`` of the radius, around at least ``rim_min_arc_deg``. The
+    handle: at least ``min_handle_points`` points more than ``handle_margin_m`` outside the rim circle."""
 
     radius_m: float = 0.06
     min_height_m: float = 0.012
@@ -72,9 +75,10 @@ class GraspYawConfig:
 
 @dataclass(frozen=True)
 class YawEstimate:
-    """``yaw``: radians in [-pi/2, pi/2), None when nothing could be read. ``how``: ``narrowest`` (the
-    footprint's narrowest direction), ``round`` (across the line of sight), or why there is no estimate.
-    ``ratio``: narrowest / widest width; ``points``: the object's points used."""
+    """``yaw``: radians in [-pi/2, pi/2), None when nothing could be read. ``how``: ``handle`` (across a
+    round object's handle), ``round`` (no handle in sight: the line of sight), ``narrowest`` (a footprint's
+    narrowest direction), or why there is no estimate. ``ratio``: the handle's points (``handle``) or the
+    narrowest / widest width (``narrowest``); ``points``: the object's points used."""
 
     yaw: float | None
     how: str

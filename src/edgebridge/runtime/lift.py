@@ -20,7 +20,8 @@ measurement *and* the caller passes ``planner_depth_fallback=True``; it must the
 ``[depth_min, depth_max]``. By default a depth hole is an error naming the anchor index and pixel: a
 point at 0 m (or at a guess) is never produced silently, and the runtime holds the arm instead.
 
-Every waypoint gets ``plan.orientation``; the gripper value comes from its anchor.
+Every waypoint gets ``plan.orientation`` (``Pipeline.lift`` may then replace its yaw with one measured in
+the depth image, ``runtime/grasp_yaw.py``); the gripper value comes from its anchor.
 """
 
 from __future__ import annotations

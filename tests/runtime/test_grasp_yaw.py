@@ -67,6 +67,18 @@ def test_a_box_is_grasped_across_a_pair_of_faces(yaw_deg):
     est = yaw_from_points(_box(yaw_deg), VIEW, CFG)
     assert est.how == "narrowest"
     assert _err_deg(est.yaw, math.radians(yaw_deg), period=90.0) < 4.0, math.degrees(est.yaw)
+    assert -math.pi / 4 <= est.yaw < math.pi / 4  # a cube: the smaller wrist turn of the two face pairs
+
+
+def test_an_oblong_box_is_grasped_across_its_narrow_side_whatever_its_turn():
+    rng = np.random.default_rng(1)
+    for yaw_deg in (0.0, 60.0, -75.0):
+        uv = rng.uniform([-0.04, -0.015], [0.04, 0.015], (300, 2))  # 8 x 3 cm: close along its local y
+        t = math.radians(yaw_deg)
+        R = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+        est = yaw_from_points(np.column_stack([uv @ R.T, np.full(300, 0.05)]), VIEW, CFG)
+        # closing along the box's local y (angle t + 90 deg): yaw = closing + 90 deg = t + 180 = t (mod 180)
+        assert est.how == "narrowest" and _err_deg(est.yaw, t) < 4.0, (yaw_deg, math.degrees(est.yaw))
 
 
 def test_too_few_points_keep_the_plan_yaw():

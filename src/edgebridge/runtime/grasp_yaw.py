@@ -15,9 +15,12 @@ at the grasp anchor instead of trusting the plan's yaw:
    the yaw is the line of sight's direction.
 3. **Anything else** (a box): the footprint's width ``w(psi)`` (extent of the points projected on the
    horizontal direction ``psi``, 1-degree steps over 180 degrees); the fingers close along the narrowest
-   direction, across a pair of faces (a box's diagonal is wider).
+   direction, across a pair of faces (a box's diagonal is wider). A square footprint (a cube) fits the
+   fingers across either pair: the yaw is the one within [-45, 45) degrees, the smaller wrist turn (and the
+   range the expert's training plans hold).
 
-The estimate is a yaw folded to [-90, 90) degrees (a parallel gripper is symmetric under a half turn),
+The estimate is a yaw folded to [-90, 90) degrees (a parallel gripper is symmetric under a half turn; a
+cube's to [-45, 45)),
 in the convention of the plans' ``orientation`` (:func:`edgebridge.sim.oracle.top_down_quat`: at yaw 0
 the fingers open along base -y). ``Pipeline.lift`` applies it per ``planner.grasp_yaw``: ``plan`` keeps the
 planner's yaw, ``cloud`` always measures, ``auto`` (default) measures unless the plan is privileged (the
@@ -49,7 +52,9 @@ class GraspYawConfig:
     to count as the object's. ``min_points``: fewer object points than this and the plan's yaw is kept.
     The rim: the points within ``rim_band_m`` of the top, on a circle of radius within ``rim_radius_m``
     with an RMS residual under ``rim_rms_frac`` of the radius, around at least ``rim_min_arc_deg``. The
-    handle: at least ``min_handle_points`` points more than ``handle_margin_m`` outside the rim circle."""
+    handle: at least ``min_handle_points`` points more than ``handle_margin_m`` outside the rim circle. A
+    footprint whose two face directions differ in width by at most ``square_tolerance`` (relative) is
+    square: its yaw is folded to [-45, 45) degrees, the smaller wrist turn."""
 
     radius_m: float = 0.06
     min_height_m: float = 0.012
@@ -61,11 +66,12 @@ class GraspYawConfig:
     rim_min_arc_deg: float = 240.0
     handle_margin_m: float = 0.006
     min_handle_points: int = 5
+    square_tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("radius_m", 0.005, 0.5), ("min_height_m", 0.0, 0.2), ("support_percentile", 0.0, 50.0),
                              ("rim_band_m", 0.0, 0.05), ("rim_rms_frac", 0.0, 1.0), ("rim_min_arc_deg", 0.0, 360.0),
-                             ("handle_margin_m", 0.0, 0.05)):
+                             ("handle_margin_m", 0.0, 0.05), ("square_tolerance", 0.0, 1.0)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and lo <= v <= hi):
                 raise ValueError(f"GraspYawConfig.{name}: expected a number in [{lo}, {hi}], got {v!r}")
@@ -178,7 +184,13 @@ def yaw_from_points(points: np.ndarray, view_xy: np.ndarray, config: GraspYawCon
     width = hi - lo
     i = int(np.argmin(width))
     # the fingers open (and close) along the tool's y axis, base -y at yaw 0: direction (sin yaw, -cos yaw)
-    return YawEstimate(fold_yaw(float(psi[i]) + math.pi / 2), "narrowest", float(width[i] / width.max()), len(points))
+    yaw = float(psi[i]) + math.pi / 2
+    if width[(i + 90) % 180] <= width[i] * (1.0 + config.square_tolerance):
+        # a square footprint (a cube): the other pair of faces fits as well; take the smaller wrist turn
+        yaw = (yaw + math.pi / 4) % (math.pi / 2) - math.pi / 4
+    else:
+        yaw = fold_yaw(yaw)
+    return YawEstimate(yaw, "narrowest", float(width[i] / width.max()), len(points))
 
 
 def estimate_grasp_yaw(rgbd: RGBD, T_base_cam: np.ndarray, pixel: tuple[int, int],

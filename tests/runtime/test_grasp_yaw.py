@@ -56,6 +56,21 @@ def test_a_mug_grasp_closes_across_its_handle(handle_deg):
     assert -math.pi / 2 <= est.yaw < math.pi / 2
 
 
+@pytest.mark.parametrize("handle_deg", [20.0, -100.0, 160.0])
+def test_the_handle_is_found_through_stereo_noise_flying_pixels_and_the_inner_wall(handle_deg):
+    """What a stereo camera adds: 3 mm of depth noise, isolated flying pixels around the object, and the
+    inner wall seen over the rim, a circle 3 mm inside the outer one (which must not be taken for the body)."""
+    rng = np.random.default_rng(7)
+    c = np.array([0.5, -0.1])
+    b = rng.uniform(np.pi / 2, 3 * np.pi / 2, 120)  # the far side's inner wall, seen over the rim
+    inner = np.column_stack([c + 0.0245 * np.column_stack([np.cos(b), np.sin(b)]), rng.uniform(0.03, 0.066, 120)])
+    fly = np.column_stack([c + rng.uniform(-0.06, 0.06, (15, 2)), rng.uniform(0.015, 0.06, 15)])
+    pts = np.concatenate([_mug(handle_deg, seed=3), inner, fly])
+    pts[:, :2] += rng.normal(0, 0.002, (len(pts), 2))
+    est = yaw_from_points(pts, VIEW, CFG)
+    assert est.how == "handle" and _err_deg(est.yaw, math.radians(handle_deg)) < 6.0, (est, handle_deg)
+
+
 def test_a_mug_whose_handle_is_hidden_is_grasped_across_the_line_of_sight():
     est = yaw_from_points(_mug(0.0, handle=False), np.array([0.3, 0.4]), CFG)
     assert est.how == "round"

@@ -7,12 +7,15 @@ at the grasp anchor instead of trusting the plan's yaw:
 
 1. **The object's points.** The depth pixels in a window around the anchor's pixel are deprojected and
    moved to the base frame; the support surface is the low percentile of their heights; the object is
-   the points at least ``min_height_m`` above it and within ``radius_m`` (horizontally) of the anchor.
-2. **A round open object** (a mug): its top points (within ``rim_band_m`` of the highest) lie on a circle,
-   the rim, which a camera above the table sees all round. Points more than ``handle_margin_m`` outside
-   that circle are the handle: the fingers close across it (the yaw is the handle's direction), on the
-   body, clear of the handle. No handle in sight: it hides behind the body, along the line of sight, so
-   the yaw is the line of sight's direction.
+   the points at least ``min_height_m`` above it and within ``radius_m`` (horizontally) of the anchor,
+   without the isolated ones (a stereo camera's flying pixels and speckle).
+2. **A round open object** (a mug): its footprint lies on a circle (RANSAC over seeded 3-point circles,
+   the largest of the nearly best supported: the outer wall, not the inner wall seen over the rim; then
+   least squares), all round (a camera above the table sees the whole rim) and hollow (a box's top face
+   would fill it). The points beyond its outer surface, in their densest sector, are the handle: the
+   fingers close across it (the yaw is the handle's direction), on the body, clear of the handle. No
+   handle in sight: it hides behind the body, along the line of sight, so the yaw is the line of sight's
+   direction.
 3. **Anything else** (a box): the footprint's width ``w(psi)`` (extent of the points projected on the
    horizontal direction ``psi``, 1-degree steps over 180 degrees); the fingers close along the narrowest
    direction, across a pair of faces (a box's diagonal is wider). A square footprint (a cube) fits the
@@ -49,29 +52,42 @@ POLICIES = ("plan", "cloud", "auto")
 class GraspYawConfig:
     """``radius_m``: how far from the anchor (horizontally) the object's points may lie. ``min_height_m``:
     how far above the support surface (the ``support_percentile`` of the heights around) a point must be
-    to count as the object's. ``min_points``: fewer object points than this and the plan's yaw is kept.
-    The rim: the points within ``rim_band_m`` of the top, on a circle of radius within ``rim_radius_m``
-    with an RMS residual under ``rim_rms_frac`` of the radius, around at least ``rim_min_arc_deg``. The
-    handle: at least ``min_handle_points`` points more than ``handle_margin_m`` outside the rim circle. A
-    footprint whose two face directions differ in width by at most ``square_tolerance`` (relative) is
-    square: its yaw is folded to [-45, 45) degrees, the smaller wrist turn."""
+    to count as the object's; a point with fewer than ``min_neighbours`` others within ``neighbour_m`` is
+    dropped. ``min_points``: fewer object points than this and the plan's yaw is kept. The round body: a
+    circle of radius within ``circle_radius_m`` holding ``circle_min_share`` of the points within
+    ``circle_tol_m`` (``circle_trials`` RANSAC draws), RMS under ``circle_rms_frac`` of the radius, around
+    ``circle_min_arc_deg`` at least, at most ``circle_max_inside_share`` of the points inside. The handle:
+    ``min_handle_points`` in a ``handle_window_deg`` sector, ``handle_margin_m`` to ``handle_reach_m``
+    outside the body's outer surface. A footprint whose two face directions differ in width by at most
+    ``square_tolerance`` (relative) is square: its yaw is folded to [-45, 45) degrees, the smaller wrist
+    turn."""
 
     radius_m: float = 0.06
     min_height_m: float = 0.012
     min_points: int = 30
     support_percentile: float = 5.0
-    rim_band_m: float = 0.006
-    rim_radius_m: tuple[float, float] = (0.01, 0.08)
-    rim_rms_frac: float = 0.12
-    rim_min_arc_deg: float = 240.0
+    neighbour_m: float = 0.008
+    min_neighbours: int = 3
+    circle_radius_m: tuple[float, float] = (0.01, 0.08)
+    circle_tol_m: float = 0.004
+    circle_trials: int = 300
+    circle_min_share: float = 0.5
+    circle_rms_frac: float = 0.15
+    circle_min_arc_deg: float = 240.0
+    circle_max_inside_share: float = 0.15
     handle_margin_m: float = 0.006
+    handle_reach_m: float = 0.04
+    handle_window_deg: float = 50.0
     min_handle_points: int = 5
     square_tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("radius_m", 0.005, 0.5), ("min_height_m", 0.0, 0.2), ("support_percentile", 0.0, 50.0),
-                             ("rim_band_m", 0.0, 0.05), ("rim_rms_frac", 0.0, 1.0), ("rim_min_arc_deg", 0.0, 360.0),
-                             ("handle_margin_m", 0.0, 0.05), ("square_tolerance", 0.0, 1.0)):
+                             ("neighbour_m", 0.0, 0.1), ("circle_rms_frac", 0.0, 1.0), ("circle_tol_m", 0.0, 0.05),
+                             ("circle_min_share", 0.0, 1.0), ("circle_max_inside_share", 0.0, 1.0),
+                             ("circle_min_arc_deg", 0.0, 360.0), ("handle_margin_m", 0.0, 0.05),
+                             ("handle_reach_m", 0.0, 0.2), ("handle_window_deg", 1.0, 360.0),
+                             ("square_tolerance", 0.0, 1.0)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and lo <= v <= hi):
                 raise ValueError(f"GraspYawConfig.{name}: expected a number in [{lo}, {hi}], got {v!r}")
@@ -141,24 +157,79 @@ def fit_circle(xy: np.ndarray) -> tuple[np.ndarray, float, float]:
     return c, r, float(np.sqrt(np.mean(res ** 2)))
 
 
-def rim_circle(points: np.ndarray, config: GraspYawConfig) -> tuple[np.ndarray, float] | None:
-    """The rim of a round open object (a mug, a cup, a bowl): the circle through the object's top points,
-    when they lie on one (RMS residual under ``rim_rms_frac`` of the radius, around at least
-    ``rim_min_arc_deg`` of it). A camera above the table sees the whole rim, the far side included."""
-    top = points[points[:, 2] >= points[:, 2].max() - config.rim_band_m]
-    if len(top) < config.min_points // 2:
+def dense_points(points: np.ndarray, config: GraspYawConfig) -> np.ndarray:
+    """``points`` without the isolated ones (fewer than ``min_neighbours`` others within ``neighbour_m``
+    horizontally): a stereo camera's flying pixels at depth edges and speckle."""
+    xy = points[:, :2]
+    d2 = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=-1)
+    return points[(d2 <= config.neighbour_m ** 2).sum(axis=1) - 1 >= config.min_neighbours]
+
+
+def round_body(points: np.ndarray, config: GraspYawConfig) -> tuple[np.ndarray, float] | None:
+    """The circle of a round object's body (a mug, a cup, a bowl) seen from above: the circle through the
+    most footprint points within ``circle_tol_m`` (RANSAC over ``circle_trials`` seeded 3-point circles,
+    then least squares on its inliers, so a handle does not pull it), when at least ``circle_min_share`` of
+    the points are on it with an RMS under ``circle_rms_frac`` of the radius, all round (at least
+    ``circle_min_arc_deg``: a camera above the table sees the whole rim, the far side included) and hollow
+    (at most ``circle_max_inside_share`` of the points inside it: a box's top face fills the circle its
+    outline suggests). None for anything else."""
+    xy = points[:, :2].astype(np.float64)
+    n = len(xy)
+    if n < 8:
         return None
-    keep = np.ones(len(top), dtype=bool)
-    for _ in range(2):  # refit without the points off the first circle (a handle's top, an edge pixel)
+    idx = np.random.default_rng(0).integers(0, n, (config.circle_trials, 3))
+    (ax, ay), (bx, by), (cx, cy) = (xy[idx[:, k]].T for k in range(3))
+    d = 2.0 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
+    ok = np.abs(d) > 1e-12
+    d = np.where(ok, d, 1.0)
+    a2, b2, c2 = ax * ax + ay * ay, bx * bx + by * by, cx * cx + cy * cy
+    centres = np.stack([(a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / d,
+                        (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / d], axis=1)
+    radii = np.hypot(ax - centres[:, 0], ay - centres[:, 1])
+    ok &= (radii >= config.circle_radius_m[0]) & (radii <= config.circle_radius_m[1])
+    if not ok.any():
+        return None
+    res = np.abs(np.linalg.norm(xy[None, :, :] - centres[:, None, :], axis=2) - radii[:, None])
+    counts = np.where(ok, (res <= config.circle_tol_m).sum(axis=1), -1)
+    # of the circles nearly as well supported as the best, the largest: a mug's outer wall, not its inner
+    # wall seen over the rim a few millimetres inside
+    good = counts >= 0.8 * counts.max()
+    keep = res[int(np.argmax(np.where(good, radii, -1.0)))] <= config.circle_tol_m
+    for _ in range(2):  # least squares on the inliers, then the inliers of that circle
         if keep.sum() < 8:
             return None
-        c, r, rms = fit_circle(top[keep, :2])
-        keep = np.abs(np.linalg.norm(top[:, :2] - c, axis=1) - r) <= max(3 * rms, 0.002)
-    if not (config.rim_radius_m[0] <= r <= config.rim_radius_m[1]) or rms > config.rim_rms_frac * r:
+        c, r, rms = fit_circle(xy[keep])
+        keep = np.abs(np.linalg.norm(xy - c, axis=1) - r) <= config.circle_tol_m
+    inside = np.linalg.norm(xy - c, axis=1) < r - 2 * config.circle_tol_m
+    if (keep.mean() < config.circle_min_share or rms > config.circle_rms_frac * r
+            or not config.circle_radius_m[0] <= r <= config.circle_radius_m[1]
+            or inside.mean() > config.circle_max_inside_share):  # a box's top face fills its circle
         return None
-    ang = np.sort(np.degrees(np.arctan2(*(top[keep, :2] - c).T[::-1])))
+    ang = np.sort(np.degrees(np.arctan2(*(xy[keep] - c).T[::-1])))
     gap = float(np.max(np.diff(np.concatenate([ang, ang[:1] + 360.0]))))
-    return (c, r) if 360.0 - gap >= config.rim_min_arc_deg else None
+    return (c, r) if 360.0 - gap >= config.circle_min_arc_deg else None
+
+
+def handle_direction(points: np.ndarray, centre: np.ndarray, radius: float, config: GraspYawConfig) -> float | None:
+    """Direction (radians) of a round body's handle: the points ``handle_margin_m`` to ``handle_reach_m``
+    outside its outer surface (the 90th percentile of the distances to the circle up to twice the margin), gathered in the densest ``handle_window_deg`` sector (their mean direction); None
+    when fewer than ``min_handle_points`` points lie there."""
+    off = points[:, :2] - centre
+    dist = np.linalg.norm(off, axis=1) - radius
+    # the body's outer surface: the circle may be the inner wall's (seen over the rim), a few mm inside it
+    near = dist <= 2 * config.handle_margin_m
+    dist = dist - max(float(np.percentile(dist[near], 90)), 0.0) if near.any() else dist
+    out = off[(dist > config.handle_margin_m) & (dist <= config.handle_reach_m)]
+    if len(out) < config.min_handle_points:
+        return None
+    ang = np.arctan2(out[:, 1], out[:, 0])
+    half = math.radians(config.handle_window_deg) / 2
+    near = np.abs((ang[:, None] - ang[None, :] + math.pi) % (2 * math.pi) - math.pi) <= half
+    best = near[int(np.argmax(near.sum(axis=1)))]
+    if best.sum() < config.min_handle_points:
+        return None
+    d = out[best].mean(axis=0)
+    return math.atan2(float(d[1]), float(d[0]))
 
 
 def yaw_from_points(points: np.ndarray, view_xy: np.ndarray, config: GraspYawConfig) -> YawEstimate:
@@ -166,16 +237,18 @@ def yaw_from_points(points: np.ndarray, view_xy: np.ndarray, config: GraspYawCon
     horizontal direction from the camera to the object."""
     if len(points) < config.min_points:
         return YawEstimate(None, f"too few object points ({len(points)} < {config.min_points})", points=len(points))
-    rim = rim_circle(points, config)
-    if rim is not None:
-        c, r = rim
-        off = points[:, :2] - c
-        out = np.linalg.norm(off, axis=1) > r + config.handle_margin_m
-        if out.sum() >= config.min_handle_points:  # a handle: the fingers close across it (yaw = its direction)
-            d = off[out].mean(axis=0)
-            return YawEstimate(fold_yaw(math.atan2(d[1], d[0])), "handle", float(out.sum()), len(points))
+    points = dense_points(points, config)
+    if len(points) < config.min_points:
+        return YawEstimate(None, f"too few object points once isolated ones are dropped ({len(points)})",
+                           points=len(points))
+    body = round_body(points, config)
+    if body is not None:
+        c, r = body
+        h = handle_direction(points, c, r, config)
+        if h is not None:  # a handle: the fingers close across it (the yaw is its direction)
+            return YawEstimate(fold_yaw(h), "handle", r, len(points))
         # round and no handle in sight: one hidden behind the body lies along the line of sight
-        return YawEstimate(fold_yaw(math.atan2(float(view_xy[1]), float(view_xy[0]))), "round", 0.0, len(points))
+        return YawEstimate(fold_yaw(math.atan2(float(view_xy[1]), float(view_xy[0]))), "round", r, len(points))
     xy = points[:, :2] - points[:, :2].mean(axis=0)
     psi = np.radians(np.arange(180.0))
     d = np.stack([np.cos(psi), np.sin(psi)], axis=1)  # (180, 2) closing directions

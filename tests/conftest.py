@@ -7,9 +7,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
+
+# The benchmark scripts put benchmarks/ first on sys.path when the tests import them, and
+# benchmarks/kernels.py would then shadow the `kernels` package transformers imports (the Hugging Face
+# LLaVA tests): bind the package now, before any benchmark is imported.
+with contextlib.suppress(ImportError):
+    import kernels  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+# appended, not first: benchmarks/kernels.py must not shadow the `kernels` package (transformers imports it)
+sys.path.append(str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import expert_novelty  # noqa: E402
 
 

@@ -145,7 +145,8 @@ def test_replan_before_grasp_replans_a_pushed_cup_at_the_pregrasp_point():
 
 
 def test_benchmark_conditions_and_the_cup_check(capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    # appended, not first: benchmarks/kernels.py must not shadow the `kernels` package (transformers imports it)
+    sys.path.append(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import sim_success
 
     c = sim_success.CONDITIONS

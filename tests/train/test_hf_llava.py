@@ -17,6 +17,14 @@ transformers = pytest.importorskip("transformers")
 from edgebridge.runtime.planner.prompt import png_bytes  # noqa: E402
 from edgebridge.train.planner import hf_llava  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The recipe sets torch's thread count (``--threads``); give the next tests the count they had."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
 LLAVA_TEMPLATE = (  # llava-hf/llava-1.5-7b-hf's chat template
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
     "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"

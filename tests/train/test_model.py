@@ -82,9 +82,10 @@ def test_ddim_sampler_matches_reference(k, prediction):
     with torch.no_grad():
         got = DDIMSampler(net, k)(*args).numpy()
         ref = _reference_ddim(net, k, *args, prediction)
-    # epsilon prediction divides by sqrt(alpha_bar) ~ 1e-2 at t = 99, so compare relative to the scale
+    # epsilon prediction divides by sqrt(alpha_bar) ~ 1e-2 at t = 99, so compare relative to the scale; float32
+    # rounding over 10 steps reaches ~1.2e-5 with one torch thread (another summation order): a wrong step is ~1e-2
     scale = max(1.0, float(np.max(np.abs(ref))))
-    assert float(np.max(np.abs(got - ref))) <= 1e-5 * scale
+    assert float(np.max(np.abs(got - ref))) <= 5e-5 * scale
 
 
 def test_k1_sample_prediction_returns_the_network_estimate():

@@ -18,11 +18,14 @@ Measures (pixel errors in 640x480 pixels: the scene's 320x240 pixels x 2):
   miss with error = inf (so a median is inf when more than half the anchors are misses);
 - ``prior_px_median``: the same error of a no-image baseline, the mean anchor per task and anchor index over the
   TRAIN split; ``anchor_vs_prior_ratio`` = anchor_px_median / prior_px_median (< 1: the image helps);
-- ``scene_within_2cm``: share of scenes whose anchors all lift (``runtime.lift.lift_plan`` on the clean depth,
-  intrinsics and camera pose of the scene) to within 2 cm of the oracle's 3-D points; ``waypoint_cm_median``:
-  per-anchor 3-D error after the lift (misses inf); ``plan_accepted_rate``: plans the pipeline's lift accepts
-  (anchors inside ``AnchorBounds`` of the sim setup); ``oracle_waypoint_cm_median``: the lift's own error on the
-  oracle's pixels (the floor of the 3-D error);
+- ``scene_within_2cm``: share of scenes whose anchors all lift to within 2 cm of the oracle's 3-D points, lifted
+  as the pipeline lifts a VLM plan (``runtime.lift.lift_plan`` on the clean depth, intrinsics and camera pose of
+  the scene, then ``runtime.grasp_point.apply_grasp_point``: a grasp on a round open object moved onto its
+  axis); ``waypoint_cm_median``: per-anchor 3-D error after that lift (misses inf); ``..._lift_only``: the same
+  without the grasp point; ``plan_accepted_rate``: plans the pipeline's lift accepts
+  (anchors inside ``AnchorBounds`` of the sim setup); ``oracle_waypoint_cm_median``: the same lift's error on the
+  oracle's pixels (the floor of the 3-D error); ``trained_phrasing_*`` / ``heldout_phrasing_*``: within 2 cm and
+  pixel errors over the scenes with trained / held-out phrasings;
 - ``heldout_phrasing_correct`` (over ``heldout_scenes`` with held-out phrasings) and ``trained_phrasing_correct``:
   plans with the oracle's anchor count whose every anchor lies within 3 px (320x240 pixels) of the segmentation
   mask of the object the oracle's anchor is on: the right objects in the right order;
@@ -50,6 +53,7 @@ from _common import add_json_arg, print_table, quiet_llama_logs, write_json  # n
 
 from edgebridge.contracts import RGBD  # noqa: E402
 from edgebridge.errors import PlanError  # noqa: E402
+from edgebridge.runtime.grasp_point import apply_grasp_point  # noqa: E402
 from edgebridge.runtime.lift import AnchorBounds, lift_plan  # noqa: E402
 from edgebridge.runtime.planner.format import parse_plan  # noqa: E402
 from edgebridge.runtime.planner.gguf import GGUFPlanner, GGUFPlannerConfig  # noqa: E402
@@ -61,6 +65,7 @@ UNKNOWN_INSTRUCTIONS = ("put the banana in the tray", "put the green bottle in t
 REF_WIDTH = 640  # pixel errors are reported in 640x480 pixels
 MASK_TOL_PX = 3
 WITHIN_M = 0.02
+GRASP_POINT = "cloud"  # the pipeline's grasp point for a non-privileged plan (planner.grasp_point = "auto")
 
 
 def read_split(root: Path, split: str) -> list[dict]:
@@ -110,8 +115,9 @@ def right_objects(plan, scene) -> bool:
                for a, name in zip(plan.anchors, scene.anchor_objects))
 
 
-def lift_errors_m(plan, frame: RGBD, scene) -> list[float]:
-    """Per oracle anchor: distance of the lifted plan anchor to the oracle's 3-D point (inf: miss)."""
+def lift_errors_m(plan, frame: RGBD, scene, grasp_point: str = "plan") -> list[float]:
+    """Per oracle anchor: distance of the lifted plan anchor to the oracle's 3-D point (inf: miss).
+    ``grasp_point``: the pipeline's grasp-point policy applied after the lift (``runtime/grasp_point.py``)."""
     true = np.asarray(scene.anchors_xyz, dtype=np.float64)
     if plan is None or len(plan.anchors) != len(true):
         return [math.inf] * len(true)
@@ -119,6 +125,7 @@ def lift_errors_m(plan, frame: RGBD, scene) -> list[float]:
         wp = lift_plan(plan, frame, scene.T_base_cam)
     except PlanError:
         return [math.inf] * len(true)
+    wp, _ = apply_grasp_point(plan, wp, frame, scene.T_base_cam, grasp_point)
     return np.linalg.norm(np.asarray(wp.positions, dtype=np.float64) - true, axis=1).tolist()
 
 
@@ -260,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     px, prior_px, cm, oracle_cm = [], [], [], []
     per_task: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     parsed, within, accepted, held_ok, trained_ok, cup_on_cup = [], [], [], [], [], []
+    cm_raw, within_raw = [], []
+    by_phrasing: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     unknown_cache: list = []
     t0 = time.perf_counter()
     for n, row in enumerate(rows, 1):
@@ -271,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         e_px = px_errors(pred, scene.anchors_px, scale)
         e_prior = [scale * math.hypot(*(prior[(row["task"], i)] - uv)) if (row["task"], i) in prior else math.inf
                    for i, uv in enumerate(np.asarray(scene.anchors_px, dtype=np.float64))]
-        e_m = lift_errors_m(plan, frame, scene)
+        e_m = lift_errors_m(plan, frame, scene, GRASP_POINT)
+        e_raw = lift_errors_m(plan, frame, scene)
         oracle = parse_plan(scene.plan_json, row["instruction"], scene.intrinsics.width, scene.intrinsics.height)
-        oracle_cm += [100 * e for e in lift_errors_m(oracle, frame, scene)]
+        oracle_cm += [100 * e for e in lift_errors_m(oracle, frame, scene, GRASP_POINT)]
         ok = True
         if plan is not None:
             try:
@@ -286,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         prior_px += e_prior
         cm += [100 * e for e in e_m]
         within.append(all(e <= WITHIN_M for e in e_m))
+        cm_raw += [100 * e for e in e_raw]
+        within_raw.append(all(e <= WITHIN_M for e in e_raw))
+        by_phrasing["heldout" if row["phrasing_heldout"] else "trained"]["within"].append(within[-1])
+        by_phrasing["heldout" if row["phrasing_heldout"] else "trained"]["px"] += e_px
         (held_ok if row["phrasing_heldout"] else trained_ok).append(right_objects(plan, scene))
         t = per_task[row["task"]]
         t["px"] += e_px
@@ -322,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan_parse_rate": share(parsed), "anchor_px_median": pct(px, 50), "anchor_px_p90": pct(px, 90),
         "prior_px_median": pct(prior_px, 50), "scene_within_2cm": share(within), "waypoint_cm_median": pct(cm, 50),
         "oracle_waypoint_cm_median": pct(oracle_cm, 50), "plan_accepted_rate": share(accepted),
+        "scene_within_2cm_lift_only": share(within_raw), "waypoint_cm_median_lift_only": pct(cm_raw, 50),
         "heldout_phrasing_correct": share(held_ok), "heldout_scenes": len(held_ok),
         "trained_phrasing_correct": share(trained_ok), "trained_scenes": len(trained_ok),
         "plan_ms_p50": float(np.percentile(times, 50)), "plan_ms_p90": float(np.percentile(times, 90)),
@@ -335,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         res[f"unknown_object_on_{where}_rate"] = landed[where] / n_unknown if n_unknown else math.nan
     a, p = res["anchor_px_median"], res["prior_px_median"]
     res["anchor_vs_prior_ratio"] = a / p if math.isfinite(a) and math.isfinite(p) and p > 0 else math.nan
+    for kind, t in by_phrasing.items():
+        res.update({f"{kind}_phrasing_scenes": len(t["within"]), f"{kind}_phrasing_scene_within_2cm": share(t["within"]),
+                    f"{kind}_phrasing_anchor_px_median": pct(t["px"], 50),
+                    f"{kind}_phrasing_anchor_px_p90": pct(t["px"], 90)})
     for task, t in per_task.items():
         res.update({f"task.{task}.scenes": len(t["parsed"]), f"task.{task}.anchor_px_median": pct(t["px"], 50),
                     f"task.{task}.prior_px_median": pct(t["prior"], 50),
@@ -346,7 +365,13 @@ def main(argv: list[str] | None = None) -> int:
          f"prior (train mean per task+index): {fmt(p)}; ratio {fmt(res['anchor_vs_prior_ratio'], 2)}"],
         ["scenes with every anchor within 2 cm (3-D)", fmt(100 * res["scene_within_2cm"]) + " %",
          f"waypoint error median {fmt(res['waypoint_cm_median'], 2)} cm (lift floor "
-         f"{fmt(res['oracle_waypoint_cm_median'], 2)} cm)"],
+         f"{fmt(res['oracle_waypoint_cm_median'], 2)} cm); lift alone (no grasp point) "
+         f"{fmt(100 * res['scene_within_2cm_lift_only'])} %, {fmt(res['waypoint_cm_median_lift_only'], 2)} cm"],
+        ["trained / held-out phrasings: within 2 cm",
+         f"{fmt(100 * res.get('trained_phrasing_scene_within_2cm', math.nan))} / "
+         f"{fmt(100 * res.get('heldout_phrasing_scene_within_2cm', math.nan))} %",
+         f"anchor px p90 {fmt(res.get('trained_phrasing_anchor_px_p90', math.nan))} / "
+         f"{fmt(res.get('heldout_phrasing_anchor_px_p90', math.nan))}"],
         ["plans the pipeline's lift accepts", fmt(100 * res["plan_accepted_rate"]) + " %", "AnchorBounds of sim_panda"],
         ["right objects, held-out phrasings", fmt(100 * res["heldout_phrasing_correct"]) + " %",
          f"{res['heldout_scenes']} scenes; trained phrasings {fmt(100 * res['trained_phrasing_correct'])} % "

@@ -26,7 +26,9 @@ in this run). Conditions (``CONDITIONS``: each sets arguments of ``run_episode``
   (``edgebridge.sim.disturb``); ``push_cup_replan``: the same with ``planner.replan_before_grasp``;
   ``push_cup_noreplan``: with no re-plan at all (``planner.max_regrasps = 0``);
 - ``plan_yaw``: clean plans, the gripper yaw the planner wrote instead of the one measured in the depth
-  image at the grasp anchor (``planner.grasp_yaw = "plan"``; the oracle's plans keep theirs either way).
+  image at the grasp anchor (``planner.grasp_yaw = "plan"``; the oracle's plans keep theirs either way);
+  ``plan_point``: clean plans, every grasp lifted where its pixel lands, a mug's not moved onto its axis
+  (``planner.grasp_point = "plan"``; the oracle's plans are never moved).
 
 The default set is the expert-vs-IK table's: clean, plan_1cm, plan_3cm, anchor_depth_1cm/3cm/10cm,
 depth_bias_1cm. Every episode
@@ -96,6 +98,7 @@ CONDITIONS = {
     "push_cup_replan": {"push_cup": True, "config_overrides": {"planner": {"replan_before_grasp": True}}},
     "push_cup_noreplan": {"push_cup": True, "config_overrides": {"planner": {"max_regrasps": 0}}},
     "plan_yaw": {"config_overrides": {"planner": {"grasp_yaw": "plan"}}},
+    "plan_point": {"config_overrides": {"planner": {"grasp_point": "plan"}}},
 }
 ALIASES = {"depth_1cm": "depth_bias_1cm", "depth_10cm": "depth_bias_10cm"}  # their names in earlier tables
 DEFAULT_CONDITIONS = ("clean", "plan_1cm", "plan_3cm", "anchor_depth_1cm", "anchor_depth_3cm", "anchor_depth_10cm",

@@ -240,7 +240,12 @@ class PlannerConfig:
     ``grasp_yaw`` (``runtime/grasp_yaw.py``): where the gripper's yaw comes from: ``plan`` (the planner's),
     ``cloud`` (measured in the depth image around the plan's first grasp anchor: the fingers close along the
     object's narrowest direction, clear of a mug's handle), ``auto`` (``cloud`` unless the plan is
-    privileged, i.e. the simulator's oracle, which knows the true pose)."""
+    privileged, i.e. the simulator's oracle, which knows the true pose).
+
+    ``grasp_point`` (``runtime/grasp_point.py``): a grasp anchor on a round open object (a mug) lifted where
+    its pixel lands (``plan``), or moved to the lowest visible surface inside the body nearest its axis,
+    measured in the depth image (``cloud``: a pixel either side of a mug's middle sees its inner wall,
+    centimetres higher and to the side); ``auto`` (``cloud`` unless the plan is privileged)."""
 
     backend: Literal["oracle", "gguf", "remote"] = "oracle"
     model: str = ""
@@ -256,6 +261,7 @@ class PlannerConfig:
     grasp_settle_s: float = 0.4
     replan_before_grasp: bool = False
     grasp_yaw: Literal["plan", "cloud", "auto"] = "auto"
+    grasp_point: Literal["plan", "cloud", "auto"] = "auto"
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -269,6 +275,8 @@ class PlannerConfig:
               f"expected true or false, got {self.replan_before_grasp!r}")
         check(self.grasp_yaw in ("plan", "cloud", "auto"), "grasp_yaw",
               f"expected 'plan', 'cloud' or 'auto', got {self.grasp_yaw!r}")
+        check(self.grasp_point in ("plan", "cloud", "auto"), "grasp_point",
+              f"expected 'plan', 'cloud' or 'auto', got {self.grasp_point!r}")
         check(self.anchor_out_of_bounds in ("clamp", "reject"), "anchor_out_of_bounds",
               f"expected 'clamp' or 'reject', got {self.anchor_out_of_bounds!r}")
         _within(self, "anchor_clamp_max_m", 0.0, 1.0, "m")

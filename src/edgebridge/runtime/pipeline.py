@@ -47,6 +47,7 @@ from .config import RobotConfig
 from .episode_record import Observers
 from .expert_worker import _ExpertWorker, _LoopProxy, _join_worker
 from .grasp_check import GraspPolicy
+from .grasp_point import apply_grasp_point
 from .grasp_yaw import apply_grasp_yaw
 from .lift import AnchorBounds, lift_plan
 from .loop import ControlLoop, LoopResult
@@ -212,10 +213,13 @@ class Pipeline:
                                out_of_bounds=pc.anchor_out_of_bounds, clamp_max_m=pc.anchor_clamp_max_m,
                                clamped=clamped)
             lifted, yaw = apply_grasp_yaw(plan, lifted, frame, self.dev.T_base_cam, pc.grasp_yaw)
+            lifted, centred = apply_grasp_point(plan, lifted, frame, self.dev.T_base_cam, pc.grasp_point)
         if clamped and self.last_planning is not None:
             self.last_planning.clamped += len(clamped)
         if yaw is not None and yaw.yaw is not None and self.last_planning is not None:
             self.last_planning.cloud_yaws += 1
+        if self.last_planning is not None:
+            self.last_planning.centred_grasps += sum(e.point is not None for _, e in centred)
         self.obs.on_plan(plan, frame)
         return lifted
 

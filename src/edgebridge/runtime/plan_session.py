@@ -75,6 +75,7 @@ class PlanningStats:
     regrasps: int = 0  # re-plans after an empty grasp (at most planner.max_regrasps)
     pregrasp_replans: int = 0  # re-plans at a pre-grasp point (planner.replan_before_grasp)
     cloud_yaws: int = 0  # plans whose grasp yaw was measured in the depth image (planner.grasp_yaw)
+    centred_grasps: int = 0  # grasp anchors moved onto a round body's axis (planner.grasp_point)
     last_error: str | None = None
     rejections: list[str] = field(default_factory=list)
 
@@ -86,6 +87,7 @@ class PlanningStats:
                 "latency_max_ms": round(float(lat.max()), 3) if lat.size else None,
                 "hold_s": round(self.hold_s, 3), "clamped": self.clamped, "empty_grasps": self.empty_grasps,
                 "regrasps": self.regrasps, "pregrasp_replans": self.pregrasp_replans, "cloud_yaws": self.cloud_yaws,
+                "centred_grasps": self.centred_grasps,
                 "last_error": self.last_error,
                 "rejections": list(self.rejections)}
 
